@@ -1,0 +1,1 @@
+"""Published event contracts."""

@@ -1,0 +1,1 @@
+"""Published event models, one module per bounded context."""

@@ -1,0 +1,185 @@
+"""Events the identity service publishes (topic ``crm.identity.customer``)."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from crm_contracts.envelope import AwareDatetime, ContractModel, Event, Identifier, SealedValue
+from crm_contracts.topics import IDENTITY_CUSTOMER
+
+
+class Gender(StrEnum):
+    FEMALE = "female"
+    MALE = "male"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+class Channel(StrEnum):
+    """Where a customer was met or a fact happened."""
+
+    STORE = "store"
+    ONLINE = "online"
+    APP = "app"
+    CALL_CENTER = "call_center"
+    STAFF = "staff"
+    FORM = "form"
+    IMPORT = "import"
+
+
+class ConsentChannel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    LINE = "line"
+    APP_PUSH = "app_push"
+    POSTAL = "postal"
+
+
+class Consent(ContractModel):
+    channel: ConsentChannel
+    granted: bool
+    at: AwareDatetime
+
+
+class CustomerAttributes(ContractModel):
+    """Non-personal attributes: safe for analytics and BI as they are."""
+
+    gender: Gender = Gender.UNKNOWN
+    birth_year: int | None = Field(default=None, ge=1900, le=2100)
+    birth_month: int | None = Field(default=None, ge=1, le=12)
+    prefecture: str | None = Field(default=None, max_length=8, description="都道府県, e.g. 東京都")
+    tags: tuple[str, ...] = Field(default=(), max_length=100)
+
+
+class CustomerRegisteredPayload(ContractModel):
+    customer_id: uuid.UUID
+    channel: Channel
+    attributes: CustomerAttributes = CustomerAttributes()
+    consents: tuple[Consent, ...] = ()
+    #: Name, kana, contact points, birthday and address, sealed with the customer's key.
+    personal: SealedValue | None = None
+
+
+class CustomerRegistered(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.registered"] = "customer.registered"
+    schema_version: Literal[1] = 1
+    payload: CustomerRegisteredPayload
+
+
+class CustomerProfileChangedPayload(ContractModel):
+    customer_id: uuid.UUID
+    attributes: CustomerAttributes
+    consents: tuple[Consent, ...] = ()
+    personal: SealedValue | None = None
+    changed_fields: tuple[str, ...] = Field(default=(), description="names of the fields that changed")
+
+
+class CustomerProfileChanged(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.profile_changed"] = "customer.profile_changed"
+    schema_version: Literal[1] = 1
+    payload: CustomerProfileChangedPayload
+
+
+class LinkEvidence(ContractModel):
+    """Why an identifier belongs to a customer: the rule or score that decided it."""
+
+    rule: str = Field(max_length=64, description="e.g. exact:email, fuzzy:name+birthday, staff")
+    score: float | None = Field(default=None, ge=0, le=1)
+    matched_fields: tuple[str, ...] = ()
+    decided_by: str | None = Field(default=None, max_length=128, description="staff user or process")
+
+
+class IdentifiersLinkedPayload(ContractModel):
+    customer_id: uuid.UUID
+    linked: tuple[Identifier, ...] = Field(min_length=1)
+    evidence: LinkEvidence
+
+
+class IdentifiersLinked(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.identifiers_linked"] = "customer.identifiers_linked"
+    schema_version: Literal[1] = 1
+    payload: IdentifiersLinkedPayload
+
+
+class IdentifiersUnlinkedPayload(ContractModel):
+    customer_id: uuid.UUID
+    unlinked: tuple[Identifier, ...] = Field(min_length=1)
+    reason: str = Field(max_length=256)
+
+
+class IdentifiersUnlinked(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.identifiers_unlinked"] = "customer.identifiers_unlinked"
+    schema_version: Literal[1] = 1
+    payload: IdentifiersUnlinkedPayload
+
+
+class CustomersMergedPayload(ContractModel):
+    merge_id: uuid.UUID
+    survivor_id: uuid.UUID
+    merged_id: uuid.UUID
+    #: Identifiers that moved from the merged customer to the survivor.
+    moved: tuple[Identifier, ...] = ()
+    evidence: LinkEvidence
+
+
+class CustomersMerged(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.merged"] = "customer.merged"
+    schema_version: Literal[1] = 1
+    payload: CustomersMergedPayload
+
+
+class MergeUndonePayload(ContractModel):
+    merge_id: uuid.UUID
+    survivor_id: uuid.UUID
+    restored_id: uuid.UUID
+    #: Identifiers given back to the restored customer.
+    restored: tuple[Identifier, ...] = ()
+    reason: str = Field(max_length=512)
+    undone_by: str | None = Field(default=None, max_length=128)
+
+
+class MergeUndone(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.merge_undone"] = "customer.merge_undone"
+    schema_version: Literal[1] = 1
+    payload: MergeUndonePayload
+
+
+class CustomerErasedPayload(ContractModel):
+    customer_id: uuid.UUID
+    requested_at: AwareDatetime
+    #: Identifiers tombstoned by the erasure (their blind indexes, never raw values).
+    tombstoned: tuple[Identifier, ...] = ()
+
+
+class CustomerErased(Event):
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.erased"] = "customer.erased"
+    schema_version: Literal[1] = 1
+    payload: CustomerErasedPayload
+
+
+__all__ = [
+    "Channel",
+    "Consent",
+    "ConsentChannel",
+    "CustomerAttributes",
+    "CustomerErased",
+    "CustomerProfileChanged",
+    "CustomerRegistered",
+    "CustomersMerged",
+    "Gender",
+    "IdentifiersLinked",
+    "IdentifiersUnlinked",
+    "LinkEvidence",
+    "MergeUndone",
+]

@@ -1,0 +1,89 @@
+"""Personal-data protection: blind indexes and sealed values (ARCHITECTURE.md, Personal data).
+
+* A **blind index** is ``HMAC-SHA256(blind_index_key, "<kind>:<normalised value>")``. Every
+  service's edge computes the same index for the same identifier, so events can be joined
+  on it without carrying the raw value; without the key it cannot be reversed by
+  enumerating phone numbers.
+* A **sealed value** is personal data encrypted with AES-256-GCM under a per-customer
+  *data key*. Data keys are stored only wrapped (encrypted) by the master key, inside the
+  identity service. Erasing a customer deletes the data key: every sealed copy anywhere
+  (Kafka, ClickHouse, backups) becomes unreadable at once (crypto-shredding).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crm_contracts.envelope import Identifier, IdentifierKind, SealedValue
+
+_NONCE_BYTES = 12
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SealError(Exception):
+    """A sealed value could not be opened: wrong key, tampered data, or key erased."""
+
+
+class BlindIndexer:
+    """Computes blind indexes of already-normalised identifier values."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("blind index key must be at least 32 bytes")
+        self._key = key
+
+    def index(self, kind: IdentifierKind | str, normalised_value: str) -> str:
+        message = f"{IdentifierKind(kind).value}:{normalised_value}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def identifier(self, kind: IdentifierKind | str, normalised_value: str) -> Identifier:
+        return Identifier(kind=IdentifierKind(kind), hash=self.index(kind, normalised_value))
+
+
+def generate_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def wrap_key(master_key: bytes, data_key: bytes, key_id: str) -> bytes:
+    """Encrypt a data key with the master key, bound to its key id."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + AESGCM(master_key).encrypt(nonce, data_key, key_id.encode())
+
+
+def unwrap_key(master_key: bytes, wrapped: bytes, key_id: str) -> bytes:
+    try:
+        return AESGCM(master_key).decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], key_id.encode())
+    except InvalidTag:
+        raise SealError(f"cannot unwrap data key {key_id}") from None
+
+
+def seal(data_key: bytes, key_id: str, value: object, context: str = "") -> SealedValue:
+    """Encrypt a JSON-serialisable value. ``context`` (e.g. the event type) is bound as
+    associated data, so a sealed value cannot be replayed into another field."""
+    nonce = os.urandom(_NONCE_BYTES)
+    ciphertext = AESGCM(data_key).encrypt(nonce, orjson.dumps(value), f"{key_id}|{context}".encode())
+    return SealedValue(key_id=key_id, nonce=_b64(nonce), ciphertext=_b64(ciphertext))
+
+
+def open_sealed(data_key: bytes, sealed: SealedValue, context: str = "") -> object:
+    try:
+        plain = AESGCM(data_key).decrypt(
+            _unb64(sealed.nonce), _unb64(sealed.ciphertext), f"{sealed.key_id}|{context}".encode()
+        )
+    except (InvalidTag, ValueError):
+        raise SealError(f"cannot open value sealed with {sealed.key_id}") from None
+    return orjson.loads(plain)

@@ -1,0 +1,90 @@
+"""Event-store plumbing shared by the event-sourced services.
+
+``TracingMapper`` records the W3C trace context of the request that caused a domain event
+next to the event's state, so the outbox relay can continue the same trace when it
+publishes the event to Kafka, even minutes later or after a restart. The metadata is
+kept out of the domain event objects themselves: aggregates never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, find_id_convertor
+from eventsourcing.utils import get_topic, resolve_topic
+from opentelemetry import propagate
+
+TAggregateID = TypeVar("TAggregateID")
+
+_META_KEY = "__crm_meta__"
+
+
+def current_trace_carrier() -> dict[str, str]:
+    """The active trace context as W3C headers (empty outside a recording span)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+class TracingMapper(Mapper[Any]):
+    """A mapper that stores the active trace context with each new event."""
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
+        topic = get_topic(domain_event.__class__)
+        event_state = dict(vars(domain_event))
+        originator_id = event_state.pop("originator_id")
+        originator_version = event_state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            event_state["class_version"] = class_version
+        carrier = current_trace_carrier()
+        if carrier:
+            event_state[_META_KEY] = carrier
+        stored_state = self.transcoder.encode(event_state)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=stored_state,
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
+        return self.to_domain_event_with_meta(stored_event)[0]
+
+    def to_domain_event_with_meta(
+        self, stored_event: StoredEvent
+    ) -> tuple[DomainEventProtocol[Any], Mapping[str, str]]:
+        """The domain event and the metadata (trace carrier) stored beside it."""
+        state = stored_event.state
+        try:
+            if self.cipher:
+                state = self.cipher.decrypt(state)
+            if self.compressor:
+                state = self.compressor.decompress(state)
+            event_state: dict[str, Any] = self.transcoder.decode(state)
+        except Exception as exc:
+            msg = (
+                f"Failed to deserialise stored event {stored_event.topic} "
+                f"{stored_event.originator_id} v{stored_event.originator_version}: {exc}"
+            )
+            raise MapperDeserialisationError(msg) from exc
+        meta = event_state.pop(_META_KEY, {})
+        # The rest mirrors Mapper.to_domain_event: id conversion and upcasting.
+        cls = resolve_topic(stored_event.topic)
+        id_convertor = find_id_convertor(cls, type(stored_event.originator_id))
+        event_state["originator_id"] = id_convertor(stored_event.originator_id)
+        event_state["originator_version"] = stored_event.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = event_state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+            from_version += 1
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", event_state)
+        return event, meta

@@ -1,0 +1,199 @@
+"""FastAPI app factory shared by every service's API.
+
+It gives each API the same edges: ``/healthz`` (the process is alive) and ``/readyz``
+(its dependencies answer), request-size limits (413), API-key auth with scopes
+(401 unknown/missing key, 403 missing scope), domain errors mapped to HTTP status codes
+in exception handlers (routes stay thin), and OpenTelemetry instrumentation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, raised by dependencies of the shared edge."""
+
+    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+class BodySizeLimit:
+    """ASGI middleware refusing bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = ORJSONResponse(
+            error_body("payload_too_large", f"request body exceeds {self.max_bytes} bytes"), status_code=413
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller an API key stands for."""
+
+    key_name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        service = scope.split(":", 1)[0]
+        return bool({"*", scope, f"{service}:*"} & self.scopes)
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key with scopes")
+
+
+def _principal(request: Request, api_key: Annotated[str | None, Security(_api_key_header)]) -> Principal:
+    keys: Mapping[str, Sequence[str]] = request.app.state.settings.api_keys
+    if not api_key:
+        raise ApiError(401, "unauthenticated", "missing X-API-Key header", {"WWW-Authenticate": "ApiKey"})
+    for known, scopes in keys.items():
+        # Compare in constant time so a key cannot be guessed byte by byte.
+        if hmac.compare_digest(known.encode(), api_key.encode()):
+            return Principal(key_name=known[:4] + "…", scopes=frozenset(scopes))
+    raise ApiError(401, "unauthenticated", "unknown API key", {"WWW-Authenticate": "ApiKey"})
+
+
+def require_scope(scope: str) -> Callable[..., Principal]:
+    """A dependency admitting only callers whose key holds ``scope``."""
+
+    def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if not principal.allows(scope):
+            raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}")
+        return principal
+
+    return check
+
+
+def create_app(
+    *,
+    settings: Settings,
+    title: str,
+    description: str = "",
+    version: str = "0.1.0",
+    readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+    error_map: Mapping[type[Exception], int] | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    checks = dict(readiness_checks or {})
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> ORJSONResponse:
+        return ORJSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        fields = [
+            {"field": ".".join(str(p) for p in err["loc"]), "reason": err["msg"], "type": err["type"]}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{f['field']}: {f['reason']}" for f in fields[:5])
+        return ORJSONResponse(error_body("invalid_request", summary, fields=fields), status_code=422)
+
+    for exc_type, status in (error_map or {}).items():
+        app.add_exception_handler(exc_type, _domain_handler(status))
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: every dependency answers")
+    async def readyz() -> ORJSONResponse:
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=3.0)
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - readiness reports every failure as data
+                results[name] = f"failing: {type(exc).__name__}: {exc}"[:300]
+        ok = all(v == "ok" for v in results.values())
+        return ORJSONResponse({"status": "ok" if ok else "unavailable", "checks": results},
+                              status_code=200 if ok else 503)
+
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    # Outermost, so an oversized body is refused before anything reads it.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def _domain_handler(status: int) -> Callable[[Request, Exception], Awaitable[ORJSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> ORJSONResponse:
+        code = getattr(exc, "code", None) or _snake(type(exc).__name__)
+        return ORJSONResponse(error_body(code, str(exc)), status_code=status)
+
+    return handle
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")

@@ -1,0 +1,150 @@
+"""Typed settings shared by every process, read from ``CRM_*`` environment variables.
+
+The defaults are *local mode*: Kafka on 127.0.0.1:9092, SQLite event stores and chDB
+under ``var/``, development API keys and secrets. In production (``CRM_ENV=production``)
+the development secrets are refused, so a forgotten variable fails loudly at start-up
+instead of shipping a well-known key.
+"""
+
+from __future__ import annotations
+
+import base64
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Well-known development values. Local mode works out of the box with them; production
+# refuses them (see ``_refuse_dev_secrets_in_production``).
+DEV_BLIND_INDEX_KEY = base64.b64encode(b"crm-dev-blind-index-key-32bytes!").decode()
+DEV_MASTER_KEY = base64.b64encode(b"crm-dev-master-key-do-not-use-32").decode()
+DEV_API_KEYS: dict[str, list[str]] = {
+    "dev-admin-key": ["*"],
+    "dev-read-key": ["identity:read", "engagement:read", "support:read", "analytics:read"],
+}
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The workspace root (the directory with ``uv.lock``), else the current directory."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "uv.lock").exists() and (candidate / "pyproject.toml").exists():
+            return candidate
+    return here
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_", env_nested_delimiter="__", extra="ignore")
+
+    env: Environment = Environment.DEVELOPMENT
+    service_name: str = "crm"
+    var_dir: Path = Field(default_factory=lambda: find_project_root() / "var")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
+    #: How long an API waits for the broker to acknowledge before answering 503.
+    kafka_ack_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Event store
+    event_store: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_user: str = "crm"
+    postgres_password: SecretStr = SecretStr("crm")
+    postgres_db: str | None = None
+    postgres_schema: str = ""
+    postgres_pool_size: int = 5
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+
+    # Personal data
+    blind_index_key: SecretStr = SecretStr(DEV_BLIND_INDEX_KEY)
+    master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
+
+    # Telemetry
+    otel_exporter_otlp_endpoint: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("blind_index_key", "master_key")
+    @classmethod
+    def _32_byte_base64(cls, value: SecretStr) -> SecretStr:
+        try:
+            raw = base64.b64decode(value.get_secret_value(), validate=True)
+        except ValueError:
+            raise ValueError("must be base64") from None
+        if len(raw) != 32:
+            raise ValueError("must decode to exactly 32 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> Settings:
+        if self.env is not Environment.PRODUCTION:
+            return self
+        offending = []
+        if self.blind_index_key.get_secret_value() == DEV_BLIND_INDEX_KEY:
+            offending.append("CRM_BLIND_INDEX_KEY")
+        if self.master_key.get_secret_value() == DEV_MASTER_KEY:
+            offending.append("CRM_MASTER_KEY")
+        if set(self.api_keys) & set(DEV_API_KEYS):
+            offending.append("CRM_API_KEYS")
+        if self.event_store == "postgres" and self.postgres_password.get_secret_value() == "crm":
+            offending.append("CRM_POSTGRES_PASSWORD")
+        if offending:
+            raise ValueError(f"production refuses development secrets: set {', '.join(offending)}")
+        return self
+
+    @property
+    def blind_index_key_bytes(self) -> bytes:
+        return base64.b64decode(self.blind_index_key.get_secret_value())
+
+    @property
+    def master_key_bytes(self) -> bytes:
+        return base64.b64decode(self.master_key.get_secret_value())
+
+    def service_dir(self, service: str) -> Path:
+        path = self.var_dir / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def eventsourcing_env(self, service: str) -> dict[str, Any]:
+        """Environment for an ``eventsourcing`` application of ``service``.
+
+        One store per service: a SQLite file under ``var/<service>/`` or the PostgreSQL
+        database named after the service (``CRM_POSTGRES_DB`` overrides the name).
+        """
+        env: dict[str, Any] = {
+            "MAPPER_TOPIC": "crm_platform.eventstore:TracingMapper",
+        }
+        if self.event_store == "sqlite":
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                SQLITE_DBNAME=str(self.service_dir(service) / "events.sqlite"),
+                SQLITE_LOCK_TIMEOUT="10",
+            )
+        else:
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.postgres",
+                POSTGRES_DBNAME=self.postgres_db or service,
+                POSTGRES_HOST=self.postgres_host,
+                POSTGRES_PORT=str(self.postgres_port),
+                POSTGRES_USER=self.postgres_user,
+                POSTGRES_PASSWORD=self.postgres_password.get_secret_value(),
+                POSTGRES_SCHEMA=self.postgres_schema,
+                POSTGRES_POOL_SIZE=str(self.postgres_pool_size),
+                POSTGRES_CONNECT_TIMEOUT="5",
+                POSTGRES_LOCK_TIMEOUT="5",
+            )
+        return env

@@ -1,0 +1,69 @@
+"""``python -m identity api|relay``: one process role per invocation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import typer
+
+from crm_platform.kafka import EventProducer, ensure_topics
+from crm_platform.logs import setup_logging
+from crm_platform.settings import Settings
+from crm_platform.telemetry import setup_tracing
+
+cli = typer.Typer(add_completion=False, help="identity service processes")
+log = logging.getLogger("identity")
+
+
+def _settings() -> Settings:
+    settings = Settings(service_name="identity")
+    setup_logging(settings.log_level)
+    setup_tracing("identity", otlp_endpoint=settings.otel_exporter_otlp_endpoint)
+    return settings
+
+
+@cli.command()
+def api(host: str | None = None, port: int | None = None) -> None:
+    """Serve the HTTP API (default 127.0.0.1:8001)."""
+    import uvicorn
+
+    from identity.entrypoints.api import create
+
+    settings = _settings()
+    uvicorn.run(
+        create(settings),
+        host=host or settings.http_host,
+        port=port or settings.http_port or 8001,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@cli.command()
+def relay() -> None:
+    """Publish the event store's new events to Kafka (exactly one per store)."""
+    asyncio.run(_relay(_settings()))
+
+
+async def _relay(settings: Settings) -> None:
+    from identity.bootstrap import build, build_relay
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await ensure_topics(settings.kafka_bootstrap)
+    identity = build(settings)
+    try:
+        async with EventProducer(settings.kafka_bootstrap, client_id="identity-relay") as producer:
+            relay = build_relay(identity, producer)
+            log.info("identity relay started at position %s", relay.position())
+            await relay.run(stop)
+    finally:
+        identity.close()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,127 @@
+"""Per-customer data keys, wrapped by the master key, in the identity service's own store.
+
+Kept beside (not inside) the event log on purpose: erasure must be able to *delete* a key,
+and events are immutable. Deleting a customer's key makes every value sealed with it
+unreadable, on Kafka, in ClickHouse and in backups.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from crm_platform.crypto import generate_data_key, unwrap_key, wrap_key
+
+
+class KeyErased(LookupError):
+    """The customer's data key was deleted (erasure): the sealed data is gone for good."""
+
+
+class _Backend(Protocol):
+    def get(self, key_id: str) -> tuple[bytes | None, bool] | None: ...
+    def put_if_absent(self, key_id: str, wrapped: bytes) -> None: ...
+    def erase(self, key_id: str) -> None: ...
+
+
+class DataKeyStore:
+    """Creates, caches and erases per-customer AES-256 data keys."""
+
+    def __init__(self, backend: _Backend, master_key: bytes) -> None:
+        self._backend = backend
+        self._master = master_key
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key_id_for(customer_id: uuid.UUID) -> str:
+        return f"cust-{customer_id}"
+
+    def get_or_create(self, customer_id: uuid.UUID) -> tuple[str, bytes]:
+        key_id = self.key_id_for(customer_id)
+        with self._lock:
+            if key_id in self._cache:
+                return key_id, self._cache[key_id]
+        row = self._backend.get(key_id)
+        if row is None:
+            self._backend.put_if_absent(key_id, wrap_key(self._master, generate_data_key(), key_id))
+            row = self._backend.get(key_id)
+        assert row is not None
+        wrapped, erased = row
+        if erased or wrapped is None:
+            raise KeyErased(key_id)
+        key = unwrap_key(self._master, wrapped, key_id)
+        with self._lock:
+            self._cache[key_id] = key
+        return key_id, key
+
+    def erase(self, customer_id: uuid.UUID) -> None:
+        key_id = self.key_id_for(customer_id)
+        self._backend.erase(key_id)
+        with self._lock:
+            self._cache.pop(key_id, None)
+
+
+class SQLiteKeyBackend:
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS customer_data_keys (key_id TEXT PRIMARY KEY, "
+            "wrapped_key BLOB, erased_at TEXT)"
+        )
+
+    def get(self, key_id: str) -> tuple[bytes | None, bool] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT wrapped_key, erased_at FROM customer_data_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1] is not None)
+
+    def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO customer_data_keys (key_id, wrapped_key) VALUES (?, ?)", (key_id, wrapped)
+            )
+
+    def erase(self, key_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) VALUES (?, NULL, datetime('now')) "
+                "ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = datetime('now')",
+                (key_id,),
+            )
+
+
+class PostgresKeyBackend:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS customer_data_keys (key_id TEXT PRIMARY KEY, "
+                "wrapped_key BYTEA, erased_at TIMESTAMPTZ)"
+            )
+
+    def get(self, key_id: str) -> tuple[bytes | None, bool] | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT wrapped_key, erased_at FROM customer_data_keys WHERE key_id = %s", (key_id,)
+            ).fetchone()
+        return None if row is None else (bytes(row[0]) if row[0] is not None else None, row[1] is not None)
+
+    def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO customer_data_keys (key_id, wrapped_key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (key_id, wrapped),
+            )
+
+    def erase(self, key_id: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) VALUES (%s, NULL, now()) "
+                "ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = now()",
+                (key_id,),
+            )

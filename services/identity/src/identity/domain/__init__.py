@@ -1,0 +1,1 @@
+"""Identity domain model: pure Python and ``eventsourcing.domain`` only (import-linter)."""
