@@ -374,16 +374,16 @@ class _DropThreadRecords(logging.Filter):
         return record.thread != self.thread_id
 
 
-_AIOKAFKA_LOGGERS = ("aiokafka.client", "aiokafka.conn", "aiokafka.cluster", "aiokafka.admin.client")
-
-
 @contextlib.contextmanager
 def _quiet_aiokafka() -> Iterator[None]:
     """Silence aiokafka's connection errors while we probe a broker that is expected to
     be down or still starting: failures are the normal case and we report them
     ourselves. Scoped to this thread so other aiokafka users keep their logs."""
     flt = _DropThreadRecords(threading.get_ident())
-    loggers = [logging.getLogger(name) for name in _AIOKAFKA_LOGGERS]
+    # A logger's filters only see records logged on it (not its children's), so the
+    # filter goes on every aiokafka logger: "aiokafka", "aiokafka.conn", ...
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] == "aiokafka"]
+    loggers = [logging.getLogger(name) for name in {"aiokafka", *names}]
     for lg in loggers:
         lg.addFilter(flt)
     try:
@@ -397,8 +397,9 @@ async def probe(bootstrap: str) -> dict[str, Any]:
     """Fetch cluster metadata from ``bootstrap`` with a real Kafka client.
 
     The connection handshake includes ApiVersions and the bootstrap a Metadata
-    request, so success means a Kafka broker is serving requests — an open TCP port
-    alone would not (the broker binds its sockets before it is ready). Returns the
+    request, so success means a Kafka broker is serving requests, which an open TCP
+    port alone does not prove (it may be another program, or a broker still starting
+    up). Returns the
     description (``cluster_id``, ``controller_id``, ``brokers``); raises otherwise.
     Each request times out after a few seconds; bound the whole call with
     ``asyncio.timeout`` if needed.
