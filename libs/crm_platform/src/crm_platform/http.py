@@ -23,6 +23,7 @@ from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_platform.settings import Settings
+from crm_platform.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,27 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class TraceIdHeader:
+    """Adds ``X-Trace-Id`` to every response, so a caller (or support staff) can quote it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                trace_id = current_trace_id()
+                if trace_id:
+                    message["headers"] = [*message.get("headers", []), (b"x-trace-id", trace_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace)
 
 
 @dataclass(frozen=True)
@@ -181,6 +203,7 @@ def create_app(
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    app.add_middleware(TraceIdHeader)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
     # Outermost, so an oversized body is refused before anything reads it.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
