@@ -74,11 +74,15 @@ RUN groupadd --system --gid 10001 crm \
     && useradd --system --uid 10001 --gid crm --home-dir /home/crm --create-home \
        --shell /usr/sbin/nologin crm
 
+# In a container an API must listen on all interfaces (the settings default to
+# 127.0.0.1 for local mode), and local state goes to the one writable directory.
 ENV PATH="/app/.venv/bin:${PATH}" \
     VIRTUAL_ENV=/app/.venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    CRM_ENV=production
+    CRM_ENV=production \
+    CRM_HTTP_HOST=0.0.0.0 \
+    CRM_VAR_DIR=/app/var
 
 WORKDIR /app
 

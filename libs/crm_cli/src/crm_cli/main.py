@@ -70,13 +70,17 @@ def kafka_stop(
 
 
 @kafka_app.command("status")
-def kafka_status() -> None:
-    """Show whether the broker answers, its pid, paths and cache state (always exit 0)."""
+def kafka_status(
+    check: bool = typer.Option(False, "--check", help="Print nothing; exit 1 unless the broker answers."),
+) -> None:
+    """Show whether the broker answers, its pid, paths and cache state."""
     try:
         status = _broker().status()
     except KafkaLocalError as exc:
         err_console.print(f"[bold red]Kafka status failed:[/bold red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    if check:
+        raise typer.Exit(0 if status.running else 1)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -90,6 +94,73 @@ def kafka_status() -> None:
     table.add_row("version", status.version)
     table.add_row("data dir", str(status.data_dir))
     table.add_row("jars cached", "yes" if status.jars_cached else "no")
+    console.print(table)
+
+
+postgres_app = typer.Typer(help="A local PostgreSQL for production-mode tests.", no_args_is_help=True)
+app.add_typer(postgres_app, name="postgres")
+
+
+@postgres_app.command("start")
+def postgres_start() -> None:
+    """Install (Debian package) if missing, init and start; no-op if running."""
+    from crm_cli.postgres_local import LocalPostgres
+
+    status = LocalPostgres().start()
+    console.print(f"[green]PostgreSQL running[/green] on 127.0.0.1:{status.port} ({status.data_dir})")
+
+
+@postgres_app.command("stop")
+def postgres_stop() -> None:
+    """Stop the local PostgreSQL cluster."""
+    from crm_cli.postgres_local import LocalPostgres
+
+    LocalPostgres().stop()
+    console.print("PostgreSQL stopped")
+
+
+@app.command("run")
+def run(
+    stop_kafka: bool = typer.Option(True, help="Stop the broker on exit if this command started it."),
+) -> None:
+    """Start Kafka and every service process; print where to look; Ctrl-C stops all."""
+    from crm_cli.supervisor import Supervisor, platform_processes
+
+    broker = _broker()
+    try:
+        started_kafka = broker.start()
+    except KafkaLocalError as exc:
+        err_console.print(f"[bold red]Kafka failed to start:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    supervisor = Supervisor(platform_processes(), console)
+    supervisor.install_signal_handlers()
+    supervisor.start()
+    try:
+        slow = supervisor.wait_healthy()
+        if slow:
+            err_console.print(f"[bold red]not healthy in time:[/bold red] {', '.join(slow)}")
+            raise typer.Exit(1)
+        _print_where_to_look(broker.bootstrap)
+        supervisor.watch()
+    finally:
+        console.print("[bold]stopping…[/bold]")
+        supervisor.stop()
+        if started_kafka and stop_kafka:
+            broker.stop()
+        console.print("[bold]stopped[/bold]")
+    if supervisor.failed:
+        raise typer.Exit(1)
+
+
+def _print_where_to_look(bootstrap: str) -> None:
+    table = Table(title="CRM platform is up", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_row("identity API docs", "http://127.0.0.1:8001/docs")
+    table.add_row("identity health", "http://127.0.0.1:8001/readyz")
+    table.add_row("Kafka", bootstrap)
+    table.add_row("API key (development)", "X-API-Key: dev-admin-key")
+    table.add_row("stop", "Ctrl-C")
     console.print(table)
 
 

@@ -1,7 +1,7 @@
 """FastAPI app factory shared by every service's API.
 
 It gives each API the same edges: ``/healthz`` (the process is alive) and ``/readyz``
-(its dependencies answer), request-size limits (413), API-key auth with scopes
+(its dependencies answer), request-size limits (413, Starlette's body limit), API-key auth with scopes
 (401 unknown/missing key, 403 missing scope), domain errors mapped to HTTP status codes
 in exception handlers (routes stay thin), and OpenTelemetry instrumentation.
 """
@@ -18,8 +18,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_platform.settings import Settings
@@ -43,51 +44,6 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
-
-
-class BodySizeLimit:
-    """ASGI middleware refusing bodies over ``max_bytes`` with 413, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
-            return
-        received = 0
-        too_large = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = ORJSONResponse(
-            error_body("payload_too_large", f"request body exceeds {self.max_bytes} bytes"), status_code=413
-        )
-        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-        await send({"type": "http.response.body", "body": body.body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class TraceIdHeader:
@@ -162,24 +118,31 @@ def create_app(
         title=title,
         description=description,
         version=version,
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        # Starlette's limit: refuses a declared or streamed body past the bound with 413.
+        max_body_size=settings.max_request_bytes,
     )
     app.state.settings = settings
     checks = dict(readiness_checks or {})
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> ORJSONResponse:
-        return ORJSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [
             {"field": ".".join(str(p) for p in err["loc"]), "reason": err["msg"], "type": err["type"]}
             for err in exc.errors()
         ]
         summary = "; ".join(f"{f['field']}: {f['reason']}" for f in fields[:5])
-        return ORJSONResponse(error_body("invalid_request", summary, fields=fields), status_code=422)
+        return JSONResponse(error_body("invalid_request", summary, fields=fields), status_code=422)
 
     for exc_type, status in (error_map or {}).items():
         app.add_exception_handler(exc_type, _domain_handler(status))
@@ -189,7 +152,7 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], summary="Readiness: every dependency answers")
-    async def readyz() -> ORJSONResponse:
+    async def readyz() -> JSONResponse:
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
@@ -198,22 +161,23 @@ def create_app(
             except Exception as exc:  # noqa: BLE001 - readiness reports every failure as data
                 results[name] = f"failing: {type(exc).__name__}: {exc}"[:300]
         ok = all(v == "ok" for v in results.values())
-        return ORJSONResponse({"status": "ok" if ok else "unavailable", "checks": results},
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": results},
                               status_code=200 if ok else 503)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     app.add_middleware(TraceIdHeader)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
-    # Outermost, so an oversized body is refused before anything reads it.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
 
-def _domain_handler(status: int) -> Callable[[Request, Exception], Awaitable[ORJSONResponse]]:
-    async def handle(_: Request, exc: Exception) -> ORJSONResponse:
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _domain_handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
         code = getattr(exc, "code", None) or _snake(type(exc).__name__)
-        return ORJSONResponse(error_body(code, str(exc)), status_code=status)
+        return JSONResponse(error_body(code, str(exc)), status_code=status)
 
     return handle
 

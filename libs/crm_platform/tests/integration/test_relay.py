@@ -31,7 +31,7 @@ WORKER = Path(__file__).parent / "relay_worker.py"
 def notes_topic(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> str:
     import asyncio
 
-    from kafka_helpers import create_topic
+    from crm_platform.testing import create_topic
 
     name = f"crm.test.notes.{uuid.uuid4().hex[:8]}"
     asyncio.run(create_topic(kafka_bootstrap, name))
@@ -52,7 +52,7 @@ async def test_relay_publishes_every_event_once_with_its_trace(
     store_settings: Settings, kafka_bootstrap: str, notes_topic: str
 ) -> None:
     import relay_app
-    from kafka_helpers import read_topic
+    from crm_platform.testing import read_topic
 
     spans = in_memory_exporter()
     app = _notes(store_settings)
@@ -94,7 +94,7 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
     store_settings: Settings, kafka_bootstrap: str, notes_topic: str, tmp_path: Path
 ) -> None:
     import relay_app
-    from kafka_helpers import read_topic
+    from crm_platform.testing import read_topic
 
     app = _notes(store_settings)
     app.write_many([f"note {i}" for i in range(500)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import typer
@@ -17,10 +18,11 @@ cli = typer.Typer(add_completion=False, help="identity service processes")
 log = logging.getLogger("identity")
 
 
-def _settings() -> Settings:
-    settings = Settings(service_name="identity")
+def _settings(role: str) -> Settings:
+    # CRM_SERVICE_NAME (set by compose and the chart) wins over the default name.
+    settings = Settings(service_name=os.environ.get("CRM_SERVICE_NAME", f"identity-{role}"))
     setup_logging(settings.log_level)
-    setup_tracing("identity", otlp_endpoint=settings.otel_exporter_otlp_endpoint)
+    setup_tracing(settings.service_name, otlp_endpoint=settings.otel_exporter_otlp_endpoint)
     return settings
 
 
@@ -31,7 +33,7 @@ def api(host: str | None = None, port: int | None = None) -> None:
 
     from identity.entrypoints.api import create
 
-    settings = _settings()
+    settings = _settings("api")
     uvicorn.run(
         create(settings),
         host=host or settings.http_host,
@@ -44,7 +46,7 @@ def api(host: str | None = None, port: int | None = None) -> None:
 @cli.command()
 def relay() -> None:
     """Publish the event store's new events to Kafka (exactly one per store)."""
-    asyncio.run(_relay(_settings()))
+    asyncio.run(_relay(_settings("relay")))
 
 
 async def _relay(settings: Settings) -> None:

@@ -109,7 +109,11 @@ class PostgresKeyBackend:
             row = conn.execute(
                 "SELECT wrapped_key, erased_at FROM customer_data_keys WHERE key_id = %s", (key_id,)
             ).fetchone()
-        return None if row is None else (bytes(row[0]) if row[0] is not None else None, row[1] is not None)
+        if row is None:
+            return None
+        # eventsourcing's pool hands out dict rows.
+        wrapped = row["wrapped_key"]
+        return (bytes(wrapped) if wrapped is not None else None, row["erased_at"] is not None)
 
     def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
         with self._connect() as conn:

@@ -1,0 +1,41 @@
+# The two commands of the README, and a few more. Every target installs what is missing.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+BENCH ?=
+
+.PHONY: run test bench lint fmt install kafka-start kafka-stop schemas clean
+
+run: install
+	$(UV) run --frozen crm run
+
+test:
+	./scripts/test.sh
+
+bench: install
+	$(UV) run --frozen crm kafka start
+	$(UV) run --frozen python bench/run.py $(BENCH)
+
+install:
+	./scripts/bootstrap.sh
+
+lint: install
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy
+	$(UV) run --frozen lint-imports
+
+fmt: install
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+schemas: install
+	$(UV) run --frozen python -m crm_contracts.schemas --write
+
+kafka-start: install
+	$(UV) run --frozen crm kafka start
+
+kafka-stop:
+	$(UV) run --frozen crm kafka stop
+
+clean:
+	rm -rf var/ bench/results/ test-artifacts/

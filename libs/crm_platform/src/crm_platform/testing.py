@@ -1,0 +1,73 @@
+"""Helpers for tests that read what really reached the broker (no mocks)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """Where ``topic`` ends now: read from here to see only what a test produces next."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - new topics
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    *,
+    timeout: float = 30,
+    start: Mapping[TopicPartition, int] | None = None,
+    match: Callable[[Record], bool] | None = None,
+) -> list[Record]:
+    """Records of ``topic`` (from ``start`` or the beginning) that satisfy ``match``,
+    returned once at least ``expect`` arrived and the topic has been quiet for a moment,
+    so that duplicates beyond ``expect`` are seen too."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - see topics created just now
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        for tp in partitions:
+            if start and tp in start:
+                consumer.seek(tp, start[tp])
+            else:
+                await consumer.seek_to_beginning(tp)
+        quiet_rounds = 0
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            got = [r for rs in batch.values() for r in rs if match is None or match(r)]
+            records.extend(got)
+            quiet_rounds = 0 if got else quiet_rounds + 1
+            if len(records) >= expect and quiet_rounds >= 2:
+                break
+    finally:
+        await consumer.stop()
+    return records

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole suite against real parts: lint and types, then unit and integration tests
+# with a real Kafka broker and a real PostgreSQL. Starts what is not running and stops
+# what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UV="${PYTHON:-python3} -m uv"
+
+./scripts/bootstrap.sh --with-postgres
+
+started_kafka=0
+if ! $UV run --frozen crm kafka status --check; then
+  $UV run --frozen crm kafka start
+  started_kafka=1
+fi
+cleanup() {
+  if [ "$started_kafka" -eq 1 ]; then $UV run --frozen crm kafka stop || true; fi
+}
+trap cleanup EXIT
+
+echo "==> lint: ruff, mypy, import-linter, contract schemas"
+$UV run --frozen ruff check .
+$UV run --frozen ruff format --check .
+$UV run --frozen mypy
+$UV run --frozen lint-imports
+$UV run --frozen python -m crm_contracts.schemas --check
+
+echo "==> tests"
+$UV run --frozen pytest "$@"
