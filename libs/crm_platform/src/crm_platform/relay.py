@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -99,29 +100,52 @@ class OutboxRelay:
         return (self._recorder.max_notification_id() or 0) - self.position()
 
     async def relay_once(self) -> int:
-        """Publish the next batch; returns how many notifications it covered."""
+        """Publish the next batch and record its position; returns how many
+        notifications it covered (0 when caught up)."""
+        return await self.relay_available(max_batches=1)
+
+    async def relay_available(self, *, max_batches: int | None = None, in_flight: int = 4) -> int:
+        """Publish everything stored so far (or ``max_batches``), pipelined.
+
+        Up to ``in_flight`` batches are on the wire at once, so translating the next
+        batch overlaps the broker's acknowledgement of the previous ones. Positions are
+        still recorded strictly in order, each only after its own batch was acknowledged.
+        """
         position = self.position()
-        notifications = self._recorder.select_notifications(
-            start=position, limit=self._batch_size, inclusive_of_start=False
-        )
-        if not notifications:
-            return 0
-        events = self._translate_all(notifications)
-        with _tracer.start_as_current_span(
-            f"relay {self.name}",
-            kind=SpanKind.PRODUCER,
-            attributes={"crm.relay.notifications": len(notifications), "crm.relay.events": len(events)},
-        ):
-            await self._publish(events)
-        last = notifications[-1].id
+        pending: deque[tuple[int, int, int, asyncio.Future[Any]]] = deque()
+        covered = batches = 0
+        try:
+            while max_batches is None or batches < max_batches:
+                notifications = self._recorder.select_notifications(
+                    start=position, limit=self._batch_size, inclusive_of_start=False
+                )
+                if not notifications:
+                    break
+                events = self._translate_all(notifications)
+                acks = await self._send(events)
+                position = notifications[-1].id
+                pending.append((position, len(notifications), len(events), acks))
+                batches += 1
+                while len(pending) >= in_flight:
+                    covered += await self._complete(pending.popleft())
+            while pending:
+                covered += await self._complete(pending.popleft())
+        finally:
+            for *_, acks in pending:
+                acks.cancel()
+        return covered
+
+    async def _complete(self, batch: tuple[int, int, int, asyncio.Future[Any]]) -> int:
+        last, notifications, events, acks = batch
+        await acks
         if self._on_published is not None:
             self._on_published(last)
         self._tracking.insert_tracking(Tracking(application_name=self.name, notification_id=last))
-        self.stats.notifications += len(notifications)
-        self.stats.published += len(events)
+        self.stats.notifications += notifications
+        self.stats.published += events
         self.stats.batches += 1
         self.stats.last_position = last
-        return len(notifications)
+        return notifications
 
     def _translate_all(self, notifications: Sequence[Notification]) -> list[tuple[Event, Mapping[str, str]]]:
         out: list[tuple[Event, Mapping[str, str]]] = []
@@ -132,10 +156,10 @@ class OutboxRelay:
             out.extend((event, meta) for event in self._translate(fact))
         return out
 
-    async def _publish(self, events: list[tuple[Event, Mapping[str, str]]]) -> None:
+    async def _send(self, events: list[tuple[Event, Mapping[str, str]]]) -> asyncio.Future[Any]:
+        """Hand a batch to the producer; the returned future resolves on every ack."""
         if not isinstance(self._producer, EventProducer):
-            await self._producer.publish_many([e for e, _ in events])
-            return
+            return asyncio.ensure_future(self._producer.publish_many([e for e, _ in events]))
         futures = []
         for event, meta in events:
             # Each record continues the trace of the request that stored the event.
@@ -148,21 +172,20 @@ class OutboxRelay:
                             "crm.event_id": str(event.event_id)},
             ):
                 futures.append(await self._producer.enqueue(event))
-        await asyncio.gather(*futures)
+        return asyncio.gather(*futures)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; back off while the broker is unavailable."""
         backoff = self._poll_interval_s
         while not stop.is_set():
             try:
-                count = await self.relay_once()
+                # Returns once caught up; then poll again after a short wait.
+                await self.relay_available()
                 backoff = self._poll_interval_s
-            except Exception:
+            except Exception:  # the relay must outlive broker and store outages
                 log.exception("relay %s failed; retrying in %.1fs", self.name, backoff)
-                count = 0
                 backoff = min(backoff * 2, 5.0)
-            if count < self._batch_size:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            except TimeoutError:
+                pass

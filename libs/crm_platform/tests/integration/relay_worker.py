@@ -51,8 +51,8 @@ async def main() -> None:
             batch_size=args.batch_size,
             on_published=after_acks,
         )
-        while await relay.relay_once():
-            pass
+        # The production path: pipelined batches, positions recorded in order.
+        await relay.relay_available(in_flight=4)
         print(json.dumps({"position": relay.position(), "published": relay.stats.published}), flush=True)
 
 

@@ -118,7 +118,10 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
     texts = {orjson.loads(r.value)["payload"]["text"] for r in records}
     assert texts == {f"note {i}" for i in range(500)}  # none missing
     assert len(ids) == 500
-    assert sum(ids.values()) == 600  # the third batch went out twice, with the same ids
+    # At least the third batch went out twice (later ones may have been in flight too),
+    # always with the same event ids.
+    resent = sum(ids.values()) - 500
+    assert resent >= 100
 
     # The consumer helper hands each event_id to its handler once.
     seen: list[str] = []
@@ -134,11 +137,11 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
     try:
         for _ in range(60):
             await consumer.poll_once(timeout_ms=500)
-            if consumer.stats.handled + consumer.stats.duplicates >= 600:
+            if consumer.stats.handled + consumer.stats.duplicates >= 500 + resent:
                 break
     finally:
         await consumer.stop()
     assert len(seen) == 500
     assert set(seen) == set(ids)
-    assert consumer.stats.duplicates == 100
+    assert consumer.stats.duplicates == resent
     app.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
@@ -52,8 +53,18 @@ class RegisterCustomer:
     registered_at: datetime | None = None
 
 
+class DataKeys(Protocol):
+    """Where per-customer data keys live (see ``adapters.keystore``)."""
+
+    def get_or_create(self, customer_id: uuid.UUID) -> tuple[str, bytes]: ...
+
+
 class IdentityApplication(Application[uuid.UUID]):
     name = "identity"
+
+    def __init__(self, env: Mapping[str, str] | None = None, *, keys: DataKeys | None = None) -> None:
+        super().__init__(env=env)
+        self.keys = keys
 
     def register_transcodings(self, transcoder: Transcoder) -> None:
         super().register_transcodings(transcoder)
@@ -72,6 +83,9 @@ class IdentityApplication(Application[uuid.UUID]):
             consents=cmd.consents,
             registered_at=cmd.registered_at or datetime.now(UTC),
         )
+        if self.keys is not None:
+            # The data key exists before any event that will be sealed with it.
+            self.keys.get_or_create(customer.id)
         try:
             self.save(customer)
         except IntegrityError:

@@ -34,6 +34,7 @@ def build(settings: Settings | None = None) -> Identity:
     settings = settings or Settings(service_name=SERVICE)
     app = IdentityApplication(env=settings.eventsourcing_env(SERVICE))
     keys = DataKeyStore(_key_backend(settings, app), settings.master_key_bytes)
+    app.keys = keys
     return Identity(settings, app, keys, BlindIndexer(settings.blind_index_key_bytes))
 
 

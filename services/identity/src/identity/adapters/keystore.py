@@ -68,6 +68,9 @@ class SQLiteKeyBackend:
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._lock = threading.Lock()
+        # WAL like the event store beside it: readers never block the writer.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS customer_data_keys (key_id TEXT PRIMARY KEY, "
             "wrapped_key BLOB, erased_at TEXT)"

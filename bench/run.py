@@ -1,0 +1,79 @@
+"""Benchmark runner: ``python bench/run.py [name ...]`` (``make bench BENCH=name``).
+
+Each ``bench/bench_<name>.py`` defines ``run() -> dict[str, Metric]``. The runner prints
+the figures and writes ``bench/results/<name>.json`` as
+``{"metrics": {metric: {value, unit, target, higher_is_better}}, "commit": sha}``.
+Benchmarks are never timed assertions in the test suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from common import Metric  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def available() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def run_one(name: str, console: Console) -> dict[str, Metric]:
+    path = HERE / f"bench_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no benchmark {name!r}; available: {', '.join(available())}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    console.print(f"[bold]running {name}[/bold]")
+    started = time.perf_counter()
+    metrics: dict[str, Metric] = module.run()
+    RESULTS.mkdir(exist_ok=True)
+    payload = {
+        "metrics": {k: m.as_json() for k, m in metrics.items()},
+        "commit": _commit(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = Table(title=f"{name} ({payload['seconds']} s)")
+    for column in ("metric", "value", "unit", "target", "meets"):
+        table.add_column(column)
+    for key, m in metrics.items():
+        table.add_row(key, f"{m.value:,.2f}", m.unit, f"{m.target:,}", "[green]yes[/green]" if m.meets else "[red]no[/red]")
+    console.print(table)
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    console = Console()
+    names = argv or available()
+    unknown = [n for n in names if n not in available()]
+    if unknown:
+        console.print(f"[red]unknown benchmark(s) {unknown}; available: {available()}[/red]")
+        return 2
+    for name in names:
+        run_one(name, console)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
