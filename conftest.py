@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from crm_platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parent
@@ -53,8 +52,9 @@ def _create_database(port: int) -> str:
     import psycopg
 
     name = f"crm_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host="127.0.0.1", port=port, user="crm", password="crm", dbname="crm_test",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="crm", password="crm", dbname="crm_test", autocommit=True
+    ) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
 

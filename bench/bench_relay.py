@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from common import Metric
-
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from identity.bootstrap import build, build_relay
@@ -36,7 +35,9 @@ def _populate(identity, n: int) -> None:  # type: ignore[no-untyped-def]
                     ObservedIdentifier("email", f"bench{i}@example.jp"),
                     ObservedIdentifier("phone", f"+8190{i:08d}"),
                 ],
-                personal=PersonalData(name_kanji="山田 太郎", name_kana="ヤマダ タロウ", birthday=date(1985, 4, 12)),
+                personal=PersonalData(
+                    name_kanji="山田 太郎", name_kana="ヤマダ タロウ", birthday=date(1985, 4, 12)
+                ),
                 gender="male",
                 prefecture="東京都",
                 consents={"email": True},

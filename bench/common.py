@@ -17,5 +17,9 @@ class Metric:
         return self.value >= self.target if self.higher_is_better else self.value <= self.target
 
     def as_json(self) -> dict[str, object]:
-        return {"value": round(self.value, 3), "unit": self.unit, "target": self.target,
-                "higher_is_better": self.higher_is_better}
+        return {
+            "value": round(self.value, 3),
+            "unit": self.unit,
+            "target": self.target,
+            "higher_is_better": self.higher_is_better,
+        }

@@ -27,8 +27,9 @@ from common import Metric  # noqa: E402
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -58,7 +59,13 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
     for column in ("metric", "value", "unit", "target", "meets"):
         table.add_column(column)
     for key, m in metrics.items():
-        table.add_row(key, f"{m.value:,.2f}", m.unit, f"{m.target:,}", "[green]yes[/green]" if m.meets else "[red]no[/red]")
+        table.add_row(
+            key,
+            f"{m.value:,.2f}",
+            m.unit,
+            f"{m.target:,}",
+            "[green]yes[/green]" if m.meets else "[red]no[/red]",
+        )
     console.print(table)
     return metrics
 

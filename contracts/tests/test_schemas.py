@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import Field
-
 from crm_contracts import schemas
 from crm_contracts.compat import breaking_changes
 from crm_contracts.envelope import ContractModel, Event
+from pydantic import Field
 
 
 def test_committed_schemas_match_the_models() -> None:
@@ -70,7 +69,11 @@ def test_additive_change_is_compatible() -> None:
     [
         ("removed", {"sku": (str, ...)}, "quantity: removed"),
         ("retyped", {"sku": (int, ...), "quantity": (int, Field(ge=1))}, "sku: type changed"),
-        ("new required", {"sku": (str, ...), "quantity": (int, Field(ge=1)), "store": (str, ...)}, "store: new required"),
+        (
+            "new required",
+            {"sku": (str, ...), "quantity": (int, Field(ge=1)), "store": (str, ...)},
+            "store: new required",
+        ),
         ("tightened", {"sku": (str, ...), "quantity": (int, Field(ge=2))}, "quantity: minimum changed"),
     ],
 )

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _get(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=2) as response:
         return response.status, response.read()
 
 
@@ -24,7 +24,10 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
     env = {**os.environ, "CRM_VAR_DIR": str(tmp_path / "var")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "crm_cli.main", "run"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60

@@ -17,7 +17,9 @@ from typing import Any
 
 #: Keywords that describe rather than constrain.
 _DESCRIPTIVE = frozenset({"title", "description", "examples", "default", "$comment", "x-topic", "$id"})
-_STRUCTURAL = frozenset({"properties", "required", "$ref", "$defs", "items", "prefixItems", "anyOf", "oneOf", "allOf", "enum"})
+_STRUCTURAL = frozenset(
+    {"properties", "required", "$ref", "$defs", "items", "prefixItems", "anyOf", "oneOf", "allOf", "enum"}
+)
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _compare(
+def _compare(  # noqa: PLR0912 - one branch per JSON Schema keyword family
     old: dict[str, Any],
     new: dict[str, Any],
     old_root: dict[str, Any],

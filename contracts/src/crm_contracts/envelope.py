@@ -118,9 +118,7 @@ class Event(ContractModel):
     event_type: str
     schema_version: int
     occurred_at: AwareDatetime = Field(description="when it happened in the real world")
-    recorded_at: AwareDatetime = Field(
-        default_factory=utcnow, description="when the platform recorded it"
-    )
+    recorded_at: AwareDatetime = Field(default_factory=utcnow, description="when the platform recorded it")
     producer: str = Field(min_length=1, max_length=64, description="service.role that published it")
     customer_key: str = Field(
         min_length=1,

@@ -63,12 +63,18 @@ class LocalPostgres:
     def _pg_ctl(self, bin_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self._as_owner([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]),
-            check=check, capture_output=True, text=True,
+            check=check,
+            capture_output=True,
+            text=True,
         )
 
     def status(self) -> PostgresStatus:
         bin_dir = _bin_dir()
-        running = bool(bin_dir and self.data_dir.exists() and self._pg_ctl(bin_dir, "status", check=False).returncode == 0)
+        running = bool(
+            bin_dir
+            and self.data_dir.exists()
+            and self._pg_ctl(bin_dir, "status", check=False).returncode == 0
+        )
         return PostgresStatus(running, self.port, self.data_dir, bin_dir)
 
     def start(self) -> PostgresStatus:
@@ -81,15 +87,31 @@ class LocalPostgres:
                     if path == Path("/"):
                         break
                     # The postgres user must be able to reach its data directory.
-                    os.chmod(path, os.stat(path).st_mode | 0o011)
+                    os.chmod(path, os.stat(path).st_mode | 0o011)  # noqa: S103 - traverse only (x), no read
                 shutil.chown(self.data_dir, owner.pw_uid, owner.pw_gid)
             subprocess.run(
-                self._as_owner([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
-                check=True, capture_output=True, text=True,
+                self._as_owner(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+                text=True,
             )
         if self._pg_ctl(bin_dir, "status", check=False).returncode != 0:
-            options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+            options = (
+                f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c max_connections=200"
+            )
             log = self.data_dir / "server.log"
             self._pg_ctl(bin_dir, "-o", options, "-l", str(log), "-w", "-t", "60", "start")
         self._wait_ready(bin_dir)
@@ -98,17 +120,35 @@ class LocalPostgres:
 
     def _psql(self, bin_dir: Path, sql: str, db: str = "postgres") -> str:
         out = subprocess.run(
-            [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db,
-             "-v", "ON_ERROR_STOP=1", "-tAc", sql],
-            check=True, capture_output=True, text=True,
+            [
+                str(bin_dir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return out.stdout.strip()
 
     def _wait_ready(self, bin_dir: Path, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            probe = subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                                   capture_output=True, check=False)
+            probe = subprocess.run(
+                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
             if probe.returncode == 0:
                 return
             if time.monotonic() > deadline:
@@ -119,7 +159,8 @@ class LocalPostgres:
         if self._psql(bin_dir, "SELECT 1 FROM pg_roles WHERE rolname = 'crm'") != "1":
             self._psql(bin_dir, "CREATE ROLE crm LOGIN PASSWORD 'crm' CREATEDB")
         for db in DATABASES:
-            if self._psql(bin_dir, f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
+            exists = f"SELECT 1 FROM pg_database WHERE datname = '{db}'"  # noqa: S608 - fixed names
+            if self._psql(bin_dir, exists) != "1":
                 self._psql(bin_dir, f"CREATE DATABASE {db} OWNER crm")
 
     def stop(self) -> None:

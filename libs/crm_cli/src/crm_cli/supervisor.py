@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) stops every process with SIGTERM, then SIGKILL after a grace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,7 +39,9 @@ def platform_processes() -> list[ProcessSpec]:
     """The service roles that exist today, in start order."""
     py = sys.executable
     return [
-        ProcessSpec("identity-api", (py, "-m", "identity", "api"), health_url="http://127.0.0.1:8001/healthz"),
+        ProcessSpec(
+            "identity-api", (py, "-m", "identity", "api"), health_url="http://127.0.0.1:8001/healthz"
+        ),
         ProcessSpec("identity-relay", (py, "-m", "identity", "relay")),
     ]
 
@@ -143,18 +146,14 @@ class Supervisor:
         self._stop.set()
         procs = [r for r in reversed(list(self._running.values())) if r.popen.poll() is None]
         for r in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(r.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + self.grace_s
         for r in procs:
             try:
                 r.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.console.print(f"[yellow]{r.spec.name} ignored SIGTERM; killing it[/yellow]")
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(r.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 r.popen.wait()

@@ -8,8 +8,8 @@ kept out of the domain event objects themselves: aggregates never see it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar, cast
 
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, find_id_convertor
@@ -77,7 +77,7 @@ class TracingMapper(Mapper[Any]):
         meta = event_state.pop(_META_KEY, {})
         # The rest mirrors Mapper.to_domain_event: id conversion and upcasting.
         cls = resolve_topic(stored_event.topic)
-        id_convertor = find_id_convertor(cls, type(stored_event.originator_id))
+        id_convertor = find_id_convertor(cls, cast(Hashable, type(stored_event.originator_id)))
         event_state["originator_id"] = id_convertor(stored_event.originator_id)
         event_state["originator_version"] = stored_event.originator_version
         class_version = getattr(cls, "class_version", 1)

@@ -11,8 +11,8 @@ import re
 import unicodedata
 
 import phonenumbers
-
 from crm_contracts.envelope import Identifier, IdentifierKind
+
 from crm_platform.crypto import BlindIndexer
 
 
@@ -25,15 +25,29 @@ class InvalidIdentifier(ValueError):
         self.reason = reason
 
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 # Providers where "+tag" is a sub-address of the same mailbox; Gmail also ignores dots.
-_PLUS_ADDRESSING = frozenset({
-    "gmail.com", "googlemail.com", "outlook.com", "outlook.jp", "hotmail.com", "hotmail.co.jp",
-    "live.jp", "icloud.com", "me.com", "fastmail.com", "proton.me", "protonmail.com",
-})
+_PLUS_ADDRESSING = frozenset(
+    {
+        "gmail.com",
+        "googlemail.com",
+        "outlook.com",
+        "outlook.jp",
+        "hotmail.com",
+        "hotmail.co.jp",
+        "live.jp",
+        "icloud.com",
+        "me.com",
+        "fastmail.com",
+        "proton.me",
+        "protonmail.com",
+    }
+)
 _DOT_INSENSITIVE = frozenset({"gmail.com", "googlemail.com"})
 _CODE = re.compile(r"^[A-Z0-9][A-Z0-9_.:-]{0,63}$")
-_DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－ｰ"})
+_DASHES = str.maketrans(dict.fromkeys("‐‑‒–—―−ー－ｰ", "-"))
 
 
 def _nfkc(value: str) -> str:
@@ -87,7 +101,9 @@ def normalise(kind: IdentifierKind | str, raw: str) -> str:
     try:
         kind = IdentifierKind(kind)
     except ValueError:
-        raise InvalidIdentifier(str(kind), f"unknown identifier kind; one of {[k.value for k in IdentifierKind]}") from None
+        raise InvalidIdentifier(
+            str(kind), f"unknown identifier kind; one of {[k.value for k in IdentifierKind]}"
+        ) from None
     if kind is IdentifierKind.EMAIL:
         return normalise_email(raw)
     if kind is IdentifierKind.PHONE:

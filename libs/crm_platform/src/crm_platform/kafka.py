@@ -13,6 +13,7 @@ or validated go to the dead-letter topic with the reason; the stream keeps going
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -25,12 +26,12 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-
 from crm_contracts.envelope import Event
 from crm_contracts.registry import EventRegistry, InvalidEvent, UnknownEventType, encode, registry
 from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER, Topic
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from crm_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, re
             if t.name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process
     finally:
         await admin.close()
 
@@ -197,7 +196,9 @@ class SQLiteDedupeStore:
 
     def prune(self, older_than_s: float) -> int:
         """Forget ids older than the longest redelivery window (keeps the file bounded)."""
-        cur = self._db.execute("DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,))
+        cur = self._db.execute(
+            "DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,)
+        )
         return cur.rowcount
 
     def close(self) -> None:
@@ -317,4 +318,6 @@ class EventConsumer:
             ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
             ("dlq.consumer_group", self._group_id.encode()),
         ]
-        await self._dead_letter.publish_raw(DEAD_LETTER.name, record.value or b"", key=record.key, headers=headers)
+        await self._dead_letter.publish_raw(
+            DEAD_LETTER.name, record.value or b"", key=record.key, headers=headers
+        )

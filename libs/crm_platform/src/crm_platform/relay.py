@@ -16,6 +16,7 @@ Contract event ids are derived from the store position, so the copies carry the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -23,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from crm_contracts.envelope import Event, TraceContext
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import ApplicationRecorder, Notification, Tracking, TrackingRecorder
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from crm_contracts.envelope import Event, TraceContext
 from crm_platform.eventstore import TracingMapper
 from crm_platform.kafka import EventProducer
 
@@ -168,8 +169,11 @@ class OutboxRelay:
                 f"publish {event.TOPIC}",
                 context=parent,
                 kind=SpanKind.PRODUCER,
-                attributes={"messaging.system": "kafka", "messaging.destination.name": event.TOPIC,
-                            "crm.event_id": str(event.event_id)},
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": event.TOPIC,
+                    "crm.event_id": str(event.event_id),
+                },
             ):
                 futures.append(await self._producer.enqueue(event))
         return asyncio.gather(*futures)
@@ -185,7 +189,5 @@ class OutboxRelay:
             except Exception:  # the relay must outlive broker and store outages
                 log.exception("relay %s failed; retrying in %.1fs", self.name, backoff)
                 backoff = min(backoff * 2, 5.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
-            except TimeoutError:
-                pass

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-Record = ConsumerRecord[bytes, bytes]
+#: aiokafka ships no type information; records are ConsumerRecord[bytes, bytes].
+Record: TypeAlias = Any
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
@@ -27,8 +29,10 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - new topics
-            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            await consumer._client.force_metadata_update()
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
         return dict(await consumer.end_offsets(partitions)) if partitions else {}
     finally:
         await consumer.stop()
@@ -46,13 +50,14 @@ async def read_topic(
     """Records of ``topic`` (from ``start`` or the beginning) that satisfy ``match``,
     returned once at least ``expect`` arrived and the topic has been quiet for a moment,
     so that duplicates beyond ``expect`` are seen too."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     records: list[Record] = []
     deadline = time.monotonic() + timeout
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - see topics created just now
+        await consumer._client.force_metadata_update()
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         for tp in partitions:

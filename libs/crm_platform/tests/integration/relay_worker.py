@@ -16,10 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from relay_app import Notes, translate  # noqa: E402
-
-from crm_platform.kafka import EventProducer  # noqa: E402
-from crm_platform.relay import OutboxRelay  # noqa: E402
+from crm_platform.kafka import EventProducer
+from crm_platform.relay import OutboxRelay
+from relay_app import Notes, translate
 
 
 async def main() -> None:

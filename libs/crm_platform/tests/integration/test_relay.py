@@ -12,13 +12,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from opentelemetry import trace
-
 from crm_contracts.registry import EventRegistry
 from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
 from crm_platform.telemetry import in_memory_exporter
+from opentelemetry import trace
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -63,9 +62,13 @@ async def test_relay_publishes_every_event_once_with_its_trace(
 
     async with EventProducer(kafka_bootstrap, client_id="t") as producer:
         relay = OutboxRelay(
-            name="notes.kafka-relay", recorder=app.recorder, mapper=app.mapper,  # type: ignore[arg-type]
-            tracking=app.factory.tracking_recorder(), translate=relay_app.translate,
-            producer=producer, batch_size=50,
+            name="notes.kafka-relay",
+            recorder=app.recorder,
+            mapper=app.mapper,  # type: ignore[arg-type]
+            tracking=app.factory.tracking_recorder(),
+            translate=relay_app.translate,
+            producer=producer,
+            batch_size=50,
         )
         assert relay.lag() == 121
         while await relay.relay_once():
@@ -78,7 +81,9 @@ async def test_relay_publishes_every_event_once_with_its_trace(
     assert len(records) == 121
     bodies = [orjson.loads(r.value) for r in records]
     assert len({b["event_id"] for b in bodies}) == 121
-    traced = next(b for b, r in zip(bodies, records, strict=True) if b["payload"]["note_id"] == str(traced_id))
+    traced = next(
+        b for b, r in zip(bodies, records, strict=True) if b["payload"]["note_id"] == str(traced_id)
+    )
     # The event carries the request's trace, and the Kafka record continues it.
     assert traced["trace"]["traceparent"].split("-")[1] == request_trace_id
     record = next(r for r in records if orjson.loads(r.value)["payload"]["note_id"] == str(traced_id))
@@ -102,8 +107,14 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
     base = [sys.executable, str(WORKER), "--env", env, "--bootstrap", kafka_bootstrap, "--batch-size", "100"]
     proc_env = {**os.environ, "CRM_TEST_NOTES_TOPIC": notes_topic}
 
-    crashed = subprocess.run([*base, "--crash-after-batch", "3"], env=proc_env, capture_output=True,
-                             text=True, timeout=120, check=False)
+    crashed = subprocess.run(
+        [*base, "--crash-after-batch", "3"],
+        env=proc_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert crashed.returncode == -9, crashed.stderr
     assert "crashing after acks of batch 3" in crashed.stdout
     tracking = app.factory.tracking_recorder()
@@ -130,8 +141,12 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
         seen.append(str(event.event_id))
 
     consumer = EventConsumer(
-        kafka_bootstrap, group_id=f"test-{uuid.uuid4().hex[:6]}", topics=[notes_topic], handler=handler,
-        dedupe=SQLiteDedupeStore(tmp_path / "dedupe.sqlite"), event_registry=EventRegistry([relay_app.NoteWritten]),
+        kafka_bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:6]}",
+        topics=[notes_topic],
+        handler=handler,
+        dedupe=SQLiteDedupeStore(tmp_path / "dedupe.sqlite"),
+        event_registry=EventRegistry([relay_app.NoteWritten]),
     )
     await consumer.start()
     try:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from crm_contracts.envelope import IdentifierKind
 from crm_platform.crypto import (
     BlindIndexer,

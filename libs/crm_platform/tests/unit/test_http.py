@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
+from crm_platform.http import Principal, create_app, require_scope
+from crm_platform.settings import Settings
 from fastapi import Depends
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
-
-from crm_platform.http import Principal, create_app, require_scope
-from crm_platform.settings import Settings
 
 
 class Thing(BaseModel):
@@ -25,7 +24,8 @@ class Missing(Exception):
 @pytest.fixture
 def client(tmp_path) -> TestClient:  # type: ignore[no-untyped-def]
     settings = Settings(
-        var_dir=tmp_path, max_request_bytes=2048,
+        var_dir=tmp_path,
+        max_request_bytes=2048,
         api_keys={"writer-key": ["things:write"], "reader-key": ["things:read"], "root-key": ["*"]},
     )
 
@@ -35,8 +35,12 @@ def client(tmp_path) -> TestClient:  # type: ignore[no-untyped-def]
     async def fine() -> None:
         return None
 
-    app = create_app(settings=settings, title="t", readiness_checks={"store": fine, "kafka": failing},
-                     error_map={Missing: 404})
+    app = create_app(
+        settings=settings,
+        title="t",
+        readiness_checks={"store": fine, "kafka": failing},
+        error_map={Missing: 404},
+    )
 
     @app.post("/things", status_code=201)
     def make(thing: Thing, _: Annotated[Principal, Depends(require_scope("things:write"))]) -> Thing:
@@ -58,8 +62,9 @@ def test_malformed_body_names_the_field(client: TestClient) -> None:
 
 
 def test_invalid_json_is_422(client: TestClient) -> None:
-    response = client.post("/things", content=b"{nope", headers={"X-API-Key": "writer-key",
-                                                                 "Content-Type": "application/json"})
+    response = client.post(
+        "/things", content=b"{nope", headers={"X-API-Key": "writer-key", "Content-Type": "application/json"}
+    )
     assert response.status_code == 422
 
 

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import pytest
-
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import InvalidIdentifier, blind_identifier, normalise
 
 
 @pytest.mark.parametrize(
-    "raw", ["03-1234-5678", "0312345678", "+81 3 1234 5678", "０３－１２３４－５６７８", "(03) 1234-5678", "03ー1234ー5678"]
+    "raw",
+    [
+        "03-1234-5678",
+        "0312345678",
+        "+81 3 1234 5678",
+        "０３－１２３４－５６７８",
+        "(03) 1234-5678",
+        "03ー1234ー5678",
+    ],
 )
 def test_japanese_phone_numbers_written_many_ways_are_one(raw: str) -> None:
     assert normalise("phone", raw) == "+81312345678"

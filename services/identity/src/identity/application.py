@@ -7,13 +7,13 @@ domain's own (``AggregateNotFoundError`` becomes ``CustomerNotFound``).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
 from identity.domain.customer import (
     Customer,
@@ -46,7 +46,7 @@ class DateAsISO(Transcoding):
 class RegisterCustomer:
     channel: str
     identifiers: list[ObservedIdentifier]
-    personal: PersonalData = PersonalData()
+    personal: PersonalData = field(default_factory=PersonalData)
     gender: str = "unknown"
     prefecture: str | None = None
     consents: dict[str, bool] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class IdentityApplication(Application[uuid.UUID]):
         super().__init__(env=env)
         self.keys = keys
 
-    def register_transcodings(self, transcoder: Transcoder) -> None:
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
 

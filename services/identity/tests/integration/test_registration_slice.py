@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
-
 from crm_contracts.events.identity import CustomerRegistered
 from crm_contracts.registry import decode
 from crm_contracts.topics import IDENTITY_CUSTOMER
@@ -17,6 +15,7 @@ from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
 from crm_platform.telemetry import in_memory_exporter
 from crm_platform.testing import end_offsets, read_topic
+from fastapi.testclient import TestClient
 from identity.bootstrap import build, build_relay
 from identity.entrypoints.api import create
 
@@ -56,7 +55,10 @@ async def test_registered_customer_reaches_kafka_sealed_and_traced(
         assert relay.lag() == 0
 
     records = await read_topic(
-        kafka_bootstrap, IDENTITY_CUSTOMER.name, expect=1, start=start,
+        kafka_bootstrap,
+        IDENTITY_CUSTOMER.name,
+        expect=1,
+        start=start,
         match=lambda r: r.key == customer_id.encode(),
     )
     assert len(records) == 1
@@ -66,8 +68,11 @@ async def test_registered_customer_reaches_kafka_sealed_and_traced(
     # The trace of the HTTP request continues on the event and the Kafka record.
     assert event.trace is not None and event.trace.traceparent.split("-")[1] == trace_id
     assert dict(records[0].headers)["traceparent"].decode().split("-")[1] == trace_id
-    assert any(format(s.context.trace_id, "032x") == trace_id for s in spans.get_finished_spans()
-               if s.name.startswith("publish "))
+    assert any(
+        format(s.context.trace_id, "032x") == trace_id
+        for s in spans.get_finished_spans()
+        if s.name.startswith("publish ")
+    )
     # No raw personal data on Kafka: identifiers are blind indexes, the rest is sealed.
     raw = records[0].value.decode()
     for secret in ("山田", "ヤマダ", "example.jp", "1234", "1985-04-12"):
@@ -95,5 +100,3 @@ def test_registration_is_idempotent_on_its_identifier(store_settings: Settings) 
         profile = client.get(f"/customers/{first.json()['customer_id']}", headers=ADMIN).json()
         assert profile["identifiers"] == [{"kind": "email", "value": "hanako@example.jp"}]
     identity.close()
-
-

@@ -86,13 +86,15 @@ class SQLiteKeyBackend:
     def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO customer_data_keys (key_id, wrapped_key) VALUES (?, ?)", (key_id, wrapped)
+                "INSERT OR IGNORE INTO customer_data_keys (key_id, wrapped_key) VALUES (?, ?)",
+                (key_id, wrapped),
             )
 
     def erase(self, key_id: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) VALUES (?, NULL, datetime('now')) "
+                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) "
+                "VALUES (?, NULL, datetime('now')) "
                 "ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = datetime('now')",
                 (key_id,),
             )

@@ -9,12 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from aiokafka import AIOKafkaClient
-from fastapi import APIRouter, Depends, FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-
 from crm_platform.http import Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Settings
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 
 from identity.application import CustomerNotFound, RegisterCustomer
 from identity.bootstrap import Identity, build
