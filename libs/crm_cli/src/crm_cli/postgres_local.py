@@ -77,8 +77,23 @@ class LocalPostgres:
         )
         return PostgresStatus(running, self.port, self.data_dir, bin_dir)
 
+    def _port_answers(self, bin_dir: Path) -> bool:
+        probe = subprocess.run(
+            [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+            check=False,
+        )
+        return probe.returncode == 0
+
     def start(self) -> PostgresStatus:
         bin_dir = self.ensure_installed()
+        ours = (self.data_dir / "PG_VERSION").exists() and self._pg_ctl(
+            bin_dir, "status", check=False
+        ).returncode == 0
+        if not ours and self._port_answers(bin_dir):
+            # Another checkout's test cluster already serves this port: share it.
+            self._provision(bin_dir)
+            return PostgresStatus(True, self.port, self.data_dir, bin_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
