@@ -42,6 +42,7 @@ class TracingMapper(Mapper[Any]):
         carrier = current_trace_carrier()
         if carrier:
             event_state[_META_KEY] = carrier
+        event_state = self.encode_state(domain_event, originator_id, event_state)
         stored_state = self.transcoder.encode(event_state)
         if self.compressor:
             stored_state = self.compressor.compress(stored_state)
@@ -85,6 +86,17 @@ class TracingMapper(Mapper[Any]):
         while from_version < class_version:
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
             from_version += 1
+        event_state = self.decode_state(cls, event_state["originator_id"], event_state)
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", event_state)
         return event, meta
+
+    def encode_state(
+        self, domain_event: DomainEventProtocol[Any], originator_id: Any, state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Hook for subclasses: transform an event's state before it is stored."""
+        return state
+
+    def decode_state(self, event_class: type[Any], originator_id: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """Hook for subclasses: transform a stored state back before the event is built."""
+        return state

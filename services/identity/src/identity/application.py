@@ -1,28 +1,53 @@
-"""The identity application service: commands and queries on customers.
+"""The identity application: commands and queries on customers, and every identity
+decision (create, link, merge, send to review, undo, erase) recorded as events.
 
-It takes and returns IDs and primitives; infrastructure errors are translated into the
-domain's own (``AggregateNotFoundError`` becomes ``CustomerNotFound``).
+It takes and returns IDs and primitives; infrastructure errors become domain errors
+(``AggregateNotFoundError`` → ``CustomerNotFound``, a lost optimistic-concurrency race
+→ ``ConcurrentUpdate``). Two entry points decide identity:
+
+* :meth:`register` — a channel registers a person with personal data: exact identifiers
+  first (checked against the names, so a family sharing an e-mail stays two people),
+  then fuzzy matching of names, birthday and address against blocked candidates.
+* :meth:`observe` — the resolver saw identifiers (blind indexes only) on an order, a
+  ticket, a form: link, create or merge by the deterministic rules.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
 
+from crm_platform.crypto import BlindIndexer
+from identity.adapters.keystore import DataKeyStore
+from identity.adapters.mapper import PersonalDataMapper
+from identity.adapters.recorders import IndexQueries
+from identity.domain.claim import IdentifierClaim, claim_id
 from identity.domain.customer import (
+    EXCLUSIVE_KINDS,
     Customer,
-    CustomerAlreadyRegistered,
+    CustomerInactive,
     DomainError,
-    ObservedIdentifier,
-    PersonalData,
-    customer_id_for,
+    InvalidCustomerData,
+    new_customer_id,
+    priority,
 )
+from identity.domain.merge import Merge, MergeNotFound, MergeNotUndoable, merge_id_for
+from identity.domain.review import ReviewItem, ReviewNotFound, review_id_for
+from identity.matching.normalise import (
+    address_key,
+    kana_name_key,
+    kanji_name_key,
+    loose_kana_key,
+    postal_code_key,
+)
+from identity.matching.scoring import MatchRecord, Score, same_person_names, score_pair
 
 
 class CustomerNotFound(DomainError):
@@ -31,81 +56,829 @@ class CustomerNotFound(DomainError):
         self.customer_id = customer_id
 
 
-class DateAsISO(Transcoding):
-    type = date
-    name = "date_iso"
+class ConcurrentUpdate(DomainError):
+    """Another request changed the same customer or identifier first; retry."""
 
-    def encode(self, obj: date) -> str:
-        return obj.isoformat()
 
-    def decode(self, data: str) -> date:
-        return date.fromisoformat(data)
+class IdentifierHeldByOther(DomainError):
+    def __init__(self, kind: str, owner: uuid.UUID) -> None:
+        super().__init__(f"this {kind} belongs to customer {owner}; merge the customers instead")
+        self.owner = owner
+
+
+@dataclass(frozen=True, order=True)
+class Ident:
+    """An identifier as identity handles it: kind and blind index."""
+
+    kind: str
+    hash: str
+
+    @property
+    def priority(self) -> int:
+        return priority(self.kind)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What an identity decision did."""
+
+    customer_id: uuid.UUID | None
+    outcome: str  # created | linked | matched | merged | ambiguous
+    merges: tuple[uuid.UUID, ...] = ()
+    reviews: tuple[uuid.UUID, ...] = ()
+    linked: tuple[Ident, ...] = ()
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    #: Fuzzy score at or above which two records merge without a human.
+    auto_merge: float = 0.93
+    #: Fuzzy score at or above which (and below auto_merge) a pair goes to review.
+    review: float = 0.80
+    #: An identifier held by more customers than this is marked shared for good.
+    max_owners: int = 5
 
 
 @dataclass(frozen=True)
 class RegisterCustomer:
     channel: str
-    identifiers: list[ObservedIdentifier]
-    personal: PersonalData = field(default_factory=PersonalData)
-    gender: str = "unknown"
-    prefecture: str | None = None
+    #: (kind, normalised clear value) of every identifier the channel observed.
+    identifiers: list[tuple[str, str]] = field(default_factory=list)
+    personal: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
     consents: dict[str, bool] = field(default_factory=dict)
     registered_at: datetime | None = None
+    decided_by: str | None = None
 
 
-class DataKeys(Protocol):
-    """Where per-customer data keys live (see ``adapters.keystore``)."""
+def _now() -> datetime:
+    return datetime.now(UTC)
 
-    def get_or_create(self, customer_id: uuid.UUID) -> tuple[str, bytes]: ...
+
+def _birthday(value: Any) -> date | None:
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(value) if value else None
 
 
 class IdentityApplication(Application[uuid.UUID]):
     name = "identity"
 
-    def __init__(self, env: Mapping[str, str] | None = None, *, keys: DataKeys | None = None) -> None:
-        super().__init__(env=env)
-        self.keys = keys
-
-    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
-        super().register_transcodings(transcoder)
-        transcoder.register(DateAsISO())
-
-    def register_customer(self, cmd: RegisterCustomer) -> uuid.UUID:
-        candidate = customer_id_for(cmd.identifiers)
-        if candidate is not None and candidate in self.repository:
-            raise CustomerAlreadyRegistered(candidate)
-        customer = Customer.register(
-            channel=cmd.channel,
-            identifiers=cmd.identifiers,
-            personal=cmd.personal,
-            gender=cmd.gender,
-            prefecture=cmd.prefecture,
-            consents=cmd.consents,
-            registered_at=cmd.registered_at or datetime.now(UTC),
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        indexer: BlindIndexer,
+        key_store: Callable[[IdentityApplication], DataKeyStore],
+        thresholds: Thresholds = Thresholds(),
+    ) -> None:
+        env = dict(env or {})
+        persistence = env.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
+        env["MAPPER_TOPIC"] = "identity.adapters.mapper:PersonalDataMapper"
+        env["APPLICATION_RECORDER_TOPIC"] = (
+            "identity.adapters.recorders:IdentityPostgresRecorder"
+            if persistence.endswith("postgres")
+            else "identity.adapters.recorders:IdentitySQLiteRecorder"
         )
-        if self.keys is not None:
-            # The data key exists before any event that will be sealed with it.
-            self.keys.get_or_create(customer.id)
-        try:
-            self.save(customer)
-        except IntegrityError:
-            # Registered concurrently by another request: the first one wins.
-            raise CustomerAlreadyRegistered(customer.id) from None
-        return customer.id
+        super().__init__(env=env)
+        self.indexer = indexer
+        self.thresholds = thresholds
+        self.keys = key_store(self)
+        cast(PersonalDataMapper, self.mapper).keys = self.keys
 
-    def get_customer(self, customer_id: uuid.UUID) -> dict[str, Any]:
+    @property
+    def index(self) -> IndexQueries:
+        return cast(IndexQueries, self.recorder)
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _customer(self, customer_id: uuid.UUID, version: int | None = None) -> Customer:
         try:
-            customer: Customer = self.repository.get(customer_id)
+            return cast(Customer, self.repository.get(customer_id, version=version))
         except AggregateNotFoundError:
             raise CustomerNotFound(customer_id) from None
+
+    def _maybe(self, aggregate_id: uuid.UUID) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def _active_root(self, customer: Customer) -> Customer:
+        """Follow merges to the customer that holds this one now."""
+        seen = {customer.id}
+        while customer.status == "merged" and customer.merged_into is not None:
+            customer = self._customer(customer.merged_into)
+            if customer.id in seen:  # pragma: no cover - a cycle would be a bug
+                raise DomainError(f"merge cycle at {customer.id}")
+            seen.add(customer.id)
+        return customer
+
+    def _claims(self, idents: Iterable[Ident]) -> dict[Ident, IdentifierClaim | None]:
+        return {i: self._maybe(claim_id(i.kind, i.hash)) for i in idents}
+
+    # -- saving -------------------------------------------------------------------------
+
+    def _index_row(self, customer: Customer) -> dict[str, Any]:
+        p = customer.personal
+        return {
+            "customer_id": customer.id.hex,
+            "status": customer.status,
+            "merged_into": customer.merged_into.hex if customer.merged_into else None,
+            "name_kanji_key": kanji_name_key(p["name_kanji"]) if p.get("name_kanji") else None,
+            "kana_key": kana_name_key(p["name_kana"]) if p.get("name_kana") else None,
+            "loose_kana_key": loose_kana_key(p["name_kana"]) if p.get("name_kana") else None,
+            "birthday": p.get("birthday"),
+            "postal_code": postal_code_key(p["postal_code"]) if p.get("postal_code") else None,
+            "address_key": address_key(p["address"]) if p.get("address") else None,
+            "prefecture": customer.attributes.get("prefecture"),
+            "registered_at": customer.registered_at.isoformat(),
+        }
+
+    def _save(self, *aggregates: Aggregate | None) -> None:
+        unique: dict[int, Aggregate] = {}
+        for a in aggregates:
+            if a is not None:
+                unique.setdefault(id(a), a)  # aggregates are unhashable; dedupe by identity
+        objs = list(unique.values())
+        rows = [self._index_row(a) for a in objs if isinstance(a, Customer)]
+        try:
+            self.save(*objs, index_rows=rows)
+        except IntegrityError:
+            raise ConcurrentUpdate("a customer or identifier changed concurrently; retry") from None
+
+    # -- registration -------------------------------------------------------------------
+
+    def hash_identifiers(self, pairs: Iterable[tuple[str, str]]) -> list[Ident]:
+        return sorted({Ident(kind, self.indexer.index(kind, value)) for kind, value in pairs})
+
+    def register(self, cmd: RegisterCustomer) -> Resolution:
+        """Register a person seen by a channel; link or merge with who they already are."""
+        at = cmd.registered_at or _now()
+        idents = self.hash_identifiers(cmd.identifiers)
+        personal = dict(cmd.personal)
+        contacts: dict[str, list[str]] = {}
+        for kind, value in cmd.identifiers:
+            contacts.setdefault(kind, [])
+            if value not in contacts[kind]:
+                contacts[kind].append(value)
+        if contacts:
+            personal["contacts"] = contacts
+        if not idents and not personal.get("name_kanji") and not personal.get("name_kana"):
+            raise InvalidCustomerData("a customer needs at least a name or one identifier")
+        newcomer = MatchRecord(
+            customer_id="",
+            name_kanji=personal.get("name_kanji"),
+            name_kana=personal.get("name_kana"),
+            birthday=_birthday(personal.get("birthday")),
+            postal_code=personal.get("postal_code"),
+            address=personal.get("address"),
+            contact_hashes=frozenset(i.hash for i in idents if i.kind in ("email", "phone")),
+        )
+        claims = self._claims(idents)
+        # Exact identifiers, checked against the names: who is this already?
+        matches: dict[uuid.UUID, tuple[Customer, Ident]] = {}
+        for ident in sorted(idents, key=lambda i: i.priority):
+            claim = claims[ident]
+            owner = claim.sole_owner if claim else None
+            if owner is None or owner in matches:
+                continue
+            customer = self._active_root(self._customer(owner))
+            if customer.status != "active":
+                continue
+            if customer.conflicts_with([(i.kind, i.hash) for i in idents]):
+                continue  # a different member sharing a weaker identifier
+            if same_person_names(newcomer, self._match_record(customer)) is False:
+                continue  # a family member sharing an e-mail or a home phone
+            matches.setdefault(customer.id, (customer, ident))
+        if matches:
+            return self._register_known(cmd, at, idents, personal, claims, list(matches.values()))
+        return self._register_new(cmd, at, idents, personal, claims, newcomer)
+
+    def _register_new(
+        self,
+        cmd: RegisterCustomer,
+        at: datetime,
+        idents: list[Ident],
+        personal: dict[str, Any],
+        claims: dict[Ident, IdentifierClaim | None],
+        newcomer: MatchRecord,
+    ) -> Resolution:
+        customer_id = self._new_id(idents, personal, at)
+        evidence = {"rule": "registration", "decided_by": cmd.decided_by, "at": at.isoformat(), "channel": cmd.channel}
+        customer = Customer.register(
+            customer_id=customer_id,
+            channel=cmd.channel,
+            personal=personal,
+            attributes=cmd.attributes,
+            identifiers=[{**i.as_dict(), "evidence": evidence} for i in idents],
+            consents=cmd.consents,
+            registered_at=at,
+        )
+        changed_claims = [self._claim(claims, i, customer.id, evidence) for i in idents]
+        # Fuzzy: is this newcomer someone we know under other identifiers?
+        best = self._best_candidate(newcomer, exclude={customer.id.hex})
+        merges: tuple[uuid.UUID, ...] = ()
+        reviews: tuple[uuid.UUID, ...] = ()
+        outcome = "created"
+        to_save: list[Aggregate | None] = [customer, *changed_claims]
+        if best is not None:
+            candidate, score = best
+            if score.value >= self.thresholds.auto_merge:
+                survivor = self._customer(candidate)
+                fuzzy = self._fuzzy_evidence(score, at, cmd.decided_by)
+                merge, claim_changes = self._merge_objects(survivor, customer, fuzzy, pending_claims=changed_claims)
+                to_save = [customer, survivor, merge, *claim_changes]
+                merges, outcome = (merge.id,), "merged"
+                customer_id = survivor.id
+            elif score.value >= self.thresholds.review:
+                review = self._open_review(customer.id, candidate, score, at)
+                if review is not None:
+                    to_save.append(review)
+                    reviews = (review.id,)
+        self._save(*to_save)
+        return Resolution(customer_id, outcome, merges, reviews, tuple(idents))
+
+    def _register_known(
+        self,
+        cmd: RegisterCustomer,
+        at: datetime,
+        idents: list[Ident],
+        personal: dict[str, Any],
+        claims: dict[Ident, IdentifierClaim | None],
+        matches: list[tuple[Customer, Ident]],
+    ) -> Resolution:
+        survivor, via = matches[0]
+        evidence = {
+            "rule": f"exact:{via.kind}", "matched_fields": [via.kind], "decided_by": cmd.decided_by,
+            "at": at.isoformat(), "channel": cmd.channel,
+        }
+        to_save: list[Aggregate | None] = [survivor]
+        merges = []
+        for other, other_via in matches[1:]:
+            merge, claim_changes = self._merge_objects(
+                survivor, other, {**evidence, "rule": f"exact:{via.kind}+{other_via.kind}"}
+            )
+            merges.append(merge.id)
+            to_save += [other, merge, *claim_changes]
+        linked = []
+        for ident in idents:
+            if not survivor.has(ident.kind, ident.hash) and not survivor.conflicts_with([(ident.kind, ident.hash)]):
+                survivor.link(ident.kind, ident.hash, evidence)
+                linked.append(ident)
+            to_save.append(self._claim(claims, ident, survivor.id, evidence))
+        # What the channel knows and we do not (a kana reading, a birthday) fills gaps.
+        missing = {k: v for k, v in personal.items() if k != "contacts" and not survivor.personal.get(k)}
+        contacts = dict(survivor.personal.get("contacts", {}))
+        for kind, values in personal.get("contacts", {}).items():
+            contacts[kind] = sorted(set(contacts.get(kind, [])) | set(values))
+        if contacts != survivor.personal.get("contacts", {}):
+            missing["contacts"] = contacts
+        attributes = {k: v for k, v in cmd.attributes.items() if k not in survivor.attributes}
+        if missing or attributes:
+            survivor.change_profile(missing, attributes)
+        for channel, granted in cmd.consents.items():
+            survivor.change_consent(channel, granted, at)
+        self._save(*to_save)
+        outcome = "merged" if merges else ("linked" if linked else "matched")
+        return Resolution(survivor.id, outcome, tuple(merges), (), tuple(linked))
+
+    def _new_id(self, idents: list[Ident], personal: dict[str, Any], at: datetime) -> uuid.UUID:
+        if not idents:
+            seed = f"{personal.get('name_kanji')}|{personal.get('name_kana')}|{personal.get('birthday')}|{at.isoformat()}"
+            return new_customer_id("anonymous", seed)
+        strongest = min(idents, key=lambda i: (i.priority, i.hash))
+        for attempt in range(100):
+            candidate = new_customer_id(strongest.kind, strongest.hash, attempt)
+            if self._maybe(candidate) is None:
+                return candidate
+        raise DomainError("could not allocate a customer id")  # pragma: no cover
+
+    def _claim(
+        self,
+        claims: dict[Ident, IdentifierClaim | None],
+        ident: Ident,
+        owner: uuid.UUID,
+        evidence: dict[str, Any],
+    ) -> IdentifierClaim:
+        claim = claims.get(ident)
+        if claim is None:
+            claim = IdentifierClaim.open(ident.kind, ident.hash)
+            claims[ident] = claim
+        claim.claim(owner, evidence, self.thresholds.max_owners)
+        return claim
+
+    # -- fuzzy matching -----------------------------------------------------------------
+
+    def _match_record(self, customer: Customer) -> MatchRecord:
+        p = customer.personal
+        return MatchRecord(
+            customer_id=customer.id.hex,
+            name_kanji=p.get("name_kanji"),
+            name_kana=p.get("name_kana"),
+            birthday=_birthday(p.get("birthday")),
+            postal_code=p.get("postal_code"),
+            address=p.get("address"),
+            contact_hashes=frozenset(
+                i["hash"] for i in customer.identifiers.values() if i["kind"] in ("email", "phone")
+            ),
+        )
+
+    def _candidates(self, record: MatchRecord, exclude: set[str]) -> list[str]:
+        """Blocking: only customers sharing a reading, a birthday or a postal code with
+        the same family-name start are scored, never the whole base."""
+        loose = loose_kana_key(record.name_kana) if record.name_kana else None
+        kanji = kanji_name_key(record.name_kanji) if record.name_kanji else None
+        clauses, params = [], []
+        if loose:
+            clauses.append("loose_kana_key = ?")
+            params.append(loose)
+        if record.birthday and loose:
+            clauses.append("(birthday = ? AND substr(loose_kana_key, 1, 2) = ?)")
+            params += [record.birthday.isoformat(), loose[:2]]
+        if record.birthday and kanji:
+            clauses.append("(birthday = ? AND substr(name_kanji_key, 1, 1) = ?)")
+            params += [record.birthday.isoformat(), kanji[:1]]
+        postal = postal_code_key(record.postal_code) if record.postal_code else None
+        if postal and (loose or kanji):
+            clauses.append("(postal_code = ? AND (substr(loose_kana_key, 1, 2) = ? OR substr(name_kanji_key, 1, 1) = ?))")
+            params += [postal, (loose or "")[:2], (kanji or "")[:1]]
+        if kanji:
+            clauses.append("name_kanji_key = ?")
+            params.append(kanji)
+        if not clauses:
+            return []
+        rows = self.index.query_index(f"status = 'active' AND ({' OR '.join(clauses)})", params, limit=50)
+        return [r["customer_id"] for r in rows if r["customer_id"] not in exclude]
+
+    def _best_candidate(self, record: MatchRecord, exclude: set[str]) -> tuple[uuid.UUID, Score] | None:
+        best: tuple[uuid.UUID, Score] | None = None
+        for hex_id in self._candidates(record, exclude):
+            other = self._customer(uuid.UUID(hex_id))
+            if other.status != "active":
+                continue
+            review = self._maybe(review_id_for(other.id, uuid.UUID(record.customer_id))) if record.customer_id else None
+            if review is not None and review.status == "rejected":
+                continue  # a human said these are two people
+            score = score_pair(record, self._match_record(other))
+            if best is None or score.value > best[1].value:
+                best = (other.id, score)
+        return best
+
+    @staticmethod
+    def _fuzzy_evidence(score: Score, at: datetime, decided_by: str | None) -> dict[str, Any]:
+        return {
+            "rule": "fuzzy", "score": score.value, "matched_fields": list(score.matched),
+            "conflicting_fields": list(score.conflicting), "decided_by": decided_by, "at": at.isoformat(),
+        }
+
+    def _open_review(self, a: uuid.UUID, b: uuid.UUID, score: Score, at: datetime) -> ReviewItem | None:
+        if self._maybe(review_id_for(a, b)) is not None:
+            return None
+        return ReviewItem.open(a, b, score.value, self._fuzzy_evidence(score, at, "matcher"))
+
+    # -- observations from other services -----------------------------------------------
+
+    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution:
+        """Decide who an observation (identifiers only, no personal data) belongs to."""
+        idents = sorted(set(idents), key=lambda i: (i.priority, i.hash))
+        if not idents:
+            return Resolution(None, "ambiguous")
+        at = _now()
+        claims = self._claims(idents)
+        owners: dict[uuid.UUID, Customer] = {}
+        unknown: list[Ident] = []
+        for ident in idents:
+            claim = claims[ident]
+            if claim is None or not claim.owners:
+                unknown.append(ident)
+                continue
+            owner = claim.sole_owner
+            if owner is not None and owner not in owners:
+                root = self._active_root(self._customer(owner))
+                if root.status == "active":
+                    owners[root.id] = root
+        evidence = {"rule": "", "decided_by": "resolver", "at": at.isoformat(), "source": source, "channel": channel}
+        pairs = [(i.kind, i.hash) for i in idents]
+        compatible = [c for c in owners.values() if not c.conflicts_with(pairs)]
+        if not compatible:
+            if not unknown:
+                return Resolution(None, "ambiguous")
+            return self._observe_new(unknown, claims, evidence, channel, at)
+        survivor = min(compatible, key=lambda c: self._strength(c, idents))
+        to_save: list[Aggregate | None] = [survivor]
+        merges = []
+        for other in compatible:
+            if other.id == survivor.id or other.conflicts_with(
+                [(i["kind"], i["hash"]) for i in survivor.identifiers.values()]
+            ):
+                continue
+            if same_person_names(self._match_record(survivor), self._match_record(other)) is False:
+                continue
+            merge, claim_changes = self._merge_objects(survivor, other, {**evidence, "rule": "exact:co-observed"})
+            merges.append(merge.id)
+            to_save += [other, merge, *claim_changes]
+        linked = []
+        strongest_known = min(
+            (i for i in idents if survivor.has(i.kind, i.hash)), key=lambda i: i.priority, default=None
+        )
+        link_evidence = {
+            **evidence, "rule": f"exact:co-observed-with-{strongest_known.kind if strongest_known else 'merge'}",
+            "matched_fields": [strongest_known.kind] if strongest_known else [],
+        }
+        for ident in unknown:
+            if survivor.conflicts_with([(ident.kind, ident.hash)]):
+                continue
+            survivor.link(ident.kind, ident.hash, link_evidence)
+            to_save.append(self._claim(claims, ident, survivor.id, link_evidence))
+            linked.append(ident)
+        if len(to_save) == 1 and not survivor.pending_events:
+            return Resolution(survivor.id, "matched")
+        self._save(*to_save)
+        outcome = "merged" if merges else ("linked" if linked else "matched")
+        return Resolution(survivor.id, outcome, tuple(merges), (), tuple(linked))
+
+    @staticmethod
+    def _strength(customer: Customer, idents: Sequence[Ident]) -> tuple[int, str]:
+        held = [i.priority for i in idents if customer.has(i.kind, i.hash)]
+        return (min(held) if held else 99, customer.registered_at.isoformat() + customer.id.hex)
+
+    def _observe_new(
+        self,
+        unknown: list[Ident],
+        claims: dict[Ident, IdentifierClaim | None],
+        evidence: dict[str, Any],
+        channel: str,
+        at: datetime,
+    ) -> Resolution:
+        evidence = {**evidence, "rule": "first-seen"}
+        customer = Customer.register(
+            customer_id=self._new_id(unknown, {}, at),
+            channel=channel if channel in ("store", "online", "app", "form", "call_center") else "import",
+            personal={},
+            attributes={},
+            identifiers=[{**i.as_dict(), "evidence": evidence} for i in unknown],
+            consents={},
+            registered_at=at,
+        )
+        changed = [self._claim(claims, i, customer.id, evidence) for i in unknown]
+        self._save(customer, *changed)
+        return Resolution(customer.id, "created", linked=tuple(unknown))
+
+    # -- merge and undo ---------------------------------------------------------------
+
+    def _merge_objects(
+        self,
+        survivor: Customer,
+        merged: Customer,
+        evidence: dict[str, Any],
+        pending_claims: Sequence[IdentifierClaim] = (),
+    ) -> tuple[Merge, list[IdentifierClaim]]:
+        merge_id = merge_id_for(survivor.id, merged.id, merged.version)
+        moved = survivor.absorb(merge_id, merged, evidence)
+        merged.merge_into(merge_id, survivor.id)
+        known = {(c.kind, c.hash): c for c in pending_claims}
+        changed = []
+        for i in merged.identifiers.values():
+            claim = known.get((i["kind"], i["hash"])) or self._maybe(claim_id(i["kind"], i["hash"]))
+            if claim is None:
+                continue
+            claim.release(merged.id, f"merged into {survivor.id}")
+            claim.claim(survivor.id, evidence, self.thresholds.max_owners)
+            changed.append(claim)
+        return Merge.record(merge_id, survivor.id, merged.id, moved, evidence), changed
+
+    def merge(
+        self, survivor_id: uuid.UUID, merged_id: uuid.UUID, *, decided_by: str, reason: str = "staff request"
+    ) -> uuid.UUID:
+        """Merge ``merged_id`` into ``survivor_id`` (a staff decision); returns the merge id."""
+        if survivor_id == merged_id:
+            from identity.domain.customer import CannotMergeWithItself
+
+            raise CannotMergeWithItself(f"cannot merge customer {survivor_id} with itself")
+        survivor, merged = self._customer(survivor_id), self._customer(merged_id)
+        evidence = {"rule": "staff", "decided_by": decided_by, "reason": reason, "at": _now().isoformat()}
+        merge, claims = self._merge_objects(survivor, merged, evidence)
+        self._save(survivor, merged, merge, *claims)
+        return merge.id
+
+    def undo_merge(self, merge_id: uuid.UUID, *, reason: str, undone_by: str | None) -> Resolution:
+        """Give the merged customer back everything it had; later events follow its identifiers."""
+        merge = self._maybe(merge_id)
+        if not isinstance(merge, Merge):
+            raise MergeNotFound(f"no merge {merge_id}")
+        survivor, merged = self._customer(merge.survivor_id), self._customer(merge.merged_id)
+        if merge.undone is None and survivor.status != "active":
+            raise MergeNotUndoable(
+                f"customer {survivor.id} is {survivor.status} since; undo the later merge first"
+            )
+        merge.undo(reason, undone_by, [])  # raises MergeAlreadyUndone
+        returned = survivor.undo_absorption(merge.id)
+        merged.restore(merge.id)
+        at = _now()
+        changed = []
+        for i in merged.identifiers.values():
+            claim = self._maybe(claim_id(i["kind"], i["hash"]))
+            if claim is None:
+                continue
+            if not survivor.has(i["kind"], i["hash"]):
+                claim.release(survivor.id, f"merge {merge.id} undone")
+            claim.claim(merged.id, {"rule": "merge-undone", "at": at.isoformat(), "decided_by": undone_by},
+                        self.thresholds.max_owners)
+            changed.append(claim)
+        self._save(survivor, merged, merge, *changed)
+        return Resolution(merged.id, "restored", (merge.id,), linked=tuple(Ident(i["kind"], i["hash"]) for i in returned))
+
+    # -- review queue -------------------------------------------------------------------
+
+    def list_reviews(self, status: str = "open") -> list[dict[str, Any]]:
+        reviews = []
+        for notification in self.recorder.select_notifications(start=1, limit=1_000_000,
+                                                                  topics=[_topic(ReviewItem.Opened)]):
+            item = self._maybe(notification.originator_id)
+            if isinstance(item, ReviewItem) and (status == "all" or item.status == status):
+                reviews.append(_review_view(item))
+        return reviews
+
+    def _review(self, review_id: uuid.UUID) -> ReviewItem:
+        item = self._maybe(review_id)
+        if not isinstance(item, ReviewItem):
+            raise ReviewNotFound(f"no review {review_id}")
+        return item
+
+    def approve_review(self, review_id: uuid.UUID, *, decided_by: str) -> uuid.UUID:
+        item = self._review(review_id)
+        a = self._active_root(self._customer(item.customer_a))
+        b = self._active_root(self._customer(item.customer_b))
+        if a.id == b.id:
+            raise InvalidCustomerData("these customers were merged already")
+        survivor, merged = sorted((a, b), key=lambda c: (c.registered_at, c.id.hex))
+        evidence = {**item.evidence, "rule": "review", "decided_by": decided_by, "at": _now().isoformat()}
+        merge, claims = self._merge_objects(survivor, merged, evidence)
+        item.approve(decided_by, merge.id)
+        self._save(survivor, merged, merge, item, *claims)
+        return merge.id
+
+    def reject_review(self, review_id: uuid.UUID, *, decided_by: str, reason: str) -> None:
+        item = self._review(review_id)
+        item.reject(decided_by, reason)
+        self._save(item)
+
+    # -- profile changes ----------------------------------------------------------------
+
+    def update_profile(
+        self,
+        customer_id: uuid.UUID,
+        personal: dict[str, Any],
+        attributes: dict[str, Any],
+        expected_version: int | None = None,
+    ) -> int:
+        customer = self._customer(customer_id)
+        customer.check_version(expected_version)
+        customer.change_profile(personal, attributes)
+        self._save(customer)
+        return customer.version
+
+    def change_consent(self, customer_id: uuid.UUID, channel: str, granted: bool, at: datetime | None = None) -> int:
+        customer = self._active_root(self._customer(customer_id))
+        customer.change_consent(channel, granted, at or _now())
+        self._save(customer)
+        return customer.version
+
+    def add_identifier(
+        self, customer_id: uuid.UUID, kind: str, value: str, *, decided_by: str, expected_version: int | None = None
+    ) -> Ident:
+        customer = self._customer(customer_id)
+        customer.check_version(expected_version)
+        if customer.status != "active":
+            raise CustomerInactive(f"customer {customer_id} is {customer.status}")
+        ident = self.hash_identifiers([(kind, value)])[0]
+        claims = self._claims([ident])
+        claim = claims[ident]
+        owner = claim.sole_owner if claim else None
+        if owner is not None and owner != customer.id:
+            raise IdentifierHeldByOther(kind, owner)
+        evidence = {"rule": "staff", "decided_by": decided_by, "at": _now().isoformat()}
+        customer.link(ident.kind, ident.hash, evidence)
+        contacts = dict(customer.personal.get("contacts", {}))
+        contacts[kind] = sorted(set(contacts.get(kind, [])) | {value})
+        customer.change_profile({"contacts": contacts}, {})
+        self._save(customer, self._claim(claims, ident, customer.id, evidence))
+        return ident
+
+    def remove_identifier(
+        self, customer_id: uuid.UUID, kind: str, hash_: str, *, reason: str, expected_version: int | None = None
+    ) -> None:
+        customer = self._customer(customer_id)
+        customer.check_version(expected_version)
+        customer.unlink(kind, hash_, reason)
+        claim = self._maybe(claim_id(kind, hash_))
+        if claim is not None:
+            claim.release(customer.id, reason)
+        self._save(customer, claim)
+
+    # -- erasure ------------------------------------------------------------------------
+
+    def erase(self, customer_id: uuid.UUID, *, reason: str) -> list[uuid.UUID]:
+        """Erase a person: the customer, everyone merged into it, their keys and claims."""
+        root = self._active_root(self._customer(customer_id))
+        people = [root, *self._absorbed_tree(root)]
+        at = _now()
+        to_save: list[Aggregate | None] = []
+        for person in people:
+            for i in person.erase(reason, at) if person.status != "erased" else []:
+                claim = self._maybe(claim_id(i["kind"], i["hash"]))
+                if claim is not None:
+                    claim.release(person.id, "erased")
+                    to_save.append(claim)
+            to_save.append(person)
+        self._save(*to_save)
+        for person in people:
+            self.keys.erase(person.id)
+        return [p.id for p in people]
+
+    def _absorbed_tree(self, customer: Customer) -> list[Customer]:
+        out = []
+        for merged_hex in customer.absorbed.values():
+            merged = self._customer(uuid.UUID(merged_hex))
+            out += [merged, *self._absorbed_tree(merged)]
+        return out
+
+    # -- queries ------------------------------------------------------------------------
+
+    def version_at(self, aggregate_id: uuid.UUID, as_of: datetime) -> int | None:
+        version = None
+        for stored in self.recorder.select_events(aggregate_id):
+            event = self.mapper.to_domain_event(stored)
+            if event.timestamp > as_of:
+                break
+            version = event.originator_version
+        return version
+
+    def get_customer(self, customer_id: uuid.UUID, as_of: datetime | None = None) -> dict[str, Any]:
+        """The unified profile: the customer with what its merged records contribute."""
+        version = None
+        if as_of is not None:
+            version = self.version_at(customer_id, as_of)
+            if version is None:
+                raise CustomerNotFound(customer_id)
+        customer = self._customer(customer_id, version)
+        absorbed = self._absorbed_as_of(customer, as_of)
+        personal = dict(customer.personal)
+        attributes = dict(customer.attributes)
+        consents = dict(customer.consents)
+        for other in absorbed:
+            for k, v in other.personal.items():
+                if k == "contacts":
+                    merged_contacts = dict(personal.get("contacts", {}))
+                    for kind, values in v.items():
+                        merged_contacts[kind] = sorted(set(merged_contacts.get(kind, [])) | set(values))
+                    personal["contacts"] = merged_contacts
+                elif not personal.get(k):
+                    personal[k] = v
+            for k, v in other.attributes.items():
+                attributes.setdefault(k, v)
+            for ch, consent in other.consents.items():
+                if ch not in consents or consent["at"] > consents[ch]["at"]:
+                    consents[ch] = consent
         return {
             "customer_id": customer.id,
             "version": customer.version,
+            "status": customer.status,
+            "merged_into": customer.merged_into,
+            "merged_ids": [o.id for o in absorbed],
             "channel": customer.channel,
-            "identifiers": list(customer.identifiers),
-            **customer.personal.as_dict(),
-            "gender": customer.gender,
-            "prefecture": customer.prefecture,
-            "consents": {k: v["granted"] for k, v in customer.consents.items()},
+            "personal": personal,
+            "attributes": attributes,
+            "consents": consents,
+            "identifiers": sorted(
+                ({"kind": i["kind"], "hash": i["hash"]} for i in customer.identifiers.values()),
+                key=lambda i: (priority(i["kind"]), i["hash"]),
+            ),
             "registered_at": customer.registered_at,
+            "as_of": as_of,
         }
+
+    def _absorbed_as_of(self, customer: Customer, as_of: datetime | None) -> list[Customer]:
+        out = []
+        for merged_hex in customer.absorbed.values():
+            merged_id = uuid.UUID(merged_hex)
+            version = self.version_at(merged_id, as_of) if as_of else None
+            merged = self._customer(merged_id, version)
+            out += [merged, *self._absorbed_as_of(merged, as_of)]
+        return out
+
+    def identifiers_of(self, customer_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Each linked identifier with why it is linked (rule, score, fields, who, when)."""
+        customer = self._customer(customer_id)
+        clear = self._clear_values(customer)
+        out = []
+        for i in sorted(customer.identifiers.values(), key=lambda i: (priority(i["kind"]), i["hash"])):
+            claim = self._maybe(claim_id(i["kind"], i["hash"]))
+            out.append({
+                "kind": i["kind"],
+                "hash": i["hash"],
+                "value": clear.get((i["kind"], i["hash"])),
+                "linked_at": i.get("linked_at"),
+                "evidence": i.get("evidence") or {},
+                "via_merge": i.get("via_merge"),
+                "merge_evidence": i.get("merge_evidence"),
+                "shared": bool(claim and (claim.shared or len(claim.owners) > 1)),
+            })
+        return out
+
+    def _clear_values(self, customer: Customer) -> dict[tuple[str, str], str]:
+        contacts: dict[str, list[str]] = {}
+        for person in [customer, *self._absorbed_as_of(customer, None)]:
+            for kind, values in person.personal.get("contacts", {}).items():
+                contacts.setdefault(kind, []).extend(values)
+        return {
+            (kind, self.indexer.index(kind, value)): value
+            for kind, values in contacts.items() for value in values
+        }
+
+    def resolve(self, idents: Sequence[Ident]) -> uuid.UUID | None:
+        """The active customer the strongest unambiguous identifier points at."""
+        for ident in sorted(idents, key=lambda i: i.priority):
+            claim = self._maybe(claim_id(ident.kind, ident.hash))
+            owner = claim.sole_owner if claim else None
+            if owner is not None:
+                root = self._active_root(self._customer(owner))
+                if root.status == "active":
+                    return root.id
+        return None
+
+    def search_by_identifier(self, kind: str, value: str) -> list[uuid.UUID]:
+        ident = self.hash_identifiers([(kind, value)])[0]
+        claim = self._maybe(claim_id(ident.kind, ident.hash))
+        owners = [uuid.UUID(o) for o in claim.owners] if claim else []
+        roots = {self._active_root(self._customer(o)).id for o in owners}
+        return sorted(roots)
+
+    def search_by_name(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        text = query.strip()
+        if not text:
+            return []
+        has_kanji = any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in text)
+        if has_kanji:
+            rows = self.index.query_index("status = 'active' AND name_kanji_key LIKE ?",
+                                          [f"%{kanji_name_key(text)}%"], limit)
+        else:
+            rows = self.index.query_index("status = 'active' AND loose_kana_key LIKE ?",
+                                          [f"%{loose_kana_key(text)}%"], limit)
+        return rows
+
+    def rebuild_index(self) -> int:
+        """Recompute the match index from the log (after a rule or normaliser change)."""
+        self.index.clear_index()
+        count = 0
+        seen: set[uuid.UUID] = set()
+        start = 1
+        while True:
+            batch = self.recorder.select_notifications(start=start, limit=1000,
+                                                       topics=[_topic(Customer.Registered)])
+            if not batch:
+                break
+            for n in batch:
+                if n.originator_id not in seen:
+                    seen.add(cast(uuid.UUID, n.originator_id))
+            start = batch[-1].id + 1
+        for customer_id in sorted(seen):
+            customer = self._customer(customer_id)
+            self.recorder.insert_events([], index_rows=[self._index_row(customer)])
+            count += 1
+        return count
+
+
+def _topic(cls: type[Any]) -> str:
+    from eventsourcing.utils import get_topic
+
+    return get_topic(cls)
+
+
+def _review_view(item: ReviewItem) -> dict[str, Any]:
+    return {
+        "review_id": item.id,
+        "customer_a": item.customer_a,
+        "customer_b": item.customer_b,
+        "score": item.score,
+        "evidence": item.evidence,
+        "status": item.status,
+        "decision": item.decision,
+        "opened_at": item.created_on,
+    }
+
+
+__all__ = [
+    "ConcurrentUpdate",
+    "CustomerNotFound",
+    "IdentifierHeldByOther",
+    "Ident",
+    "IdentityApplication",
+    "RegisterCustomer",
+    "Resolution",
+    "Thresholds",
+]

@@ -12,7 +12,7 @@ from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
 
 from identity.adapters.keystore import DataKeyStore, PostgresKeyBackend, SQLiteKeyBackend
-from identity.application import IdentityApplication
+from identity.application import IdentityApplication, Thresholds
 from identity.translator import IdentityTranslator
 
 SERVICE = "identity"
@@ -30,12 +30,16 @@ class Identity:
         self.app.close()
 
 
-def build(settings: Settings | None = None) -> Identity:
+def build(settings: Settings | None = None, thresholds: Thresholds | None = None) -> Identity:
     settings = settings or Settings(service_name=SERVICE)
-    app = IdentityApplication(env=settings.eventsourcing_env(SERVICE))
-    keys = DataKeyStore(_key_backend(settings, app), settings.master_key_bytes)
-    app.keys = keys
-    return Identity(settings, app, keys, BlindIndexer(settings.blind_index_key_bytes))
+    indexer = BlindIndexer(settings.blind_index_key_bytes)
+    app = IdentityApplication(
+        env=settings.eventsourcing_env(SERVICE),
+        indexer=indexer,
+        key_store=lambda a: DataKeyStore(_key_backend(settings, a), settings.master_key_bytes),
+        thresholds=thresholds or Thresholds(),
+    )
+    return Identity(settings, app, app.keys, indexer)
 
 
 def _key_backend(settings: Settings, app: IdentityApplication) -> SQLiteKeyBackend | PostgresKeyBackend:
@@ -47,7 +51,7 @@ def _key_backend(settings: Settings, app: IdentityApplication) -> SQLiteKeyBacke
 
 def build_relay(identity: Identity, producer: EventProducer, **kwargs: Any) -> OutboxRelay:
     mapper = identity.app.mapper
-    assert isinstance(mapper, TracingMapper)
+    assert isinstance(mapper, TracingMapper)  # PersonalDataMapper: opens the store's sealed fields
     return OutboxRelay(
         name=RELAY_NAME,
         recorder=identity.app.recorder,

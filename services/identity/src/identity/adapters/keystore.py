@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,33 +30,52 @@ class _Backend(Protocol):
 class DataKeyStore:
     """Creates, caches and erases per-customer AES-256 data keys."""
 
-    def __init__(self, backend: _Backend, master_key: bytes) -> None:
+    def __init__(self, backend: _Backend, master_key: bytes, cache_ttl_s: float = 60.0) -> None:
         self._backend = backend
         self._master = master_key
-        self._cache: dict[str, bytes] = {}
+        # Unwrapped keys are cached briefly: an erasure made by another process takes
+        # effect here within ``cache_ttl_s``.
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._ttl = cache_ttl_s
         self._lock = threading.Lock()
 
     @staticmethod
     def key_id_for(customer_id: uuid.UUID) -> str:
         return f"cust-{customer_id}"
 
-    def get_or_create(self, customer_id: uuid.UUID) -> tuple[str, bytes]:
-        key_id = self.key_id_for(customer_id)
+    def _cached(self, key_id: str) -> bytes | None:
         with self._lock:
-            if key_id in self._cache:
-                return key_id, self._cache[key_id]
+            hit = self._cache.get(key_id)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        return None
+
+    def get(self, customer_id: uuid.UUID) -> tuple[str, bytes] | None:
+        """The customer's key, None if it never had one; raises KeyErased after erasure."""
+        key_id = self.key_id_for(customer_id)
+        cached = self._cached(key_id)
+        if cached is not None:
+            return key_id, cached
         row = self._backend.get(key_id)
         if row is None:
-            self._backend.put_if_absent(key_id, wrap_key(self._master, generate_data_key(), key_id))
-            row = self._backend.get(key_id)
-        assert row is not None
+            return None
         wrapped, erased = row
         if erased or wrapped is None:
             raise KeyErased(key_id)
         key = unwrap_key(self._master, wrapped, key_id)
         with self._lock:
-            self._cache[key_id] = key
+            self._cache[key_id] = (time.monotonic(), key)
         return key_id, key
+
+    def get_or_create(self, customer_id: uuid.UUID) -> tuple[str, bytes]:
+        found = self.get(customer_id)
+        if found is not None:
+            return found
+        key_id = self.key_id_for(customer_id)
+        self._backend.put_if_absent(key_id, wrap_key(self._master, generate_data_key(), key_id))
+        found = self.get(customer_id)
+        assert found is not None
+        return found
 
     def erase(self, customer_id: uuid.UUID) -> None:
         key_id = self.key_id_for(customer_id)

@@ -1,0 +1,1 @@
+"""Japanese-aware normalisation and scoring of names and addresses (identity only)."""
