@@ -18,6 +18,7 @@ from crm_contracts.events import commerce, identity, support
 EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.CustomerRegistered,
     identity.CustomerProfileChanged,
+    identity.ConsentChanged,
     identity.IdentifiersLinked,
     identity.IdentifiersUnlinked,
     identity.CustomersMerged,

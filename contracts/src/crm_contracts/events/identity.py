@@ -86,6 +86,20 @@ class CustomerProfileChanged(Event):
     payload: CustomerProfileChangedPayload
 
 
+class ConsentChangedPayload(ContractModel):
+    customer_id: uuid.UUID
+    consent: Consent
+
+
+class ConsentChanged(Event):
+    """A customer granted or withdrew consent for one channel (opt-in / opt-out)."""
+
+    TOPIC: ClassVar[str] = IDENTITY_CUSTOMER.name
+    event_type: Literal["customer.consent_changed"] = "customer.consent_changed"
+    schema_version: Literal[1] = 1
+    payload: ConsentChangedPayload
+
+
 class LinkEvidence(ContractModel):
     """Why an identifier belongs to a customer: the rule or score that decided it."""
 
@@ -171,6 +185,7 @@ class CustomerErased(Event):
 __all__ = [
     "Channel",
     "Consent",
+    "ConsentChanged",
     "ConsentChannel",
     "CustomerAttributes",
     "CustomerErased",

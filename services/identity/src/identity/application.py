@@ -576,7 +576,7 @@ class IdentityApplication(Application[uuid.UUID]):
                 f"customer {survivor.id} is {survivor.status} since; undo the later merge first"
             )
         merge.undo(reason, undone_by, [])  # raises MergeAlreadyUndone
-        returned = survivor.undo_absorption(merge.id)
+        returned = survivor.undo_absorption(merge.id, merged.id)
         merged.restore(merge.id)
         at = _now()
         changed = []

@@ -57,7 +57,7 @@ def build_relay(identity: Identity, producer: EventProducer, **kwargs: Any) -> O
         recorder=identity.app.recorder,
         mapper=mapper,
         tracking=identity.app.factory.tracking_recorder(),
-        translate=IdentityTranslator(identity.indexer, identity.keys),
+        translate=IdentityTranslator(identity.keys),
         producer=producer,
         **kwargs,
     )

@@ -318,9 +318,10 @@ class Customer(Aggregate):
 
     class AbsorptionUndone(Aggregate.Event):
         merge_id: uuid.UUID
+        merged_id: uuid.UUID
         identifiers: list[dict[str, Any]]
 
-    def undo_absorption(self, merge_id: uuid.UUID) -> list[dict[str, Any]]:
+    def undo_absorption(self, merge_id: uuid.UUID, merged_id: uuid.UUID) -> list[dict[str, Any]]:
         """Give back what ``merge_id`` brought; returns the identifiers given back."""
         self._require_active()
         returned = [
@@ -328,11 +329,11 @@ class Customer(Aggregate):
             for i in self.identifiers.values()
             if i.get("via_merge") == merge_id.hex
         ]
-        self._undo_absorption(merge_id=merge_id, identifiers=returned)
+        self._undo_absorption(merge_id=merge_id, merged_id=merged_id, identifiers=returned)
         return returned
 
     @event(AbsorptionUndone)
-    def _undo_absorption(self, merge_id: uuid.UUID, identifiers: list[dict[str, Any]]) -> None:
+    def _undo_absorption(self, merge_id: uuid.UUID, merged_id: uuid.UUID, identifiers: list[dict[str, Any]]) -> None:
         for i in identifiers:
             self.identifiers.pop(identifier_key(i["kind"], i["hash"]), None)
         self.absorbed.pop(merge_id.hex, None)

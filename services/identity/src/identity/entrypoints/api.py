@@ -1,4 +1,9 @@
-"""The identity HTTP API (port 8001). Routes parse, call the application, map the result."""
+"""The identity HTTP API (port 8001). Routes parse, call the application, map the result.
+
+Scopes: ``identity:read`` (profiles without personal data), ``identity:pii`` (personal
+data in clear), ``identity:write`` (register, update, link, merge, review),
+``identity:erase`` (erasure).
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,60 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from aiokafka import AIOKafkaClient
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+
 from crm_platform.http import Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Settings
-from fastapi import APIRouter, Depends, FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-
-from identity.application import CustomerNotFound, RegisterCustomer
+from identity.application import (
+    ConcurrentUpdate,
+    CustomerNotFound,
+    IdentifierHeldByOther,
+    RegisterCustomer,
+)
 from identity.bootstrap import Identity, build
 from identity.domain.customer import (
-    CustomerAlreadyRegistered,
+    CannotMergeWithItself,
+    CustomerInactive,
     InvalidCustomerData,
-    ObservedIdentifier,
-    PersonalData,
+    VersionConflict,
 )
-from identity.entrypoints.schemas import CustomerCreate, CustomerCreated, CustomerPublic
+from identity.domain.merge import MergeAlreadyUndone, MergeNotFound, MergeNotUndoable
+from identity.domain.review import ReviewAlreadyDecided, ReviewNotFound
+from identity.entrypoints.schemas import (
+    ConsentChannelName,
+    ConsentUpdate,
+    CustomerCreate,
+    CustomerPublic,
+    CustomerUpdate,
+    IdentifierCreate,
+    IdentifierKindName,
+    IdentifierPublic,
+    MergeCreate,
+    MergeResult,
+    ProfileFields,
+    Reason,
+    Registration,
+    ReviewPublic,
+    SearchResult,
+)
 
-router = APIRouter(prefix="/customers", tags=["customers"])
+customers = APIRouter(prefix="/customers", tags=["customers"])
+merges = APIRouter(prefix="/merges", tags=["merges"])
+reviews = APIRouter(prefix="/reviews", tags=["review queue"])
 
 Reader = Annotated[Principal, Depends(require_scope("identity:read"))]
 Writer = Annotated[Principal, Depends(require_scope("identity:write"))]
+Eraser = Annotated[Principal, Depends(require_scope("identity:erase"))]
 
 _IDENTIFIER_FIELDS = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone")
+_PERSONAL = ("name_kanji", "name_kana", "birthday", "postal_code", "address")
+_ATTRIBUTES = ("gender", "prefecture", "city", "tags", "preferences", "owner")
 
 
 def get_identity(request: Request) -> Identity:
@@ -41,52 +75,218 @@ def get_identity(request: Request) -> Identity:
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 
 
-def _observed(body: CustomerCreate) -> list[ObservedIdentifier]:
-    observed = []
-    for kind in _IDENTIFIER_FIELDS:
-        raw = getattr(body, kind)
-        if raw is None:
-            continue
-        try:
-            observed.append(ObservedIdentifier(kind, normalise(kind, raw)))
-        except InvalidIdentifier as exc:
-            raise RequestValidationError(
-                [{"loc": ("body", kind), "msg": exc.reason, "type": "value_error.identifier", "input": raw}]
-            ) from None
-    return observed
+def _normalised(kind: str, raw: str, field: str) -> str:
+    try:
+        return normalise(kind, raw)
+    except InvalidIdentifier as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", field), "msg": exc.reason, "type": "value_error.identifier", "input": raw}]
+        ) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CustomerCreated)
-async def register_customer(body: CustomerCreate, identity: IdentityDep, _: Writer) -> CustomerCreated:
-    """Register a customer observed by a channel.
+def _split(body: ProfileFields, fields_set: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    data = body.model_dump(include=fields_set, mode="json")
+    personal = {k: data[k] for k in _PERSONAL if k in data}
+    attributes = {k: data[k] for k in _ATTRIBUTES if k in data}
+    return personal, attributes
 
-    The customer_id is deterministic: the same strongest identifier always yields the same
-    id. Registering an identifier that already belongs to a customer answers 409 with it.
+
+async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Event-store work is blocking I/O: keep it off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@customers.post(
+    "", response_model=Registration, status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "the person was already known: linked, matched or merged"}},
+)
+async def register_customer(
+    body: CustomerCreate, identity: IdentityDep, principal: Writer, response: Response
+) -> Registration:
+    """Register a person seen by a channel, resolving who they already are (名寄せ).
+
+    Exact identifiers link to an existing customer when the names agree (a family sharing
+    an e-mail stays two customers); otherwise fuzzy matching on names, birthday and
+    address merges above the upper threshold and queues a review between the thresholds.
+    Answers 201 for a new customer and 200 when the person was already known.
     """
+    identifiers = [(k, _normalised(k, getattr(body, k), k)) for k in _IDENTIFIER_FIELDS if getattr(body, k)]
+    personal, attributes = _split(body, body.model_fields_set - {"channel", "consents", "registered_at"})
+    personal = {k: v for k, v in personal.items() if v is not None}
+    attributes = {k: v for k, v in attributes.items() if v is not None}
     cmd = RegisterCustomer(
         channel=body.channel,
-        identifiers=_observed(body),
-        personal=PersonalData(
-            name_kanji=body.name_kanji,
-            name_kana=body.name_kana,
-            birthday=body.birthday,
-            postal_code=body.postal_code,
-            address=body.address,
-        ),
-        gender=body.gender,
-        prefecture=body.prefecture,
+        identifiers=identifiers,
+        personal=personal,
+        attributes=attributes,
         consents={k: v for k, v in body.consents.model_dump().items() if v is not None},
         registered_at=body.registered_at,
+        decided_by=principal.key_name,
     )
-    customer_id = await asyncio.to_thread(identity.app.register_customer, cmd)
-    return CustomerCreated(customer_id=customer_id)
+    result = await _run(identity.app.register, cmd)
+    if result.outcome != "created":
+        response.status_code = status.HTTP_200_OK
+    return Registration(
+        customer_id=result.customer_id, outcome=result.outcome, merges=list(result.merges),
+        reviews=list(result.reviews),
+    )
 
 
-@router.get("/{customer_id}", response_model=CustomerPublic)
-async def get_customer(customer_id: uuid.UUID, identity: IdentityDep, _: Reader) -> CustomerPublic:
-    """A customer's profile, with personal data (identity:read scope)."""
-    data = await asyncio.to_thread(identity.app.get_customer, customer_id)
+@customers.get("/search", response_model=list[SearchResult])
+async def search_customers(
+    identity: IdentityDep,
+    _: Reader,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="name (kanji, kana, romaji) or identifier")],
+    kind: Annotated[Literal["name", "email", "phone", "member_no", "pos_card", "ec_account", "line_id"] | None,
+                    Query(description="what q is; guessed when omitted")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[SearchResult]:
+    """Find customers by name in kanji, kana or romaji, or by e-mail, phone, member number."""
+    kind = kind or ("email" if "@" in q else "phone" if sum(c.isdigit() for c in q) >= 10 else "name")
+    if kind == "name":
+        rows = await _run(identity.app.search_by_name, q, limit)
+        return [SearchResult(customer_id=uuid.UUID(r["customer_id"]), name_kanji_key=r["name_kanji_key"],
+                             kana_key=r["kana_key"], prefecture=r["prefecture"], matched_on="name") for r in rows]
+    try:
+        value = normalise(kind, q)
+    except InvalidIdentifier as exc:
+        raise RequestValidationError(
+            [{"loc": ("query", "q"), "msg": exc.reason, "type": "value_error.identifier", "input": q}]
+        ) from None
+    ids = await _run(identity.app.search_by_identifier, kind, value)
+    return [SearchResult(customer_id=i, name_kanji_key=None, kana_key=None, prefecture=None, matched_on=kind)
+            for i in ids[:limit]]
+
+
+@customers.get("/{customer_id}", response_model=CustomerPublic)
+async def get_customer(
+    customer_id: uuid.UUID,
+    identity: IdentityDep,
+    principal: Reader,
+    as_of: Annotated[datetime | None, Query(description="the profile as it was at this instant")] = None,
+) -> CustomerPublic:
+    """The unified profile; with ``as_of``, as it was then. Personal data needs identity:pii."""
+    if as_of is not None and as_of.tzinfo is None:
+        raise RequestValidationError(
+            [{"loc": ("query", "as_of"), "msg": "must include a timezone offset", "type": "value_error"}]
+        )
+    data = await _run(identity.app.get_customer, customer_id, as_of)
+    if not principal.allows("identity:pii"):
+        data["personal"] = None
     return CustomerPublic.model_validate(data)
+
+
+@customers.patch("/{customer_id}")
+async def update_customer(
+    customer_id: uuid.UUID,
+    body: CustomerUpdate,
+    identity: IdentityDep,
+    _: Writer,
+    if_match: Annotated[str | None, Header(description="the version read, e.g. \"3\"")] = None,
+) -> dict[str, int]:
+    """Change profile fields. ``expected_version`` (or ``If-Match``) guards against lost
+    updates: a stale version answers 409."""
+    expected = body.expected_version
+    if expected is None and if_match:
+        digits = if_match.strip('W/"')
+        if not digits.isdigit():
+            raise RequestValidationError(
+                [{"loc": ("header", "if-match"), "msg": "must be a version number", "type": "value_error"}]
+            )
+        expected = int(digits)
+    personal, attributes = _split(body, body.model_fields_set - {"expected_version"})
+    version = await _run(identity.app.update_profile, customer_id, personal, attributes, expected)
+    return {"version": version}
+
+
+@customers.put("/{customer_id}/consents/{channel}")
+async def set_consent(
+    customer_id: uuid.UUID, channel: ConsentChannelName, body: ConsentUpdate, identity: IdentityDep, _: Writer
+) -> dict[str, int]:
+    """Grant or withdraw consent for one channel (opt-in / opt-out), with its timestamp."""
+    version = await _run(identity.app.change_consent, customer_id, channel, body.granted, body.at)
+    return {"version": version}
+
+
+@customers.get("/{customer_id}/identifiers", response_model=list[IdentifierPublic])
+async def list_identifiers(customer_id: uuid.UUID, identity: IdentityDep, principal: Reader) -> list[dict[str, Any]]:
+    """Every identifier linked to the customer, and **why**: the rule or score, the
+    fields that matched, who decided and when, and the merge that brought it."""
+    rows: list[dict[str, Any]] = await _run(identity.app.identifiers_of, customer_id)
+    if not principal.allows("identity:pii"):
+        for row in rows:
+            row["value"] = None
+    return rows
+
+
+@customers.post("/{customer_id}/identifiers", status_code=status.HTTP_201_CREATED)
+async def add_identifier(
+    customer_id: uuid.UUID, body: IdentifierCreate, identity: IdentityDep, principal: Writer
+) -> dict[str, str]:
+    """Link an identifier to the customer (409 when it belongs to another: merge instead)."""
+    value = _normalised(body.kind, body.value, "value")
+    ident = await _run(identity.app.add_identifier, customer_id, body.kind, value,
+                       decided_by=principal.key_name, expected_version=body.expected_version)
+    return ident.as_dict()
+
+
+@customers.delete("/{customer_id}/identifiers/{kind}/{identifier_hash}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_identifier(
+    customer_id: uuid.UUID,
+    kind: IdentifierKindName,
+    identifier_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="the blind index")],
+    identity: IdentityDep,
+    _: Writer,
+    reason: Annotated[str, Query(min_length=1, max_length=256)] = "removed by staff",
+) -> None:
+    """Unlink an identifier (e.g. a mistyped e-mail); its history stays in the log."""
+    await _run(identity.app.remove_identifier, customer_id, kind, identifier_hash, reason=reason)
+
+
+@customers.post("/{customer_id}/erase")
+async def erase_customer(customer_id: uuid.UUID, body: Reason, identity: IdentityDep, _: Eraser) -> dict[str, Any]:
+    """Erase a person (個人情報保護法 / GDPR): their data key is deleted, so every sealed copy
+    of their personal data becomes unreadable; anonymous facts still count in KPIs."""
+    erased = await _run(identity.app.erase, customer_id, reason=body.reason)
+    return {"erased": erased}
+
+
+@merges.post("", response_model=MergeResult, status_code=status.HTTP_201_CREATED)
+async def merge_customers(body: MergeCreate, identity: IdentityDep, principal: Writer) -> MergeResult:
+    """Merge two customers a staff member knows are one person."""
+    merge_id = await _run(identity.app.merge, body.survivor_id, body.merged_id,
+                          decided_by=principal.key_name, reason=body.reason)
+    return MergeResult(merge_id=merge_id)
+
+
+@merges.post("/{merge_id}/undo")
+async def undo_merge(merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer) -> dict[str, Any]:
+    """Undo a wrong merge: identifiers and history return to their owners at once."""
+    result = await _run(identity.app.undo_merge, merge_id, reason=body.reason, undone_by=principal.key_name)
+    return {"restored_customer_id": result.customer_id, "returned": [i.as_dict() for i in result.linked]}
+
+
+@reviews.get("", response_model=list[ReviewPublic])
+async def list_reviews(
+    identity: IdentityDep, _: Reader,
+    status_: Annotated[Literal["open", "approved", "rejected", "all"], Query(alias="status")] = "open",
+) -> list[dict[str, Any]]:
+    """Pairs that may be one person, with the score and the fields behind it."""
+    rows: list[dict[str, Any]] = await _run(identity.app.list_reviews, status_)
+    return rows
+
+
+@reviews.post("/{review_id}/approve", response_model=MergeResult)
+async def approve_review(review_id: uuid.UUID, identity: IdentityDep, principal: Writer) -> MergeResult:
+    """They are one person: merge them (the earlier-registered customer survives)."""
+    merge_id = await _run(identity.app.approve_review, review_id, decided_by=principal.key_name)
+    return MergeResult(merge_id=merge_id)
+
+
+@reviews.post("/{review_id}/reject", status_code=status.HTTP_204_NO_CONTENT)
+async def reject_review(review_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer) -> None:
+    """They are two people: never propose this pair again."""
+    await _run(identity.app.reject_review, review_id, decided_by=principal.key_name, reason=body.reason)
 
 
 def create(settings: Settings | None = None, identity: Identity | None = None) -> FastAPI:
@@ -115,14 +315,24 @@ def create(settings: Settings | None = None, identity: Identity | None = None) -
     app = create_app(
         settings=settings,
         title="identity",
-        description="Customers, identity resolution (名寄せ) and the unified profile.",
+        description="Customers, identity resolution (名寄せ) with reversible merges, and the unified profile.",
         readiness_checks={"kafka": kafka_ready, "event_store": store_ready},
         error_map={
             CustomerNotFound: 404,
-            CustomerAlreadyRegistered: 409,
+            MergeNotFound: 404,
+            ReviewNotFound: 404,
             InvalidCustomerData: 422,
+            CannotMergeWithItself: 422,
+            CustomerInactive: 409,
+            VersionConflict: 409,
+            ConcurrentUpdate: 409,
+            IdentifierHeldByOther: 409,
+            MergeAlreadyUndone: 409,
+            MergeNotUndoable: 409,
+            ReviewAlreadyDecided: 409,
         },
         lifespan=lifespan,
     )
-    app.include_router(router)
+    for router in (customers, merges, reviews):
+        app.include_router(router)
     return app

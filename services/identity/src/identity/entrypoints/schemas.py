@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Gender = Literal["female", "male", "other", "unknown"]
 RegistrationChannel = Literal["store", "online", "app", "call_center", "staff", "form", "import"]
+IdentifierKindName = Literal["member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device"]
+ConsentChannelName = Literal["email", "sms", "line", "app_push", "postal"]
+PreferenceValue = str | int | float | bool
 
 
-class Consents(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class Consents(_Strict):
     email: bool | None = None
     sms: bool | None = None
     line: bool | None = None
@@ -22,7 +27,21 @@ class Consents(BaseModel):
     postal: bool | None = None
 
 
-class CustomerCreate(BaseModel):
+class ProfileFields(_Strict):
+    name_kanji: str | None = Field(default=None, min_length=1, max_length=100)
+    name_kana: str | None = Field(default=None, min_length=1, max_length=100)
+    birthday: date | None = None
+    gender: Gender | None = None
+    prefecture: str | None = Field(default=None, max_length=8)
+    city: str | None = Field(default=None, max_length=64)
+    postal_code: str | None = Field(default=None, pattern=r"^\d{3}-?\d{4}$")
+    address: str | None = Field(default=None, max_length=300)
+    tags: list[str] | None = Field(default=None, max_length=50)
+    preferences: dict[str, PreferenceValue] | None = Field(default=None, max_length=50)
+    owner: str | None = Field(default=None, max_length=128, description="assigned staff member")
+
+
+class CustomerCreate(ProfileFields):
     """A customer as a channel observed them. Identifiers are normalised by the API."""
 
     model_config = ConfigDict(
@@ -44,43 +63,94 @@ class CustomerCreate(BaseModel):
     )
 
     channel: RegistrationChannel
-    name_kanji: str | None = Field(default=None, min_length=1, max_length=100)
-    name_kana: str | None = Field(default=None, min_length=1, max_length=100)
     email: str | None = Field(default=None, max_length=254)
     phone: str | None = Field(default=None, max_length=32)
     member_no: str | None = Field(default=None, max_length=64)
     pos_card: str | None = Field(default=None, max_length=64)
     ec_account: str | None = Field(default=None, max_length=128)
     line_id: str | None = Field(default=None, max_length=128)
-    birthday: date | None = None
-    gender: Gender = "unknown"
-    prefecture: str | None = Field(default=None, max_length=8)
-    postal_code: str | None = Field(default=None, pattern=r"^\d{3}-?\d{4}$")
-    address: str | None = Field(default=None, max_length=300)
     consents: Consents = Consents()
     registered_at: datetime | None = None
 
 
-class IdentifierPublic(BaseModel):
-    kind: str
-    value: str
+class CustomerUpdate(ProfileFields):
+    """A partial update: fields left out stay; ``null`` clears a field."""
+
+    expected_version: int | None = Field(default=None, ge=1, description="optimistic concurrency check")
+
+
+class ConsentUpdate(_Strict):
+    granted: bool
+    at: datetime | None = None
+
+
+class IdentifierCreate(_Strict):
+    kind: IdentifierKindName
+    value: str = Field(min_length=1, max_length=254)
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class MergeCreate(_Strict):
+    survivor_id: uuid.UUID
+    merged_id: uuid.UUID
+    reason: str = Field(default="staff request", min_length=1, max_length=512)
+
+
+class Reason(_Strict):
+    reason: str = Field(min_length=1, max_length=512)
+
+
+class Registration(BaseModel):
+    customer_id: uuid.UUID
+    outcome: str = Field(description="created | linked | matched | merged")
+    merges: list[uuid.UUID]
+    reviews: list[uuid.UUID]
 
 
 class CustomerPublic(BaseModel):
     customer_id: uuid.UUID
     version: int
+    status: str
+    merged_into: uuid.UUID | None
+    merged_ids: list[uuid.UUID]
     channel: str
-    identifiers: list[IdentifierPublic]
-    name_kanji: str | None
-    name_kana: str | None
-    birthday: date | None
-    gender: str
-    prefecture: str | None
-    postal_code: str | None
-    address: str | None
-    consents: dict[str, bool]
+    personal: dict[str, Any] | None = Field(description="present only for keys with identity:pii")
+    attributes: dict[str, Any]
+    consents: dict[str, Any]
+    identifiers: list[dict[str, str]]
     registered_at: datetime
+    as_of: datetime | None
 
 
-class CustomerCreated(BaseModel):
+class IdentifierPublic(BaseModel):
+    kind: str
+    hash: str
+    value: str | None = Field(description="clear value, when known and the key holds identity:pii")
+    linked_at: str | None
+    evidence: dict[str, Any]
+    via_merge: str | None
+    merge_evidence: dict[str, Any] | None
+    shared: bool
+
+
+class SearchResult(BaseModel):
     customer_id: uuid.UUID
+    name_kanji_key: str | None
+    kana_key: str | None
+    prefecture: str | None
+    matched_on: str
+
+
+class MergeResult(BaseModel):
+    merge_id: uuid.UUID
+
+
+class ReviewPublic(BaseModel):
+    review_id: uuid.UUID
+    customer_a: uuid.UUID
+    customer_b: uuid.UUID
+    score: float
+    evidence: dict[str, Any]
+    status: str
+    decision: dict[str, Any] | None
+    opened_at: datetime
