@@ -50,6 +50,10 @@ from identity.matching.normalise import (
 from identity.matching.scoring import MatchRecord, Score, same_person_names, score_pair
 
 
+#: Identifiers that belong to one person (unlike a family e-mail or a home phone).
+PERSONAL_KINDS = frozenset({"member_no", "pos_card", "ec_account", "line_id"})
+
+
 class CustomerNotFound(DomainError):
     def __init__(self, customer_id: uuid.UUID) -> None:
         super().__init__(f"no customer {customer_id}")
@@ -236,6 +240,7 @@ class IdentityApplication(Application[uuid.UUID]):
             birthday=_birthday(personal.get("birthday")),
             postal_code=personal.get("postal_code"),
             address=personal.get("address"),
+            prefecture=cmd.attributes.get("prefecture"),
             contact_hashes=frozenset(i.hash for i in idents if i.kind in ("email", "phone")),
         )
         claims = self._claims(idents)
@@ -251,7 +256,13 @@ class IdentityApplication(Application[uuid.UUID]):
                 continue
             if customer.conflicts_with([(i.kind, i.hash) for i in idents]):
                 continue  # a different member sharing a weaker identifier
-            if same_person_names(newcomer, self._match_record(customer)) is False:
+            known = self._match_record(customer)
+            if ident.kind in PERSONAL_KINDS:
+                # A member number or shop account is one person's: only a different
+                # birthday outweighs it (a typo in the reading does not).
+                if newcomer.birthday and known.birthday and newcomer.birthday != known.birthday:
+                    continue
+            elif same_person_names(newcomer, known) is False:
                 continue  # a family member sharing an e-mail or a home phone
             matches.setdefault(customer.id, (customer, ident))
         if matches:
@@ -290,7 +301,7 @@ class IdentityApplication(Application[uuid.UUID]):
             if score.value >= self.thresholds.auto_merge:
                 survivor = self._customer(candidate)
                 fuzzy = self._fuzzy_evidence(score, at, cmd.decided_by)
-                merge, claim_changes = self._merge_objects(survivor, customer, fuzzy, pending_claims=changed_claims)
+                merge, claim_changes = self._merge_objects(survivor, customer, fuzzy, claims)
                 to_save = [customer, survivor, merge, *claim_changes]
                 merges, outcome = (merge.id,), "merged"
                 customer_id = survivor.id
@@ -320,7 +331,7 @@ class IdentityApplication(Application[uuid.UUID]):
         merges = []
         for other, other_via in matches[1:]:
             merge, claim_changes = self._merge_objects(
-                survivor, other, {**evidence, "rule": f"exact:{via.kind}+{other_via.kind}"}
+                survivor, other, {**evidence, "rule": f"exact:{via.kind}+{other_via.kind}"}, claims
             )
             merges.append(merge.id)
             to_save += [other, merge, *claim_changes]
@@ -342,9 +353,44 @@ class IdentityApplication(Application[uuid.UUID]):
             survivor.change_profile(missing, attributes)
         for channel, granted in cmd.consents.items():
             survivor.change_consent(channel, granted, at)
+        reviews: tuple[uuid.UUID, ...] = ()
+        if missing:
+            # What we just learnt (an address, a birthday) may reveal another record of
+            # this person: score again.
+            involved = {c.id.hex for c, _ in matches}
+            extra, reviews = self._rescore(survivor, claims, at, cmd.decided_by, involved)
+            to_save += extra
+            merges += [a.id for a in extra if isinstance(a, Merge)]
         self._save(*to_save)
         outcome = "merged" if merges else ("linked" if linked else "matched")
-        return Resolution(survivor.id, outcome, tuple(merges), (), tuple(linked))
+        return Resolution(survivor.id, outcome, tuple(merges), reviews, tuple(linked))
+
+    def _rescore(
+        self,
+        survivor: Customer,
+        claims: dict[Ident, IdentifierClaim | None],
+        at: datetime,
+        decided_by: str | None,
+        involved: set[str],
+    ) -> tuple[list[Aggregate], tuple[uuid.UUID, ...]]:
+        best = self._best_candidate(self._match_record(survivor), exclude=involved | {survivor.id.hex})
+        if best is None:
+            return [], ()
+        candidate, score = best
+        if score.value >= self.thresholds.auto_merge:
+            other = self._customer(candidate)
+            first, second = sorted((survivor, other), key=lambda c: (c.registered_at, c.id.hex))
+            if first is not survivor:
+                return [], ()  # merging the survivor away mid-command is left to the next pass
+            merge, claim_changes = self._merge_objects(
+                survivor, other, self._fuzzy_evidence(score, at, decided_by), claims
+            )
+            return [other, merge, *claim_changes], ()
+        if score.value >= self.thresholds.review:
+            review = self._open_review(survivor.id, candidate, score, at)
+            if review is not None:
+                return [review], (review.id,)
+        return [], ()
 
     def _new_id(self, idents: list[Ident], personal: dict[str, Any], at: datetime) -> uuid.UUID:
         if not idents:
@@ -382,6 +428,7 @@ class IdentityApplication(Application[uuid.UUID]):
             birthday=_birthday(p.get("birthday")),
             postal_code=p.get("postal_code"),
             address=p.get("address"),
+            prefecture=customer.attributes.get("prefecture"),
             contact_hashes=frozenset(
                 i["hash"] for i in customer.identifiers.values() if i["kind"] in ("email", "phone")
             ),
@@ -415,7 +462,10 @@ class IdentityApplication(Application[uuid.UUID]):
         return [r["customer_id"] for r in rows if r["customer_id"] not in exclude]
 
     def _best_candidate(self, record: MatchRecord, exclude: set[str]) -> tuple[uuid.UUID, Score] | None:
-        best: tuple[uuid.UUID, Score] | None = None
+        """The best-scoring candidate. When two different customers both score for an
+        automatic merge, the record is ambiguous (a parent and child of one name at one
+        address): the best is capped into the review band instead."""
+        scored: list[tuple[uuid.UUID, Score]] = []
         for hex_id in self._candidates(record, exclude):
             other = self._customer(uuid.UUID(hex_id))
             if other.status != "active":
@@ -423,9 +473,14 @@ class IdentityApplication(Application[uuid.UUID]):
             review = self._maybe(review_id_for(other.id, uuid.UUID(record.customer_id))) if record.customer_id else None
             if review is not None and review.status == "rejected":
                 continue  # a human said these are two people
-            score = score_pair(record, self._match_record(other))
-            if best is None or score.value > best[1].value:
-                best = (other.id, score)
+            scored.append((other.id, score_pair(record, self._match_record(other))))
+        if not scored:
+            return None
+        scored.sort(key=lambda pair: pair[1].value, reverse=True)
+        best = scored[0]
+        if len(scored) > 1 and scored[1][1].value >= self.thresholds.auto_merge:
+            capped = Score(self.thresholds.review, best[1].matched, (*best[1].conflicting, "ambiguous"))
+            return best[0], capped
         return best
 
     @staticmethod
@@ -478,7 +533,7 @@ class IdentityApplication(Application[uuid.UUID]):
                 continue
             if same_person_names(self._match_record(survivor), self._match_record(other)) is False:
                 continue
-            merge, claim_changes = self._merge_objects(survivor, other, {**evidence, "rule": "exact:co-observed"})
+            merge, claim_changes = self._merge_objects(survivor, other, {**evidence, "rule": "exact:co-observed"}, claims)
             merges.append(merge.id)
             to_save += [other, merge, *claim_changes]
         linked = []
@@ -535,15 +590,20 @@ class IdentityApplication(Application[uuid.UUID]):
         survivor: Customer,
         merged: Customer,
         evidence: dict[str, Any],
-        pending_claims: Sequence[IdentifierClaim] = (),
+        claims: dict[Ident, IdentifierClaim | None] | None = None,
     ) -> tuple[Merge, list[IdentifierClaim]]:
+        """Merge in memory; the caller saves. ``claims`` holds the claim objects the
+        caller already loaded, so one save never carries two copies of one claim."""
+        claims = {} if claims is None else claims
         merge_id = merge_id_for(survivor.id, merged.id, merged.version)
         moved = survivor.absorb(merge_id, merged, evidence)
         merged.merge_into(merge_id, survivor.id)
-        known = {(c.kind, c.hash): c for c in pending_claims}
         changed = []
         for i in merged.identifiers.values():
-            claim = known.get((i["kind"], i["hash"])) or self._maybe(claim_id(i["kind"], i["hash"]))
+            ident = Ident(i["kind"], i["hash"])
+            if ident not in claims:
+                claims[ident] = self._maybe(claim_id(ident.kind, ident.hash))
+            claim = claims[ident]
             if claim is None:
                 continue
             claim.release(merged.id, f"merged into {survivor.id}")
