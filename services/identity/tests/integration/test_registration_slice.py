@@ -88,15 +88,16 @@ async def test_registered_customer_reaches_kafka_sealed_and_traced(
     identity.close()
 
 
-def test_registration_is_idempotent_on_its_identifier(store_settings: Settings) -> None:
+def test_registering_a_known_person_again_resolves_to_them(store_settings: Settings) -> None:
     identity = build(store_settings)
     with TestClient(create(store_settings, identity)) as client:
         body = {"channel": "online", "email": "hanako@example.jp"}
         first = client.post("/customers", json=body, headers=ADMIN)
         again = client.post("/customers", json={**body, "email": "HANAKO@EXAMPLE.JP"}, headers=ADMIN)
         assert first.status_code == 201
-        assert again.status_code == 409
-        assert first.json()["customer_id"] in again.json()["error"]["message"]
+        assert again.status_code == 200
+        assert again.json() == {"customer_id": first.json()["customer_id"], "outcome": "matched",
+                                "merges": [], "reviews": []}
         profile = client.get(f"/customers/{first.json()['customer_id']}", headers=ADMIN).json()
-        assert profile["identifiers"] == [{"kind": "email", "value": "hanako@example.jp"}]
+        assert profile["personal"]["contacts"] == {"email": ["hanako@example.jp"]}
     identity.close()
