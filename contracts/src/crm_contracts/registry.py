@@ -24,6 +24,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.CustomersMerged,
     identity.MergeUndone,
     identity.CustomerErased,
+    identity.ProfileSnapshot,
     commerce.StoreOrderCompleted,
     commerce.OnlineOrderCompleted,
     support.TicketOpened,

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from crm_contracts.envelope import AwareDatetime, ContractModel, Event, Identifier, SealedValue
-from crm_contracts.topics import IDENTITY_CUSTOMER
+from crm_contracts.topics import IDENTITY_CUSTOMER, IDENTITY_PROFILE
 
 
 class Gender(StrEnum):
@@ -182,7 +182,34 @@ class CustomerErased(Event):
     payload: CustomerErasedPayload
 
 
+class ProfileSnapshotPayload(ContractModel):
+    """The unified profile of one customer, as the resolver knows it now."""
+
+    customer_id: uuid.UUID
+    status: Literal["active", "merged", "erased"] = "active"
+    merged_into: uuid.UUID | None = None
+    attributes: CustomerAttributes = CustomerAttributes()
+    consents: tuple[Consent, ...] = ()
+    personal: SealedValue | None = None
+    identifiers: tuple[Identifier, ...] = Field(default=(), max_length=1000)
+    first_seen: AwareDatetime | None = None
+    last_seen: AwareDatetime | None = None
+    channels: tuple[str, ...] = Field(default=(), description="channels the customer was seen in")
+    events_seen: int = Field(default=0, ge=0)
+
+
+class ProfileSnapshot(Event):
+    """Latest unified profile per customer_id on the compacted profile topic."""
+
+    TOPIC: ClassVar[str] = IDENTITY_PROFILE.name
+    event_type: Literal["customer.profile_snapshot"] = "customer.profile_snapshot"
+    schema_version: Literal[1] = 1
+    payload: ProfileSnapshotPayload
+
+
 __all__ = [
+    "ProfileSnapshot",
+    "ProfileSnapshotPayload",
     "Channel",
     "Consent",
     "ConsentChanged",
