@@ -1,0 +1,258 @@
+"""What the resolver does with one event, independent of the stream framework.
+
+Two tables, both caches of decisions the identity application recorded (the event
+store stays the authority):
+
+* ``identifiers``: ``kind:hash`` → customer_id, for the fast path: an order whose
+  identifiers all point at one customer needs no decision at all;
+* ``profiles``: customer_id → the unified profile (non-personal attributes, consents,
+  sealed personal data, identifiers, first/last seen, channels).
+
+Identity's own events (``crm.identity.customer``) keep both tables current, whoever made
+the decision (this resolver, the API, a staff merge). Any other event with identifiers
+goes through the fast path, or to :meth:`IdentityApplication.observe` when something is
+new or conflicting. Replaying the same events gives the same customer ids: new ids are
+derived from the first identifier, and decisions already recorded are found again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from crm_contracts.envelope import Event, Identifier
+from crm_contracts.events import identity as ev
+from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayload
+from identity.application import Ident, Resolution
+
+PRODUCER = "identity.resolver"
+IDENTITY_EVENTS = (
+    ev.CustomerRegistered, ev.CustomerProfileChanged, ev.ConsentChanged, ev.IdentifiersLinked,
+    ev.IdentifiersUnlinked, ev.CustomersMerged, ev.MergeUndone, ev.CustomerErased,
+)
+
+
+class Observer(Protocol):
+    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution: ...
+
+
+def _key(kind: str, hash_: str) -> str:
+    return f"{kind}:{hash_}"
+
+
+def channel_of(event: Event) -> str:
+    if event.event_type == "order.store_completed":
+        return "store"
+    payload: Any = getattr(event, "payload", None)
+    channel = getattr(payload, "channel", None)
+    if isinstance(channel, str) and channel in ("online", "app", "store"):
+        return channel
+    if event.event_type.startswith("ticket."):
+        return "call_center"
+    if event.event_type.startswith("form."):
+        return "form"
+    return "online"
+
+
+@dataclass
+class Outcome:
+    customer_id: str | None
+    path: str  # fast | decided | identity | skipped
+    snapshots: list[ProfileSnapshot] = field(default_factory=list)
+
+
+class ResolverCore:
+    def __init__(
+        self,
+        observer: Observer,
+        identifiers: MutableMapping[str, str],
+        profiles: MutableMapping[str, dict[str, Any]],
+    ) -> None:
+        self.observer = observer
+        self.identifiers = identifiers
+        self.profiles = profiles
+
+    # -- entry point --------------------------------------------------------------------
+
+    def handle(self, event: Event) -> Outcome:
+        if isinstance(event, IDENTITY_EVENTS):
+            return self._identity_event(event)
+        if isinstance(event, ProfileSnapshot) or not event.identifiers:
+            return Outcome(None, "skipped")
+        return self._observation(event)
+
+    # -- observations -------------------------------------------------------------------
+
+    def _observation(self, event: Event) -> Outcome:
+        channel = channel_of(event)
+        owners = {self.identifiers.get(_key(i.kind.value, i.hash)) for i in event.identifiers}
+        if len(owners) == 1 and None not in owners:
+            customer_id = owners.pop()
+            assert customer_id is not None
+            snapshot = self._touch(customer_id, event.occurred_at, channel)
+            return Outcome(customer_id, "fast", [snapshot] if snapshot else [])
+        idents = [Ident(i.kind.value, i.hash) for i in event.identifiers]
+        result = self.observer.observe(idents, channel=channel, source=str(event.event_id))
+        if result.customer_id is None:
+            return Outcome(None, "decided")  # ambiguous: only shared identifiers
+        customer_id = str(result.customer_id)
+        for ident in result.linked:
+            self.identifiers[_key(ident.kind, ident.hash)] = customer_id
+        profile = self._profile(customer_id)
+        for ident in result.linked:
+            if not any(i == ident.as_dict() for i in profile["identifiers"]):
+                profile["identifiers"].append(ident.as_dict())
+        self.profiles[customer_id] = profile
+        snapshot = self._touch(customer_id, event.occurred_at, channel, force=True)
+        return Outcome(customer_id, "decided", [snapshot] if snapshot else [])
+
+    def _profile(self, customer_id: str) -> dict[str, Any]:
+        return dict(self.profiles.get(customer_id) or {
+            "status": "active", "merged_into": None, "attributes": {}, "consents": {}, "personal": None,
+            "identifiers": [], "first_seen": None, "last_seen": None, "channels": [], "events_seen": 0,
+        })
+
+    def _touch(self, customer_id: str, at: datetime, channel: str, force: bool = False) -> ProfileSnapshot | None:
+        """Record a sighting; a snapshot is due when the profile visibly changed (a new
+        channel, an earlier first sighting, a new day of last sighting)."""
+        profile = self._profile(customer_id)
+        changed = force
+        iso = at.isoformat()
+        if profile["first_seen"] is None or iso < profile["first_seen"]:
+            profile["first_seen"] = iso
+            changed = True
+        if profile["last_seen"] is None or iso > profile["last_seen"]:
+            changed = changed or profile["last_seen"] is None or iso[:10] != profile["last_seen"][:10]
+            profile["last_seen"] = iso
+        if channel not in profile["channels"]:
+            profile["channels"] = sorted([*profile["channels"], channel])
+            changed = True
+        profile["events_seen"] += 1
+        self.profiles[customer_id] = profile
+        return self.snapshot(customer_id) if changed else None
+
+    # -- identity's own decisions ---------------------------------------------------------
+
+    def _identity_event(self, event: Event) -> Outcome:
+        payload: Any = getattr(event, "payload")
+        touched: list[str] = []
+        if isinstance(event, ev.CustomerRegistered):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            profile.update(
+                attributes=payload.attributes.model_dump(mode="json"),
+                consents={c.channel.value: c.model_dump(mode="json") for c in payload.consents},
+                personal=payload.personal.model_dump(mode="json") if payload.personal else None,
+            )
+            self._set_identifiers(profile, cid, event.identifiers)
+            self.profiles[cid] = profile
+            touched.append(cid)
+        elif isinstance(event, ev.CustomerProfileChanged):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            profile["attributes"] = payload.attributes.model_dump(mode="json")
+            if payload.personal is not None:
+                profile["personal"] = payload.personal.model_dump(mode="json")
+            self.profiles[cid] = profile
+            touched.append(cid)
+        elif isinstance(event, ev.ConsentChanged):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            profile["consents"] = {**profile["consents"],
+                                   payload.consent.channel.value: payload.consent.model_dump(mode="json")}
+            self.profiles[cid] = profile
+            touched.append(cid)
+        elif isinstance(event, ev.IdentifiersLinked):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            self._set_identifiers(profile, cid, payload.linked)
+            self.profiles[cid] = profile
+            touched.append(cid)
+        elif isinstance(event, ev.IdentifiersUnlinked):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            self._drop_identifiers(profile, cid, payload.unlinked)
+            self.profiles[cid] = profile
+            touched.append(cid)
+        elif isinstance(event, ev.CustomersMerged):
+            survivor, merged = str(payload.survivor_id), str(payload.merged_id)
+            gone = self._profile(merged)
+            profile = self._profile(survivor)
+            self._set_identifiers(profile, survivor, [*payload.moved, *self._as_identifiers(gone["identifiers"])])
+            for name in ("first_seen",):
+                if gone[name] and (profile[name] is None or gone[name] < profile[name]):
+                    profile[name] = gone[name]
+            if gone["last_seen"] and (profile["last_seen"] is None or gone["last_seen"] > profile["last_seen"]):
+                profile["last_seen"] = gone["last_seen"]
+            profile["channels"] = sorted(set(profile["channels"]) | set(gone["channels"]))
+            profile["events_seen"] += gone["events_seen"]
+            gone.update(status="merged", merged_into=survivor)
+            self.profiles[survivor] = profile
+            self.profiles[merged] = gone
+            touched += [survivor, merged]
+        elif isinstance(event, ev.MergeUndone):
+            survivor, restored = str(payload.survivor_id), str(payload.restored_id)
+            profile = self._profile(survivor)
+            back = self._profile(restored)
+            self._drop_identifiers(profile, survivor, payload.restored)
+            back.update(status="active", merged_into=None)
+            self._set_identifiers(back, restored, payload.restored)
+            self.profiles[survivor] = profile
+            self.profiles[restored] = back
+            touched += [survivor, restored]
+        elif isinstance(event, ev.CustomerErased):
+            cid = str(payload.customer_id)
+            profile = self._profile(cid)
+            self._drop_identifiers(profile, cid, payload.tombstoned)
+            profile.update(status="erased", personal=None, identifiers=[], attributes={}, consents={})
+            self.profiles[cid] = profile
+            touched.append(cid)
+        return Outcome(touched[0] if touched else None, "identity", [self.snapshot(c) for c in touched])
+
+    @staticmethod
+    def _as_identifiers(items: Sequence[dict[str, str]]) -> list[Identifier]:
+        return [Identifier.model_validate(i) for i in items]
+
+    def _set_identifiers(self, profile: dict[str, Any], cid: str, identifiers: Sequence[Identifier]) -> None:
+        known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
+        for ident in identifiers:
+            self.identifiers[_key(ident.kind.value, ident.hash)] = cid
+            if (ident.kind.value, ident.hash) not in known:
+                profile["identifiers"].append({"kind": ident.kind.value, "hash": ident.hash})
+                known.add((ident.kind.value, ident.hash))
+
+    def _drop_identifiers(self, profile: dict[str, Any], cid: str, identifiers: Sequence[Identifier]) -> None:
+        dropped = {(i.kind.value, i.hash) for i in identifiers}
+        for kind, hash_ in dropped:
+            key = _key(kind, hash_)
+            if self.identifiers.get(key) == cid:
+                del self.identifiers[key]
+        profile["identifiers"] = [i for i in profile["identifiers"] if (i["kind"], i["hash"]) not in dropped]
+
+    # -- output ---------------------------------------------------------------------------
+
+    def snapshot(self, customer_id: str) -> ProfileSnapshot:
+        profile = self._profile(customer_id)
+        now = datetime.fromisoformat(profile["last_seen"]) if profile["last_seen"] else None
+        return ProfileSnapshot(
+            occurred_at=now or datetime.now().astimezone(),
+            producer=PRODUCER,
+            customer_key=customer_id,
+            identifiers=tuple(self._as_identifiers(profile["identifiers"][:64])),
+            payload=ProfileSnapshotPayload(
+                customer_id=uuid.UUID(customer_id),
+                status=profile["status"],
+                merged_into=uuid.UUID(profile["merged_into"]) if profile["merged_into"] else None,
+                attributes=ev.CustomerAttributes.model_validate(profile["attributes"] or {}),
+                consents=tuple(ev.Consent.model_validate(c) for c in profile["consents"].values()),
+                personal=profile["personal"],
+                identifiers=tuple(self._as_identifiers(profile["identifiers"])),
+                first_seen=profile["first_seen"],
+                last_seen=profile["last_seen"],
+                channels=tuple(profile["channels"]),
+                events_seen=profile["events_seen"],
+            ),
+        )

@@ -1,0 +1,86 @@
+"""The resolver's per-event logic with in-memory tables and a fake identity application."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from crm_contracts.envelope import Identifier, IdentifierKind
+from crm_contracts.events.commerce import OrderLine, StoreOrderCompleted, StoreOrderCompletedPayload
+from crm_contracts.events.identity import (
+    CustomersMerged,
+    CustomersMergedPayload,
+    LinkEvidence,
+    MergeUndone,
+    MergeUndonePayload,
+)
+from identity.application import Ident, Resolution
+from identity.resolver.core import ResolverCore
+
+T0 = datetime(2026, 5, 1, 10, tzinfo=UTC)
+MEMBER = Identifier(kind=IdentifierKind.MEMBER_NO, hash="1" * 64)
+EMAIL = Identifier(kind=IdentifierKind.EMAIL, hash="2" * 64)
+
+
+class FakeIdentity:
+    def __init__(self) -> None:
+        self.calls: list[list[Ident]] = []
+        self.customer = uuid.uuid4()
+
+    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution:
+        self.calls.append(list(idents))
+        return Resolution(self.customer, "created", linked=tuple(idents))
+
+
+def order(*identifiers: Identifier, at: datetime = T0) -> StoreOrderCompleted:
+    line = OrderLine(line_no=1, sku="S", category="c", quantity=1, unit_price=100)
+    return StoreOrderCompleted(
+        occurred_at=at, producer="engagement.api", customer_key=identifiers[0].hash, identifiers=identifiers,
+        payload=StoreOrderCompletedPayload(order_id=str(uuid.uuid4()), store_id="S1", lines=(line,), total=100),
+    )
+
+
+def test_unknown_identifiers_go_to_identity_known_ones_take_the_fast_path() -> None:
+    fake = FakeIdentity()
+    core = ResolverCore(fake, {}, {})
+    first = core.handle(order(MEMBER, EMAIL))
+    assert first.path == "decided"
+    assert first.customer_id == str(fake.customer)
+    assert first.snapshots[0].payload.channels == ("store",)
+    again = core.handle(order(MEMBER, at=T0 + timedelta(hours=1)))
+    assert again.path == "fast"
+    assert again.snapshots == []  # same day, same channel: nothing new to publish
+    next_day = core.handle(order(EMAIL, at=T0 + timedelta(days=1)))
+    assert next_day.path == "fast"
+    assert next_day.snapshots[0].payload.last_seen == T0 + timedelta(days=1)
+    assert next_day.snapshots[0].payload.events_seen == 3
+    assert len(fake.calls) == 1
+
+
+def test_merges_and_undo_move_identifiers_between_customers() -> None:
+    fake = FakeIdentity()
+    core = ResolverCore(fake, {}, {})
+    core.handle(order(MEMBER))
+    survivor = str(fake.customer)
+    other = uuid.uuid4()
+    core.identifiers[f"email:{EMAIL.hash}"] = str(other)
+    merged = CustomersMerged(
+        occurred_at=T0, producer="identity.relay", customer_key=survivor,
+        payload=CustomersMergedPayload(merge_id=uuid.uuid4(), survivor_id=uuid.UUID(survivor), merged_id=other,
+                                       moved=(EMAIL,), evidence=LinkEvidence(rule="staff")),
+    )
+    outcome = core.handle(merged)
+    assert outcome.path == "identity"
+    assert core.identifiers[f"email:{EMAIL.hash}"] == survivor
+    assert core.profiles[str(other)]["status"] == "merged"
+    assert core.handle(order(EMAIL)).customer_id == survivor  # later events follow the identifier
+    undone = MergeUndone(
+        occurred_at=T0, producer="identity.relay", customer_key=survivor,
+        payload=MergeUndonePayload(merge_id=merged.payload.merge_id, survivor_id=uuid.UUID(survivor),
+                                   restored_id=other, restored=(EMAIL,), reason="wrong"),
+    )
+    core.handle(undone)
+    assert core.identifiers[f"email:{EMAIL.hash}"] == str(other)
+    assert core.profiles[str(other)]["status"] == "active"
+    assert core.handle(order(EMAIL)).customer_id == str(other)
