@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from crm_platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parent

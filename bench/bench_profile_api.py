@@ -40,8 +40,10 @@ def _free_port() -> int:
 async def _load(base: str, ids: list[str]) -> list[float]:
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": "dev-admin-key"},
-                                 limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"X-API-Key": "dev-admin-key"}, limits=httpx.Limits(max_connections=64)
+    ) as client:
+
         async def one(customer_id: str) -> None:
             nonlocal errors
             started = time.perf_counter()
@@ -93,8 +95,10 @@ def run() -> dict[str, Metric]:
             server.terminate()
             server.wait(10)
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
-    print(f"{len(latencies)} requests at {RATE}/s over {len(ids)} customers: "
-          f"p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, p99 {p(0.99):.1f} ms, max {latencies[-1]:.1f} ms")
+    print(
+        f"{len(latencies)} requests at {RATE}/s over {len(ids)} customers: "
+        f"p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, p99 {p(0.99):.1f} ms, max {latencies[-1]:.1f} ms"
+    )
     return {
         "profile_lookup_p99": Metric(p(0.99), "ms", 20, higher_is_better=False),
         "profile_lookup_p50": Metric(p(0.5), "ms", 5, higher_is_better=False),

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from common import Metric
+
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from identity.bootstrap import build, build_relay

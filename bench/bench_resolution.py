@@ -33,8 +33,10 @@ def run() -> dict[str, Metric]:
         elapsed = time.perf_counter() - started
         identity.close()
     m = result.metrics
-    print(f"{result.records} records of {result.people} people → {result.customers} customers, "
-          f"{result.reviews} reviews opened, {len(result.false_merges)} wrong merges")
+    print(
+        f"{result.records} records of {result.people} people → {result.customers} customers, "
+        f"{result.reviews} reviews opened, {len(result.false_merges)} wrong merges"
+    )
     return {
         "precision": Metric(m.precision, "ratio", 0.99),
         "recall": Metric(m.recall, "ratio", 0.95),

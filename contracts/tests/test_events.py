@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from pydantic import ValidationError
+
 from crm_contracts.envelope import Identifier, IdentifierKind
 from crm_contracts.events.commerce import OrderLine, StoreOrderCompleted, StoreOrderCompletedPayload
 from crm_contracts.events.identity import Channel, CustomerRegistered, CustomerRegisteredPayload
 from crm_contracts.registry import EventRegistry, InvalidEvent, UnknownEventType, decode, encode
-from pydantic import ValidationError
 
 HASH = "a" * 64
 

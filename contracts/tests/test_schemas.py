@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from pydantic import Field
+
 from crm_contracts import schemas
 from crm_contracts.compat import breaking_changes
 from crm_contracts.envelope import ContractModel, Event
-from pydantic import Field
 
 
 def test_committed_schemas_match_the_models() -> None:

@@ -42,7 +42,7 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _compare(  # noqa: PLR0912 - one branch per JSON Schema keyword family
+def _compare(
     old: dict[str, Any],
     new: dict[str, Any],
     old_root: dict[str, Any],

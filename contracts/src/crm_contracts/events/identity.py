@@ -208,8 +208,6 @@ class ProfileSnapshot(Event):
 
 
 __all__ = [
-    "ProfileSnapshot",
-    "ProfileSnapshotPayload",
     "Channel",
     "Consent",
     "ConsentChanged",
@@ -224,4 +222,6 @@ __all__ = [
     "IdentifiersUnlinked",
     "LinkEvidence",
     "MergeUndone",
+    "ProfileSnapshot",
+    "ProfileSnapshotPayload",
 ]

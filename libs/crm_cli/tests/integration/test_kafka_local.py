@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from crm_cli.kafka_local import HOST, LocalKafka, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

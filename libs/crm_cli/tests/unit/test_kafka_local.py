@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from crm_cli import kafka_local
 from crm_cli.kafka_local import (
     KAFKA_VERSION,

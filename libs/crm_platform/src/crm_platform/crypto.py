@@ -18,9 +18,10 @@ import hmac
 import os
 
 import orjson
-from crm_contracts.envelope import Identifier, IdentifierKind, SealedValue
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crm_contracts.envelope import Identifier, IdentifierKind, SealedValue
 
 _NONCE_BYTES = 12
 

@@ -97,6 +97,8 @@ class TracingMapper(Mapper[Any]):
         """Hook for subclasses: transform an event's state before it is stored."""
         return state
 
-    def decode_state(self, event_class: type[Any], originator_id: Any, state: dict[str, Any]) -> dict[str, Any]:
+    def decode_state(
+        self, event_class: type[Any], originator_id: Any, state: dict[str, Any]
+    ) -> dict[str, Any]:
         """Hook for subclasses: transform a stored state back before the event is built."""
         return state

@@ -83,7 +83,9 @@ class Principal:
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key with scopes")
 
 
-async def _principal(request: Request, api_key: Annotated[str | None, Security(_api_key_header)]) -> Principal:
+async def _principal(
+    request: Request, api_key: Annotated[str | None, Security(_api_key_header)]
+) -> Principal:
     keys: Mapping[str, Sequence[str]] = request.app.state.settings.api_keys
     if not api_key:
         raise ApiError(401, "unauthenticated", "missing X-API-Key header", {"WWW-Authenticate": "ApiKey"})

@@ -11,8 +11,8 @@ import re
 import unicodedata
 
 import phonenumbers
-from crm_contracts.envelope import Identifier, IdentifierKind
 
+from crm_contracts.envelope import Identifier, IdentifierKind
 from crm_platform.crypto import BlindIndexer
 
 

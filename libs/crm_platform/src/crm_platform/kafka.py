@@ -26,12 +26,12 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from crm_contracts.envelope import Event
-from crm_contracts.registry import EventRegistry, InvalidEvent, UnknownEventType, encode, registry
-from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER, Topic
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from crm_contracts.envelope import Event
+from crm_contracts.registry import EventRegistry, InvalidEvent, UnknownEventType, encode, registry
+from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER, Topic
 from crm_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from crm_contracts.envelope import Event, TraceContext
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import ApplicationRecorder, Notification, Tracking, TrackingRecorder
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
+from crm_contracts.envelope import Event, TraceContext
 from crm_platform.eventstore import TracingMapper
 from crm_platform.kafka import EventProducer
 

@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from crm_contracts.envelope import ContractModel, Event, deterministic_event_id
-from crm_platform.relay import StoredFact
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+
+from crm_contracts.envelope import ContractModel, Event, deterministic_event_id
+from crm_platform.relay import StoredFact
 
 
 class Note(Aggregate):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from relay_app import Notes, translate
+
 from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
-from relay_app import Notes, translate
 
 
 async def main() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from opentelemetry import trace
+
 from crm_contracts.registry import EventRegistry
 from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
 from crm_platform.telemetry import in_memory_exporter
-from opentelemetry import trace
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -51,6 +52,7 @@ async def test_relay_publishes_every_event_once_with_its_trace(
     store_settings: Settings, kafka_bootstrap: str, notes_topic: str
 ) -> None:
     import relay_app
+
     from crm_platform.testing import read_topic
 
     spans = in_memory_exporter()
@@ -99,6 +101,7 @@ async def test_sigkill_between_produce_and_position_commit_resends_and_never_ski
     store_settings: Settings, kafka_bootstrap: str, notes_topic: str, tmp_path: Path
 ) -> None:
     import relay_app
+
     from crm_platform.testing import read_topic
 
     app = _notes(store_settings)

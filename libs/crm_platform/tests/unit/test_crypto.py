@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crm_contracts.envelope import IdentifierKind
 from crm_platform.crypto import (
     BlindIndexer,

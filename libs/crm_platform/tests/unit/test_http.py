@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
-from crm_platform.http import Principal, create_app, require_scope
-from crm_platform.settings import Settings
 from fastapi import Depends
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
+
+from crm_platform.http import Principal, create_app, require_scope
+from crm_platform.settings import Settings
 
 
 class Thing(BaseModel):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import InvalidIdentifier, blind_identifier, normalise
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-from crm_platform.settings import Settings
 from pydantic import ValidationError
+
+from crm_platform.settings import Settings
 
 SECRET = base64.b64encode(b"s" * 32).decode()
 OTHER = base64.b64encode(b"o" * 32).decode()

@@ -8,6 +8,7 @@ import os
 import signal
 
 import typer
+
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.logs import setup_logging
 from crm_platform.settings import Settings

@@ -30,7 +30,6 @@ from identity.adapters.mapper import PersonalDataMapper
 from identity.adapters.recorders import IndexQueries
 from identity.domain.claim import IdentifierClaim, claim_id
 from identity.domain.customer import (
-    EXCLUSIVE_KINDS,
     Customer,
     CustomerInactive,
     DomainError,
@@ -48,7 +47,6 @@ from identity.matching.normalise import (
     postal_code_key,
 )
 from identity.matching.scoring import MatchRecord, Score, same_person_names, score_pair
-
 
 #: Identifiers that belong to one person (unlike a family e-mail or a home phone).
 PERSONAL_KINDS = frozenset({"member_no", "pos_card", "ec_account", "line_id"})
@@ -279,7 +277,12 @@ class IdentityApplication(Application[uuid.UUID]):
         newcomer: MatchRecord,
     ) -> Resolution:
         customer_id = self._new_id(idents, personal, at)
-        evidence = {"rule": "registration", "decided_by": cmd.decided_by, "at": at.isoformat(), "channel": cmd.channel}
+        evidence = {
+            "rule": "registration",
+            "decided_by": cmd.decided_by,
+            "at": at.isoformat(),
+            "channel": cmd.channel,
+        }
         customer = Customer.register(
             customer_id=customer_id,
             channel=cmd.channel,
@@ -324,8 +327,11 @@ class IdentityApplication(Application[uuid.UUID]):
     ) -> Resolution:
         survivor, via = matches[0]
         evidence = {
-            "rule": f"exact:{via.kind}", "matched_fields": [via.kind], "decided_by": cmd.decided_by,
-            "at": at.isoformat(), "channel": cmd.channel,
+            "rule": f"exact:{via.kind}",
+            "matched_fields": [via.kind],
+            "decided_by": cmd.decided_by,
+            "at": at.isoformat(),
+            "channel": cmd.channel,
         }
         to_save: list[Aggregate | None] = [survivor]
         merges = []
@@ -337,7 +343,9 @@ class IdentityApplication(Application[uuid.UUID]):
             to_save += [other, merge, *claim_changes]
         linked = []
         for ident in idents:
-            if not survivor.has(ident.kind, ident.hash) and not survivor.conflicts_with([(ident.kind, ident.hash)]):
+            if not survivor.has(ident.kind, ident.hash) and not survivor.conflicts_with(
+                [(ident.kind, ident.hash)]
+            ):
                 survivor.link(ident.kind, ident.hash, evidence)
                 linked.append(ident)
             to_save.append(self._claim(claims, ident, survivor.id, evidence))
@@ -379,7 +387,7 @@ class IdentityApplication(Application[uuid.UUID]):
         candidate, score = best
         if score.value >= self.thresholds.auto_merge:
             other = self._customer(candidate)
-            first, second = sorted((survivor, other), key=lambda c: (c.registered_at, c.id.hex))
+            first = min((survivor, other), key=lambda c: (c.registered_at, c.id.hex))
             if first is not survivor:
                 return [], ()  # merging the survivor away mid-command is left to the next pass
             merge, claim_changes = self._merge_objects(
@@ -394,7 +402,8 @@ class IdentityApplication(Application[uuid.UUID]):
 
     def _new_id(self, idents: list[Ident], personal: dict[str, Any], at: datetime) -> uuid.UUID:
         if not idents:
-            seed = f"{personal.get('name_kanji')}|{personal.get('name_kana')}|{personal.get('birthday')}|{at.isoformat()}"
+            names = f"{personal.get('name_kanji')}|{personal.get('name_kana')}"
+            seed = f"{names}|{personal.get('birthday')}|{at.isoformat()}"
             return new_customer_id("anonymous", seed)
         strongest = min(idents, key=lambda i: (i.priority, i.hash))
         for attempt in range(100):
@@ -451,7 +460,9 @@ class IdentityApplication(Application[uuid.UUID]):
             params += [record.birthday.isoformat(), kanji[:1]]
         postal = postal_code_key(record.postal_code) if record.postal_code else None
         if postal and (loose or kanji):
-            clauses.append("(postal_code = ? AND (substr(loose_kana_key, 1, 2) = ? OR substr(name_kanji_key, 1, 1) = ?))")
+            clauses.append(
+                "(postal_code = ? AND (substr(loose_kana_key, 1, 2) = ? OR substr(name_kanji_key, 1, 1) = ?))"
+            )
             params += [postal, (loose or "")[:2], (kanji or "")[:1]]
         if kanji:
             clauses.append("name_kanji_key = ?")
@@ -470,7 +481,11 @@ class IdentityApplication(Application[uuid.UUID]):
             other = self._customer(uuid.UUID(hex_id))
             if other.status != "active":
                 continue
-            review = self._maybe(review_id_for(other.id, uuid.UUID(record.customer_id))) if record.customer_id else None
+            review = (
+                self._maybe(review_id_for(other.id, uuid.UUID(record.customer_id)))
+                if record.customer_id
+                else None
+            )
             if review is not None and review.status == "rejected":
                 continue  # a human said these are two people
             scored.append((other.id, score_pair(record, self._match_record(other))))
@@ -486,8 +501,12 @@ class IdentityApplication(Application[uuid.UUID]):
     @staticmethod
     def _fuzzy_evidence(score: Score, at: datetime, decided_by: str | None) -> dict[str, Any]:
         return {
-            "rule": "fuzzy", "score": score.value, "matched_fields": list(score.matched),
-            "conflicting_fields": list(score.conflicting), "decided_by": decided_by, "at": at.isoformat(),
+            "rule": "fuzzy",
+            "score": score.value,
+            "matched_fields": list(score.matched),
+            "conflicting_fields": list(score.conflicting),
+            "decided_by": decided_by,
+            "at": at.isoformat(),
         }
 
     def _open_review(self, a: uuid.UUID, b: uuid.UUID, score: Score, at: datetime) -> ReviewItem | None:
@@ -497,7 +516,9 @@ class IdentityApplication(Application[uuid.UUID]):
 
     # -- observations from other services -----------------------------------------------
 
-    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution:
+    def observe(
+        self, idents: Sequence[Ident], channel: str = "store", source: str | None = None
+    ) -> Resolution:
         """Decide who an observation (identifiers only, no personal data) belongs to."""
         idents = sorted(set(idents), key=lambda i: (i.priority, i.hash))
         if not idents:
@@ -516,7 +537,13 @@ class IdentityApplication(Application[uuid.UUID]):
                 root = self._active_root(self._customer(owner))
                 if root.status == "active":
                     owners[root.id] = root
-        evidence = {"rule": "", "decided_by": "resolver", "at": at.isoformat(), "source": source, "channel": channel}
+        evidence = {
+            "rule": "",
+            "decided_by": "resolver",
+            "at": at.isoformat(),
+            "source": source,
+            "channel": channel,
+        }
         pairs = [(i.kind, i.hash) for i in idents]
         compatible = [c for c in owners.values() if not c.conflicts_with(pairs)]
         if not compatible:
@@ -533,7 +560,9 @@ class IdentityApplication(Application[uuid.UUID]):
                 continue
             if same_person_names(self._match_record(survivor), self._match_record(other)) is False:
                 continue
-            merge, claim_changes = self._merge_objects(survivor, other, {**evidence, "rule": "exact:co-observed"}, claims)
+            merge, claim_changes = self._merge_objects(
+                survivor, other, {**evidence, "rule": "exact:co-observed"}, claims
+            )
             merges.append(merge.id)
             to_save += [other, merge, *claim_changes]
         linked = []
@@ -541,7 +570,8 @@ class IdentityApplication(Application[uuid.UUID]):
             (i for i in idents if survivor.has(i.kind, i.hash)), key=lambda i: i.priority, default=None
         )
         link_evidence = {
-            **evidence, "rule": f"exact:co-observed-with-{strongest_known.kind if strongest_known else 'merge'}",
+            **evidence,
+            "rule": f"exact:co-observed-with-{strongest_known.kind if strongest_known else 'merge'}",
             "matched_fields": [strongest_known.kind] if strongest_known else [],
         }
         for ident in unknown:
@@ -646,20 +676,26 @@ class IdentityApplication(Application[uuid.UUID]):
                 continue
             if not survivor.has(i["kind"], i["hash"]):
                 claim.release(survivor.id, f"merge {merge.id} undone")
-            claim.claim(merged.id, {"rule": "merge-undone", "at": at.isoformat(), "decided_by": undone_by},
-                        self.thresholds.max_owners)
+            claim.claim(
+                merged.id,
+                {"rule": "merge-undone", "at": at.isoformat(), "decided_by": undone_by},
+                self.thresholds.max_owners,
+            )
             changed.append(claim)
         self._save(survivor, merged, merge, *changed)
-        return Resolution(merged.id, "restored", (merge.id,), linked=tuple(Ident(i["kind"], i["hash"]) for i in returned))
+        return Resolution(
+            merged.id, "restored", (merge.id,), linked=tuple(Ident(i["kind"], i["hash"]) for i in returned)
+        )
 
     # -- review queue -------------------------------------------------------------------
 
     def list_reviews(self, status: str = "open") -> list[dict[str, Any]]:
         reviews = []
-        for notification in self.recorder.select_notifications(start=1, limit=1_000_000,
-                                                                  topics=[_topic(ReviewItem.Opened)]):
-            item = self._maybe(notification.originator_id)
-            if isinstance(item, ReviewItem) and (status == "all" or item.status == status):
+        for notification in self.recorder.select_notifications(
+            start=1, limit=1_000_000, topics=[_topic(ReviewItem.Opened)]
+        ):
+            item = self._maybe(cast(uuid.UUID, notification.originator_id))
+            if isinstance(item, ReviewItem) and status in ("all", item.status):
                 reviews.append(_review_view(item))
         return reviews
 
@@ -702,14 +738,22 @@ class IdentityApplication(Application[uuid.UUID]):
         self._save(customer)
         return customer.version
 
-    def change_consent(self, customer_id: uuid.UUID, channel: str, granted: bool, at: datetime | None = None) -> int:
+    def change_consent(
+        self, customer_id: uuid.UUID, channel: str, granted: bool, at: datetime | None = None
+    ) -> int:
         customer = self._active_root(self._customer(customer_id))
         customer.change_consent(channel, granted, at or _now())
         self._save(customer)
         return customer.version
 
     def add_identifier(
-        self, customer_id: uuid.UUID, kind: str, value: str, *, decided_by: str, expected_version: int | None = None
+        self,
+        customer_id: uuid.UUID,
+        kind: str,
+        value: str,
+        *,
+        decided_by: str,
+        expected_version: int | None = None,
     ) -> Ident:
         customer = self._customer(customer_id)
         customer.check_version(expected_version)
@@ -730,7 +774,13 @@ class IdentityApplication(Application[uuid.UUID]):
         return ident
 
     def remove_identifier(
-        self, customer_id: uuid.UUID, kind: str, hash_: str, *, reason: str, expected_version: int | None = None
+        self,
+        customer_id: uuid.UUID,
+        kind: str,
+        hash_: str,
+        *,
+        reason: str,
+        expected_version: int | None = None,
     ) -> None:
         customer = self._customer(customer_id)
         customer.check_version(expected_version)
@@ -772,7 +822,7 @@ class IdentityApplication(Application[uuid.UUID]):
     def version_at(self, aggregate_id: uuid.UUID, as_of: datetime) -> int | None:
         version = None
         for stored in self.recorder.select_events(aggregate_id):
-            event = self.mapper.to_domain_event(stored)
+            event: Any = self.mapper.to_domain_event(stored)
             if event.timestamp > as_of:
                 break
             version = event.originator_version
@@ -838,16 +888,18 @@ class IdentityApplication(Application[uuid.UUID]):
         out = []
         for i in sorted(customer.identifiers.values(), key=lambda i: (priority(i["kind"]), i["hash"])):
             claim = self._maybe(claim_id(i["kind"], i["hash"]))
-            out.append({
-                "kind": i["kind"],
-                "hash": i["hash"],
-                "value": clear.get((i["kind"], i["hash"])),
-                "linked_at": i.get("linked_at"),
-                "evidence": i.get("evidence") or {},
-                "via_merge": i.get("via_merge"),
-                "merge_evidence": i.get("merge_evidence"),
-                "shared": bool(claim and (claim.shared or len(claim.owners) > 1)),
-            })
+            out.append(
+                {
+                    "kind": i["kind"],
+                    "hash": i["hash"],
+                    "value": clear.get((i["kind"], i["hash"])),
+                    "linked_at": i.get("linked_at"),
+                    "evidence": i.get("evidence") or {},
+                    "via_merge": i.get("via_merge"),
+                    "merge_evidence": i.get("merge_evidence"),
+                    "shared": bool(claim and (claim.shared or len(claim.owners) > 1)),
+                }
+            )
         return out
 
     def _clear_values(self, customer: Customer) -> dict[tuple[str, str], str]:
@@ -857,7 +909,8 @@ class IdentityApplication(Application[uuid.UUID]):
                 contacts.setdefault(kind, []).extend(values)
         return {
             (kind, self.indexer.index(kind, value)): value
-            for kind, values in contacts.items() for value in values
+            for kind, values in contacts.items()
+            for value in values
         }
 
     def resolve(self, idents: Sequence[Ident]) -> uuid.UUID | None:
@@ -884,11 +937,13 @@ class IdentityApplication(Application[uuid.UUID]):
             return []
         has_kanji = any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in text)
         if has_kanji:
-            rows = self.index.query_index("status = 'active' AND name_kanji_key LIKE ?",
-                                          [f"%{kanji_name_key(text)}%"], limit)
+            rows = self.index.query_index(
+                "status = 'active' AND name_kanji_key LIKE ?", [f"%{kanji_name_key(text)}%"], limit
+            )
         else:
-            rows = self.index.query_index("status = 'active' AND loose_kana_key LIKE ?",
-                                          [f"%{loose_kana_key(text)}%"], limit)
+            rows = self.index.query_index(
+                "status = 'active' AND loose_kana_key LIKE ?", [f"%{loose_kana_key(text)}%"], limit
+            )
         return rows
 
     def rebuild_index(self) -> int:
@@ -898,8 +953,9 @@ class IdentityApplication(Application[uuid.UUID]):
         seen: set[uuid.UUID] = set()
         start = 1
         while True:
-            batch = self.recorder.select_notifications(start=start, limit=1000,
-                                                       topics=[_topic(Customer.Registered)])
+            batch = self.recorder.select_notifications(
+                start=start, limit=1000, topics=[_topic(Customer.Registered)]
+            )
             if not batch:
                 break
             for n in batch:
@@ -935,8 +991,8 @@ def _review_view(item: ReviewItem) -> dict[str, Any]:
 __all__ = [
     "ConcurrentUpdate",
     "CustomerNotFound",
-    "IdentifierHeldByOther",
     "Ident",
+    "IdentifierHeldByOther",
     "IdentityApplication",
     "RegisterCustomer",
     "Resolution",

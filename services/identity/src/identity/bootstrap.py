@@ -10,7 +10,6 @@ from crm_platform.eventstore import TracingMapper
 from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
-
 from identity.adapters.keystore import DataKeyStore, PostgresKeyBackend, SQLiteKeyBackend
 from identity.application import IdentityApplication, Thresholds
 from identity.translator import IdentityTranslator

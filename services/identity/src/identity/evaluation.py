@@ -7,6 +7,7 @@ the ground truth. Used by ``bench/bench_resolution.py`` and the tests.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,21 +31,24 @@ def command_for(record: Record) -> RegisterCustomer:
     identifiers = []
     for kind, raw in (("member_no", record.member_no), ("email", record.email), ("phone", record.phone)):
         if raw:
-            try:
+            # An invalid value gets 422 for its field at the API; the record still counts.
+            with contextlib.suppress(InvalidIdentifier):
                 identifiers.append((kind, normalise(kind, raw)))
-            except InvalidIdentifier:
-                pass  # the API would answer 422 for this field; the record still counts
     personal = {
-        k: v for k, v in {
+        k: v
+        for k, v in {
             "name_kanji": record.name_kanji,
             "name_kana": record.name_kana,
             "birthday": record.birthday.isoformat() if record.birthday else None,
             "postal_code": record.postal_code,
             "address": record.address,
-        }.items() if v
+        }.items()
+        if v
     }
     return RegisterCustomer(
-        channel=record.channel, identifiers=identifiers, personal=personal,
+        channel=record.channel,
+        identifiers=identifiers,
+        personal=personal,
         attributes={"gender": record.gender, "prefecture": record.prefecture},
     )
 
@@ -61,7 +65,7 @@ def evaluate(app: IdentityApplication, records: Sequence[Record]) -> Evaluation:
     predicted = []
     for customer_id in assigned:
         if customer_id not in roots:
-            roots[customer_id] = app._active_root(app._customer(customer_id)).id.hex  # noqa: SLF001
+            roots[customer_id] = app._active_root(app._customer(customer_id)).id.hex
         predicted.append(roots[customer_id])
     truth = [r.person_id for r in records]
     by_customer: dict[str, set[int]] = {}

@@ -96,77 +96,105 @@ class IdentityTranslator:
         }
         customer_id: uuid.UUID = event.originator_id
         if isinstance(event, Customer.Registered):
-            return [CustomerRegistered(
-                **{**common, "occurred_at": event.registered_at},
-                identifiers=_identifiers(event.identifiers),
-                payload=CustomerRegisteredPayload(
-                    customer_id=customer_id,
-                    channel=Channel(event.channel),
-                    attributes=_attributes(event.personal, event.attributes),
-                    consents=_consents(event.consents),
-                    personal=self._seal(customer_id, event.personal, "customer.registered"),
-                ),
-            )]
+            return [
+                CustomerRegistered(
+                    **{**common, "occurred_at": event.registered_at},
+                    identifiers=_identifiers(event.identifiers),
+                    payload=CustomerRegisteredPayload(
+                        customer_id=customer_id,
+                        channel=Channel(event.channel),
+                        attributes=_attributes(event.personal, event.attributes),
+                        consents=_consents(event.consents),
+                        personal=self._seal(customer_id, event.personal, "customer.registered"),
+                    ),
+                )
+            ]
         if isinstance(event, Customer.ProfileChanged):
-            return [CustomerProfileChanged(
-                **common,
-                payload=CustomerProfileChangedPayload(
-                    customer_id=customer_id,
-                    attributes=_attributes(event.personal, event.attributes),
-                    personal=self._seal(customer_id, event.personal, "customer.profile_changed"),
-                    changed_fields=tuple(event.changed),
-                ),
-            )]
+            return [
+                CustomerProfileChanged(
+                    **common,
+                    payload=CustomerProfileChangedPayload(
+                        customer_id=customer_id,
+                        attributes=_attributes(event.personal, event.attributes),
+                        personal=self._seal(customer_id, event.personal, "customer.profile_changed"),
+                        changed_fields=tuple(event.changed),
+                    ),
+                )
+            ]
         if isinstance(event, Customer.ConsentChanged):
-            return [ConsentChanged(
-                **common,
-                payload=ConsentChangedPayload(
-                    customer_id=customer_id,
-                    consent=Consent(channel=ConsentChannel(event.channel), granted=event.granted, at=event.at),
-                ),
-            )]
+            return [
+                ConsentChanged(
+                    **common,
+                    payload=ConsentChangedPayload(
+                        customer_id=customer_id,
+                        consent=Consent(
+                            channel=ConsentChannel(event.channel), granted=event.granted, at=event.at
+                        ),
+                    ),
+                )
+            ]
         if isinstance(event, Customer.IdentifierLinked):
             linked = _identifiers([{"kind": event.kind, "hash": event.hash}])
-            return [IdentifiersLinked(
-                **common,
-                identifiers=linked,
-                payload=IdentifiersLinkedPayload(customer_id=customer_id, linked=linked,
-                                                 evidence=_evidence(event.evidence)),
-            )]
+            return [
+                IdentifiersLinked(
+                    **common,
+                    identifiers=linked,
+                    payload=IdentifiersLinkedPayload(
+                        customer_id=customer_id, linked=linked, evidence=_evidence(event.evidence)
+                    ),
+                )
+            ]
         if isinstance(event, Customer.IdentifierUnlinked):
             unlinked = _identifiers([{"kind": event.kind, "hash": event.hash}])
-            return [IdentifiersUnlinked(
-                **common,
-                payload=IdentifiersUnlinkedPayload(customer_id=customer_id, unlinked=unlinked,
-                                                   reason=event.reason[:256]),
-            )]
+            return [
+                IdentifiersUnlinked(
+                    **common,
+                    payload=IdentifiersUnlinkedPayload(
+                        customer_id=customer_id, unlinked=unlinked, reason=event.reason[:256]
+                    ),
+                )
+            ]
         if isinstance(event, Customer.Absorbed):
             moved = _identifiers(event.identifiers)
-            return [CustomersMerged(
-                **common,
-                identifiers=moved,
-                payload=CustomersMergedPayload(
-                    merge_id=event.merge_id, survivor_id=customer_id, merged_id=event.merged_id,
-                    moved=moved, evidence=_evidence(event.evidence),
-                ),
-            )]
+            return [
+                CustomersMerged(
+                    **common,
+                    identifiers=moved,
+                    payload=CustomersMergedPayload(
+                        merge_id=event.merge_id,
+                        survivor_id=customer_id,
+                        merged_id=event.merged_id,
+                        moved=moved,
+                        evidence=_evidence(event.evidence),
+                    ),
+                )
+            ]
         if isinstance(event, Customer.AbsorptionUndone):
             restored = _identifiers(event.identifiers)
-            return [MergeUndone(
-                **common,
-                identifiers=restored,
-                payload=MergeUndonePayload(
-                    merge_id=event.merge_id, survivor_id=customer_id, restored_id=event.merged_id,
-                    restored=restored, reason="merge undone",
-                ),
-            )]
+            return [
+                MergeUndone(
+                    **common,
+                    identifiers=restored,
+                    payload=MergeUndonePayload(
+                        merge_id=event.merge_id,
+                        survivor_id=customer_id,
+                        restored_id=event.merged_id,
+                        restored=restored,
+                        reason="merge undone",
+                    ),
+                )
+            ]
         if isinstance(event, Customer.Erased):
-            return [CustomerErased(
-                **common,
-                payload=CustomerErasedPayload(
-                    customer_id=customer_id, requested_at=event.at, tombstoned=_identifiers(event.identifiers)
-                ),
-            )]
+            return [
+                CustomerErased(
+                    **common,
+                    payload=CustomerErasedPayload(
+                        customer_id=customer_id,
+                        requested_at=event.at,
+                        tombstoned=_identifiers(event.identifiers),
+                    ),
+                )
+            ]
         return []  # MergedInto / Restored: carried by the survivor's events
 
     def _seal(self, customer_id: uuid.UUID, personal: dict[str, Any], context: str) -> SealedValue | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from fastapi.testclient import TestClient
+
 from crm_contracts.events.identity import CustomerRegistered
 from crm_contracts.registry import decode
 from crm_contracts.topics import IDENTITY_CUSTOMER
@@ -15,7 +17,6 @@ from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
 from crm_platform.telemetry import in_memory_exporter
 from crm_platform.testing import end_offsets, read_topic
-from fastapi.testclient import TestClient
 from identity.bootstrap import build, build_relay
 from identity.entrypoints.api import create
 
@@ -96,8 +97,12 @@ def test_registering_a_known_person_again_resolves_to_them(store_settings: Setti
         again = client.post("/customers", json={**body, "email": "HANAKO@EXAMPLE.JP"}, headers=ADMIN)
         assert first.status_code == 201
         assert again.status_code == 200
-        assert again.json() == {"customer_id": first.json()["customer_id"], "outcome": "matched",
-                                "merges": [], "reviews": []}
+        assert again.json() == {
+            "customer_id": first.json()["customer_id"],
+            "outcome": "matched",
+            "merges": [],
+            "reviews": [],
+        }
         profile = client.get(f"/customers/{first.json()['customer_id']}", headers=ADMIN).json()
         assert profile["personal"]["contacts"] == {"email": ["hanako@example.jp"]}
     identity.close()

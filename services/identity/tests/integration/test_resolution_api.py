@@ -29,8 +29,12 @@ def profile(client: TestClient, customer_id: str, **params: str) -> dict:
 
 
 def test_one_person_written_three_ways_is_one_customer(client: TestClient) -> None:
-    a = register(client, channel="store", name_kana="ヤマダ タロウ", name_kanji="山田 太郎", phone="03-1234-5678")
-    b = register(client, channel="online", name_kana="やまだ たろう", phone="0312345678", email="taro@example.jp")
+    a = register(
+        client, channel="store", name_kana="ヤマダ タロウ", name_kanji="山田 太郎", phone="03-1234-5678"
+    )
+    b = register(
+        client, channel="online", name_kana="やまだ たろう", phone="0312345678", email="taro@example.jp"
+    )
     c = register(client, channel="app", name_kana="ﾔﾏﾀﾞﾀﾛｳ", phone="+81 3 1234 5678")
     assert a["outcome"] == "created"
     assert b["customer_id"] == c["customer_id"] == a["customer_id"]
@@ -47,10 +51,22 @@ def test_one_person_written_three_ways_is_one_customer(client: TestClient) -> No
 
 
 def test_a_family_sharing_an_email_stays_two_customers(client: TestClient, identity: Identity) -> None:
-    father = register(client, channel="store", name_kanji="山田 太郎", name_kana="ヤマダ タロウ",
-                      email="yamada-family@example.jp", birthday="1960-01-01")
-    daughter = register(client, channel="online", name_kanji="山田 花子", name_kana="ヤマダ ハナコ",
-                        email="yamada-family@example.jp", birthday="1992-03-03")
+    father = register(
+        client,
+        channel="store",
+        name_kanji="山田 太郎",
+        name_kana="ヤマダ タロウ",
+        email="yamada-family@example.jp",
+        birthday="1960-01-01",
+    )
+    daughter = register(
+        client,
+        channel="online",
+        name_kanji="山田 花子",
+        name_kana="ヤマダ ハナコ",
+        email="yamada-family@example.jp",
+        birthday="1992-03-03",
+    )
     assert daughter["outcome"] == "created"
     assert father["customer_id"] != daughter["customer_id"]
     # An order carrying only the family e-mail cannot say whose it is.
@@ -62,48 +78,88 @@ def test_a_family_sharing_an_email_stays_two_customers(client: TestClient, ident
 
 
 def test_a_wrong_merge_undone_restores_both_exactly(client: TestClient) -> None:
-    a = register(client, channel="store", name_kanji="佐藤 花子", name_kana="サトウ ハナコ", phone="090-1111-2222",
-                 member_no="1001", birthday="1980-01-01", consents={"email": True})
-    b = register(client, channel="online", name_kanji="佐藤 華子", name_kana="サトウ ハナコ",
-                 email="hanako@example.jp", birthday="1991-02-02", prefecture="大阪府")
-    before = {cid: (profile(client, cid), client.get(f"/customers/{cid}/identifiers").json())
-              for cid in (a["customer_id"], b["customer_id"])}
+    a = register(
+        client,
+        channel="store",
+        name_kanji="佐藤 花子",
+        name_kana="サトウ ハナコ",
+        phone="090-1111-2222",
+        member_no="1001",
+        birthday="1980-01-01",
+        consents={"email": True},
+    )
+    b = register(
+        client,
+        channel="online",
+        name_kanji="佐藤 華子",
+        name_kana="サトウ ハナコ",
+        email="hanako@example.jp",
+        birthday="1991-02-02",
+        prefecture="大阪府",
+    )
+    before = {
+        cid: (profile(client, cid), client.get(f"/customers/{cid}/identifiers").json())
+        for cid in (a["customer_id"], b["customer_id"])
+    }
 
-    merged = client.post("/merges", json={"survivor_id": a["customer_id"], "merged_id": b["customer_id"],
-                                          "reason": "looked alike"})
+    merged = client.post(
+        "/merges",
+        json={"survivor_id": a["customer_id"], "merged_id": b["customer_id"], "reason": "looked alike"},
+    )
     assert merged.status_code == 201, merged.text
     during = profile(client, a["customer_id"])
     assert during["merged_ids"] == [b["customer_id"]]
     assert {i["kind"] for i in during["identifiers"]} == {"member_no", "phone", "email"}
     assert profile(client, b["customer_id"])["status"] == "merged"
     # Later events follow the identifiers: the e-mail now resolves to the survivor.
-    assert client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"] == \
-        a["customer_id"]
+    assert (
+        client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"]
+        == a["customer_id"]
+    )
 
     undone = client.post(f"/merges/{merged.json()['merge_id']}/undo", json={"reason": "two people"})
     assert undone.status_code == 200, undone.text
     for cid, (old_profile, old_identifiers) in before.items():
         new_profile = profile(client, cid)
-        for field in ("status", "merged_into", "merged_ids", "personal", "attributes", "consents", "identifiers",
-                      "channel", "registered_at"):
+        for field in (
+            "status",
+            "merged_into",
+            "merged_ids",
+            "personal",
+            "attributes",
+            "consents",
+            "identifiers",
+            "channel",
+            "registered_at",
+        ):
             assert new_profile[field] == old_profile[field], field
         new_identifiers = client.get(f"/customers/{cid}/identifiers").json()
-        assert [(i["kind"], i["hash"], i["evidence"]) for i in new_identifiers] == \
-            [(i["kind"], i["hash"], i["evidence"]) for i in old_identifiers]
-    assert client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"] == \
-        b["customer_id"]
+        assert [(i["kind"], i["hash"], i["evidence"]) for i in new_identifiers] == [
+            (i["kind"], i["hash"], i["evidence"]) for i in old_identifiers
+        ]
+    assert (
+        client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"]
+        == b["customer_id"]
+    )
     again = client.post(f"/merges/{merged.json()['merge_id']}/undo", json={"reason": "again"})
     assert again.status_code == 409
 
 
 def test_profile_as_of_a_past_instant(client: TestClient) -> None:
-    a = register(client, channel="store", name_kanji="鈴木 一郎", address="東京都千代田区丸の内1-2-3",
-                 prefecture="東京都")
+    a = register(
+        client,
+        channel="store",
+        name_kanji="鈴木 一郎",
+        address="東京都千代田区丸の内1-2-3",
+        prefecture="東京都",
+    )
     time.sleep(0.01)
     moment = datetime.now(UTC)
     time.sleep(0.01)
-    changed = client.patch(f"/customers/{a['customer_id']}", json={"address": "大阪府大阪市北区梅田3-1-1",
-                                                                    "prefecture": "大阪府"})
+    changed = client.patch(
+        f"/customers/{a['customer_id']}",
+        json={"address": "大阪府大阪市北区梅田3-1-1", "prefecture": "大阪府"},
+    )
     assert changed.status_code == 200, changed.text
     now = profile(client, a["customer_id"])
     then = profile(client, a["customer_id"], as_of=moment.isoformat())
@@ -118,8 +174,15 @@ def test_profile_as_of_a_past_instant(client: TestClient) -> None:
 
 
 def test_uncertain_pairs_go_to_the_review_queue(client: TestClient) -> None:
-    a = register(client, channel="store", name_kanji="佐藤 花子", name_kana="サトウ ハナコ", postal_code="100-0001",
-                 birthday="1990-01-01", phone="090-3333-4444")
+    a = register(
+        client,
+        channel="store",
+        name_kanji="佐藤 花子",
+        name_kana="サトウ ハナコ",
+        postal_code="100-0001",
+        birthday="1990-01-01",
+        phone="090-3333-4444",
+    )
     b = register(client, channel="online", name_kanji="佐藤花子", postal_code="1000001", email="s@example.jp")
     assert b["outcome"] == "created"
     assert len(b["reviews"]) == 1
@@ -143,7 +206,9 @@ def test_a_rejected_pair_is_not_proposed_again(client: TestClient) -> None:
     assert client.post(f"/reviews/{review_id}/reject", json={"reason": "two people"}).status_code == 204
     client.patch(f"/customers/{b['customer_id']}", json={"name_kana": "タカハシ ケン"})
     assert client.get("/reviews").json() == []
-    assert client.get("/reviews", params={"status": "rejected"}).json()[0]["decision"]["reason"] == "two people"
+    assert (
+        client.get("/reviews", params={"status": "rejected"}).json()[0]["decision"]["reason"] == "two people"
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,17 +235,23 @@ def test_bad_merges_and_unknown_things(client: TestClient) -> None:
     assert client.post(f"/merges/{uuid.uuid4()}/undo", json={"reason": "x"}).status_code == 404
     assert client.get(f"/customers/{uuid.uuid4()}").status_code == 404
     assert client.post("/customers", json={"channel": "store"}).status_code == 422  # nobody to register
-    bad_kind = client.post(f"/customers/{a['customer_id']}/identifiers", json={"kind": "passport", "value": "1"})
+    bad_kind = client.post(
+        f"/customers/{a['customer_id']}/identifiers", json={"kind": "passport", "value": "1"}
+    )
     assert bad_kind.status_code == 422
 
 
 def test_an_identifier_of_another_customer_cannot_be_added(client: TestClient) -> None:
     a = register(client, channel="store", email="a@example.jp")
     b = register(client, channel="store", email="b@example.jp")
-    clash = client.post(f"/customers/{b['customer_id']}/identifiers", json={"kind": "email", "value": "A@example.jp"})
+    clash = client.post(
+        f"/customers/{b['customer_id']}/identifiers", json={"kind": "email", "value": "A@example.jp"}
+    )
     assert clash.status_code == 409
     assert a["customer_id"] in clash.json()["error"]["message"]
-    added = client.post(f"/customers/{b['customer_id']}/identifiers", json={"kind": "phone", "value": "090-5555-6666"})
+    added = client.post(
+        f"/customers/{b['customer_id']}/identifiers", json={"kind": "phone", "value": "090-5555-6666"}
+    )
     assert added.status_code == 201
     removed = client.delete(f"/customers/{b['customer_id']}/identifiers/phone/{added.json()['hash']}")
     assert removed.status_code == 204
@@ -189,7 +260,9 @@ def test_an_identifier_of_another_customer_cannot_be_added(client: TestClient) -
 def test_stale_versions_get_409_never_a_lost_update(client: TestClient) -> None:
     a = register(client, channel="store", email="c@example.jp", name_kanji="中村 誠")
     first = client.patch(f"/customers/{a['customer_id']}", json={"city": "千代田区", "expected_version": 1})
-    second = client.patch(f"/customers/{a['customer_id']}", json={"city": "港区"}, headers={"If-Match": '"1"'})
+    second = client.patch(
+        f"/customers/{a['customer_id']}", json={"city": "港区"}, headers={"If-Match": '"1"'}
+    )
     assert first.status_code == 200
     assert second.status_code == 409
     assert profile(client, a["customer_id"])["attributes"]["city"] == "千代田区"
@@ -200,13 +273,13 @@ def test_concurrent_writers_conflict_instead_of_overwriting(identity: Identity) 
     result = identity.app.observe([Ident("email", "e" * 64)])
     other = build(identity.settings)
     try:
-        mine = identity.app._customer(result.customer_id)  # noqa: SLF001
-        theirs = other.app._customer(result.customer_id)  # noqa: SLF001
+        mine = identity.app._customer(result.customer_id)
+        theirs = other.app._customer(result.customer_id)
         mine.change_profile({"name_kanji": "甲"}, {})
         theirs.change_profile({"name_kanji": "乙"}, {})
-        identity.app._save(mine)  # noqa: SLF001
+        identity.app._save(mine)
         with pytest.raises(ConcurrentUpdate):
-            other.app._save(theirs)  # noqa: SLF001
+            other.app._save(theirs)
     finally:
         other.close()
     assert identity.app.get_customer(result.customer_id)["personal"]["name_kanji"] == "甲"
@@ -217,8 +290,11 @@ def test_parallel_requests_on_one_customer(client: TestClient) -> None:
     codes: list[int] = []
 
     def patch(city: str) -> None:
-        codes.append(client.patch(f"/customers/{a['customer_id']}",
-                                  json={"city": city, "expected_version": 1}).status_code)
+        codes.append(
+            client.patch(
+                f"/customers/{a['customer_id']}", json={"city": city, "expected_version": 1}
+            ).status_code
+        )
 
     threads = [threading.Thread(target=patch, args=(f"city{i}",)) for i in range(4)]
     for t in threads:
@@ -229,9 +305,14 @@ def test_parallel_requests_on_one_customer(client: TestClient) -> None:
 
 
 def test_erasure_makes_the_person_unreadable(client: TestClient, identity: Identity) -> None:
-    a = register(client, channel="store", name_kanji="消去 花子", email="erase@example.jp", birthday="1999-09-09")
-    read_only = client.post(f"/customers/{a['customer_id']}/erase", json={"reason": "request"},
-                            headers={"X-API-Key": "dev-read-key"})
+    a = register(
+        client, channel="store", name_kanji="消去 花子", email="erase@example.jp", birthday="1999-09-09"
+    )
+    read_only = client.post(
+        f"/customers/{a['customer_id']}/erase",
+        json={"reason": "request"},
+        headers={"X-API-Key": "dev-read-key"},
+    )
     assert read_only.status_code == 403
     erased = client.post(f"/customers/{a['customer_id']}/erase", json={"reason": "customer request"})
     assert erased.status_code == 200
@@ -242,7 +323,7 @@ def test_erasure_makes_the_person_unreadable(client: TestClient, identity: Ident
     # The log is intact, but its personal fields can no longer be opened by anyone.
     fresh = build(identity.settings)
     try:
-        assert fresh.app._customer(uuid.UUID(a["customer_id"]), version=1).personal == {}  # noqa: SLF001
+        assert fresh.app._customer(uuid.UUID(a["customer_id"]), version=1).personal == {}
     finally:
         fresh.close()
     assert client.get("/customers/search", params={"q": "erase@example.jp"}).json() == []

@@ -23,27 +23,47 @@ H = {k: f"{i:064x}" for i, k in enumerate("abcdefgh", start=1)}
 
 def customer(*identifiers: tuple[str, str], **personal: object) -> Customer:
     return Customer.register(
-        customer_id=uuid.uuid4(), channel="store", personal=dict(personal), attributes={"gender": "female"},
+        customer_id=uuid.uuid4(),
+        channel="store",
+        personal=dict(personal),
+        attributes={"gender": "female"},
         identifiers=[{"kind": k, "hash": h, "evidence": {"rule": "registration"}} for k, h in identifiers],
-        consents={"email": True}, registered_at=NOW,
+        consents={"email": True},
+        registered_at=NOW,
     )
 
 
 def test_registration_validates() -> None:
     with pytest.raises(InvalidCustomerData, match="channel"):
-        Customer.register(customer_id=uuid.uuid4(), channel="fax", personal={}, attributes={}, identifiers=[],
-                          consents={}, registered_at=NOW)
+        Customer.register(
+            customer_id=uuid.uuid4(),
+            channel="fax",
+            personal={},
+            attributes={},
+            identifiers=[],
+            consents={},
+            registered_at=NOW,
+        )
     with pytest.raises(InvalidCustomerData, match="unknown identifier kind"):
         customer(("passport", H["a"]))
     with pytest.raises(InvalidCustomerData, match="consent"):
-        Customer.register(customer_id=uuid.uuid4(), channel="store", personal={}, attributes={}, identifiers=[],
-                          consents={"fax": True}, registered_at=NOW)
+        Customer.register(
+            customer_id=uuid.uuid4(),
+            channel="store",
+            personal={},
+            attributes={},
+            identifiers=[],
+            consents={"fax": True},
+            registered_at=NOW,
+        )
 
 
 def test_profile_changes_report_what_changed_and_clear_with_none() -> None:
     c = customer(name_kanji="山田 花子", address="東京都")
     assert c.change_profile({"name_kana": "ヤマダ ハナコ", "address": None}, {"prefecture": "東京都"}) == [
-        "address", "name_kana", "prefecture",
+        "address",
+        "name_kana",
+        "prefecture",
     ]
     assert c.personal == {"name_kanji": "山田 花子", "name_kana": "ヤマダ ハナコ"}
     assert c.change_profile({"name_kana": "ヤマダ ハナコ"}, {}) == []

@@ -12,7 +12,9 @@ from identity.matching.normalise import (
 )
 
 
-@pytest.mark.parametrize("raw", ["ヤマダ タロウ", "やまだ たろう", "ﾔﾏﾀﾞﾀﾛｳ", "ヤマダ・タロウ", "ヤマダ　タロウ"])
+@pytest.mark.parametrize(
+    "raw", ["ヤマダ タロウ", "やまだ たろう", "ﾔﾏﾀﾞﾀﾛｳ", "ヤマダ・タロウ", "ヤマダ　タロウ"]
+)
 def test_readings_written_many_ways_are_one_key(raw: str) -> None:
     assert kana_name_key(raw) == "ヤマダタロウ"
 
@@ -44,7 +46,9 @@ def test_addresses_with_and_without_building_are_one_key(raw: str) -> None:
 
 
 def test_building_is_kept_on_request() -> None:
-    assert address_key("東京都千代田区丸の内1-2-3 サンハイツ101", keep_building=True).endswith("サンハイツ101")
+    assert address_key("東京都千代田区丸の内1-2-3 サンハイツ101", keep_building=True).endswith(
+        "サンハイツ101"
+    )
 
 
 def test_postal_codes() -> None:

@@ -28,7 +28,9 @@ class FakeIdentity:
         self.calls: list[list[Ident]] = []
         self.customer = uuid.uuid4()
 
-    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution:
+    def observe(
+        self, idents: Sequence[Ident], channel: str = "store", source: str | None = None
+    ) -> Resolution:
         self.calls.append(list(idents))
         return Resolution(self.customer, "created", linked=tuple(idents))
 
@@ -36,8 +38,13 @@ class FakeIdentity:
 def order(*identifiers: Identifier, at: datetime = T0) -> StoreOrderCompleted:
     line = OrderLine(line_no=1, sku="S", category="c", quantity=1, unit_price=100)
     return StoreOrderCompleted(
-        occurred_at=at, producer="engagement.api", customer_key=identifiers[0].hash, identifiers=identifiers,
-        payload=StoreOrderCompletedPayload(order_id=str(uuid.uuid4()), store_id="S1", lines=(line,), total=100),
+        occurred_at=at,
+        producer="engagement.api",
+        customer_key=identifiers[0].hash,
+        identifiers=identifiers,
+        payload=StoreOrderCompletedPayload(
+            order_id=str(uuid.uuid4()), store_id="S1", lines=(line,), total=100
+        ),
     )
 
 
@@ -66,9 +73,16 @@ def test_merges_and_undo_move_identifiers_between_customers() -> None:
     other = uuid.uuid4()
     core.identifiers[f"email:{EMAIL.hash}"] = str(other)
     merged = CustomersMerged(
-        occurred_at=T0, producer="identity.relay", customer_key=survivor,
-        payload=CustomersMergedPayload(merge_id=uuid.uuid4(), survivor_id=uuid.UUID(survivor), merged_id=other,
-                                       moved=(EMAIL,), evidence=LinkEvidence(rule="staff")),
+        occurred_at=T0,
+        producer="identity.relay",
+        customer_key=survivor,
+        payload=CustomersMergedPayload(
+            merge_id=uuid.uuid4(),
+            survivor_id=uuid.UUID(survivor),
+            merged_id=other,
+            moved=(EMAIL,),
+            evidence=LinkEvidence(rule="staff"),
+        ),
     )
     outcome = core.handle(merged)
     assert outcome.path == "identity"
@@ -76,9 +90,16 @@ def test_merges_and_undo_move_identifiers_between_customers() -> None:
     assert core.profiles[str(other)]["status"] == "merged"
     assert core.handle(order(EMAIL)).customer_id == survivor  # later events follow the identifier
     undone = MergeUndone(
-        occurred_at=T0, producer="identity.relay", customer_key=survivor,
-        payload=MergeUndonePayload(merge_id=merged.payload.merge_id, survivor_id=uuid.UUID(survivor),
-                                   restored_id=other, restored=(EMAIL,), reason="wrong"),
+        occurred_at=T0,
+        producer="identity.relay",
+        customer_key=survivor,
+        payload=MergeUndonePayload(
+            merge_id=merged.payload.merge_id,
+            survivor_id=uuid.UUID(survivor),
+            restored_id=other,
+            restored=(EMAIL,),
+            reason="wrong",
+        ),
     )
     core.handle(undone)
     assert core.identifiers[f"email:{EMAIL.hash}"] == str(other)

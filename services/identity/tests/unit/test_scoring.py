@@ -36,10 +36,20 @@ def test_same_name_and_postal_code_goes_to_review() -> None:
 
 
 def test_family_members_sharing_everything_but_given_name_and_birthday() -> None:
-    parent = rec(name_kanji="横山 直樹", name_kana="ヨコヤマ ナオキ", birthday=date(1956, 11, 23),
-                 address="神奈川県横浜市西区みなとみらい5-21-13", contact_hashes=frozenset({"landline"}))
-    child = rec(name_kanji="横山 勇気", name_kana="ヨコヤマ ユウキ", birthday=date(1969, 4, 5),
-                address="神奈川県横浜市西区みなとみらい5-21-13", contact_hashes=frozenset({"landline"}))
+    parent = rec(
+        name_kanji="横山 直樹",
+        name_kana="ヨコヤマ ナオキ",
+        birthday=date(1956, 11, 23),
+        address="神奈川県横浜市西区みなとみらい5-21-13",
+        contact_hashes=frozenset({"landline"}),
+    )
+    child = rec(
+        name_kanji="横山 勇気",
+        name_kana="ヨコヤマ ユウキ",
+        birthday=date(1969, 4, 5),
+        address="神奈川県横浜市西区みなとみらい5-21-13",
+        contact_hashes=frozenset({"landline"}),
+    )
     assert score_pair(parent, child).value < REVIEW
     assert same_person_names(parent, child) is False
 
@@ -56,12 +66,19 @@ def test_a_slip_in_the_family_name_agrees_a_different_given_name_does_not() -> N
     assert same_person_names(rec(name_kana="ザイトウ ミサキ"), rec(name_kana="サイトウ ミサキ")) is True
     assert same_person_names(rec(name_kana="ナカジマ ユミ"), rec(name_kana="ナカジマ ユキ")) is False
     assert same_person_names(rec(name_kana="ナカジマ マイ"), rec(name_kana="ナカジマ イチロウ")) is False
-    assert same_person_names(rec(name_kanji="松本 修"), rec(name_kanji="松本修", name_kana="マツモト オザム")) is True
+    assert (
+        same_person_names(rec(name_kanji="松本 修"), rec(name_kanji="松本修", name_kana="マツモト オザム"))
+        is True
+    )
     assert same_person_names(rec(), rec(name_kana="ヤマダ")) is None
 
 
 def test_a_typo_in_the_reading_with_birthday_and_contact_still_merges() -> None:
     a = rec(name_kana="ふじた たろう", birthday=date(1959, 11, 3), contact_hashes=frozenset({"e"}))
-    b = rec(name_kanji="藤田太郎", name_kana="フジダタロウ", birthday=date(1959, 11, 3),
-            contact_hashes=frozenset({"e"}))
+    b = rec(
+        name_kanji="藤田太郎",
+        name_kana="フジダタロウ",
+        birthday=date(1959, 11, 3),
+        contact_hashes=frozenset({"e"}),
+    )
     assert score_pair(a, b).value >= AUTO

@@ -38,7 +38,9 @@ class PersonalDataMapper(TracingMapper):
                 state[name] = {_SEALED: sealed.model_dump()}
         return state
 
-    def decode_state(self, event_class: type[Any], originator_id: Any, state: dict[str, Any]) -> dict[str, Any]:
+    def decode_state(
+        self, event_class: type[Any], originator_id: Any, state: dict[str, Any]
+    ) -> dict[str, Any]:
         for name in getattr(event_class, "PERSONAL_FIELDS", ()):
             value = state.get(name)
             if isinstance(value, dict) and _SEALED in value:

@@ -17,11 +17,20 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 INDEX_COLUMNS = (
-    "customer_id", "status", "merged_into", "name_kanji_key", "kana_key", "loose_kana_key",
-    "birthday", "postal_code", "address_key", "prefecture", "registered_at",
+    "customer_id",
+    "status",
+    "merged_into",
+    "name_kanji_key",
+    "kana_key",
+    "loose_kana_key",
+    "birthday",
+    "postal_code",
+    "address_key",
+    "prefecture",
+    "registered_at",
 )
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS {table} ("
@@ -99,21 +108,22 @@ class IdentityPostgresRecorder(PostgresApplicationRecorder, IndexQueries):
         super().__init__(datastore, **kwargs)
         table = SQL("{schema}.customer_index").format(schema=Identifier(self.datastore.schema))
         self._table = table.as_string(None)
-        self.sql_create_statements.append(SQL(_CREATE.format(table=self._table)))  # type: ignore[arg-type]
-        for statement in _INDEXES:
-            self.sql_create_statements.append(SQL(statement.format(table=self._table)))  # type: ignore[arg-type]
+        for statement in (_CREATE, *_INDEXES):
+            self.sql_create_statements.append(Composed([SQL(statement.format(table=self._table))]))
         self._upsert = _upsert_sql("%s", self._table)
 
-    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         for row in kwargs.get("index_rows") or ():
             if row["status"] == "erased":
                 curs.execute(
-                    SQL(f"DELETE FROM {self._table} WHERE customer_id = %s"),  # type: ignore[arg-type]  # noqa: S608
+                    SQL(f"DELETE FROM {self._table} WHERE customer_id = %s"),  # noqa: S608
                     (row["customer_id"],),
                 )
             else:
-                curs.execute(SQL(self._upsert), _row_values(row))  # type: ignore[arg-type]
+                curs.execute(SQL(self._upsert), _row_values(row))
 
     def query_index(self, where: str, params: Sequence[Any], limit: int = 50) -> list[dict[str, Any]]:
         sql = (
@@ -121,9 +131,9 @@ class IdentityPostgresRecorder(PostgresApplicationRecorder, IndexQueries):
             f"WHERE {where.replace('?', '%s')} LIMIT {int(limit)}"
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(SQL(sql), tuple(params))  # type: ignore[arg-type]
+            curs.execute(SQL(sql), tuple(params))
             return [dict(r) for r in curs.fetchall()]
 
     def clear_index(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL(f"DELETE FROM {self._table}"))  # type: ignore[arg-type]  # noqa: S608
+            curs.execute(SQL(f"DELETE FROM {self._table}"))  # noqa: S608

@@ -30,7 +30,7 @@ class IdentifierClaim(Aggregate):
         hash: str
 
     @event(Created)
-    def __init__(self, kind: str, hash: str) -> None:  # noqa: A002 - event field
+    def __init__(self, kind: str, hash: str) -> None:
         self.kind = kind
         self.hash = hash
         self.owners: list[str] = []

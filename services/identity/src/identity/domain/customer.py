@@ -115,7 +115,11 @@ class Customer(Aggregate):
         self.personal = dict(personal)
         self.attributes = dict(attributes)
         self.identifiers: dict[str, dict[str, Any]] = {
-            identifier_key(i["kind"], i["hash"]): {**i, "linked_at": registered_at.isoformat(), "via_merge": None}
+            identifier_key(i["kind"], i["hash"]): {
+                **i,
+                "linked_at": registered_at.isoformat(),
+                "via_merge": None,
+            }
             for i in identifiers
         }
         self.consents = {k: dict(v) for k, v in consents.items()}
@@ -202,15 +206,20 @@ class Customer(Aggregate):
         new_attributes = {k: v for k, v in {**self.attributes, **attributes}.items() if v is not None}
         changed = sorted(
             [k for k in set(new_personal) | set(self.personal) if new_personal.get(k) != self.personal.get(k)]
-            + [k for k in set(new_attributes) | set(self.attributes)
-               if new_attributes.get(k) != self.attributes.get(k)]
+            + [
+                k
+                for k in set(new_attributes) | set(self.attributes)
+                if new_attributes.get(k) != self.attributes.get(k)
+            ]
         )
         if changed:
             self._change_profile(personal=new_personal, attributes=new_attributes, changed=changed)
         return changed
 
     @event(ProfileChanged)
-    def _change_profile(self, personal: dict[str, Any], attributes: dict[str, Any], changed: list[str]) -> None:
+    def _change_profile(
+        self, personal: dict[str, Any], attributes: dict[str, Any], changed: list[str]
+    ) -> None:
         self.personal = dict(personal)
         self.attributes = dict(attributes)
 
@@ -249,9 +258,13 @@ class Customer(Aggregate):
         return True
 
     @event(IdentifierLinked)
-    def _link(self, kind: str, hash: str, evidence: dict[str, Any]) -> None:  # noqa: A002 - event field
+    def _link(self, kind: str, hash: str, evidence: dict[str, Any]) -> None:
         self.identifiers[identifier_key(kind, hash)] = {
-            "kind": kind, "hash": hash, "evidence": evidence, "linked_at": evidence.get("at"), "via_merge": None,
+            "kind": kind,
+            "hash": hash,
+            "evidence": evidence,
+            "linked_at": evidence.get("at"),
+            "via_merge": None,
         }
 
     class IdentifierUnlinked(Aggregate.Event):
@@ -266,7 +279,7 @@ class Customer(Aggregate):
         self._unlink(kind=kind, hash=hash_, reason=reason)
 
     @event(IdentifierUnlinked)
-    def _unlink(self, kind: str, hash: str, reason: str) -> None:  # noqa: A002 - event field
+    def _unlink(self, kind: str, hash: str, reason: str) -> None:
         del self.identifiers[identifier_key(kind, hash)]
 
     # -- merge and undo ---------------------------------------------------------------
@@ -293,11 +306,18 @@ class Customer(Aggregate):
 
     @event(Absorbed)
     def _absorb(
-        self, merge_id: uuid.UUID, merged_id: uuid.UUID, identifiers: list[dict[str, Any]], evidence: dict[str, Any]
+        self,
+        merge_id: uuid.UUID,
+        merged_id: uuid.UUID,
+        identifiers: list[dict[str, Any]],
+        evidence: dict[str, Any],
     ) -> None:
         for i in identifiers:
             self.identifiers[identifier_key(i["kind"], i["hash"])] = {
-                **i, "linked_at": evidence.get("at"), "via_merge": merge_id.hex, "merge_evidence": evidence,
+                **i,
+                "linked_at": evidence.get("at"),
+                "via_merge": merge_id.hex,
+                "merge_evidence": evidence,
             }
         self.absorbed[merge_id.hex] = merged_id.hex
 
@@ -333,7 +353,9 @@ class Customer(Aggregate):
         return returned
 
     @event(AbsorptionUndone)
-    def _undo_absorption(self, merge_id: uuid.UUID, merged_id: uuid.UUID, identifiers: list[dict[str, Any]]) -> None:
+    def _undo_absorption(
+        self, merge_id: uuid.UUID, merged_id: uuid.UUID, identifiers: list[dict[str, Any]]
+    ) -> None:
         for i in identifiers:
             self.identifiers.pop(identifier_key(i["kind"], i["hash"]), None)
         self.absorbed.pop(merge_id.hex, None)

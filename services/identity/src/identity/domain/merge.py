@@ -37,7 +37,11 @@ class Merge(Aggregate):
 
     @event(Created)
     def __init__(
-        self, survivor_id: uuid.UUID, merged_id: uuid.UUID, moved: list[dict[str, Any]], evidence: dict[str, Any]
+        self,
+        survivor_id: uuid.UUID,
+        merged_id: uuid.UUID,
+        moved: list[dict[str, Any]],
+        evidence: dict[str, Any],
     ) -> None:
         self.survivor_id = survivor_id
         self.merged_id = merged_id
@@ -47,11 +51,20 @@ class Merge(Aggregate):
 
     @classmethod
     def record(
-        cls, merge_id: uuid.UUID, survivor_id: uuid.UUID, merged_id: uuid.UUID,
-        moved: list[dict[str, Any]], evidence: dict[str, Any],
+        cls,
+        merge_id: uuid.UUID,
+        survivor_id: uuid.UUID,
+        merged_id: uuid.UUID,
+        moved: list[dict[str, Any]],
+        evidence: dict[str, Any],
     ) -> Merge:
         return cls._create(
-            cls.Created, id=merge_id, survivor_id=survivor_id, merged_id=merged_id, moved=moved, evidence=evidence
+            cls.Created,
+            id=merge_id,
+            survivor_id=survivor_id,
+            merged_id=merged_id,
+            moved=moved,
+            evidence=evidence,
         )
 
     class Undone(Aggregate.Event):

@@ -33,7 +33,9 @@ class ReviewItem(Aggregate):
         evidence: dict[str, Any]
 
     @event(Opened)
-    def __init__(self, customer_a: uuid.UUID, customer_b: uuid.UUID, score: float, evidence: dict[str, Any]) -> None:
+    def __init__(
+        self, customer_a: uuid.UUID, customer_b: uuid.UUID, score: float, evidence: dict[str, Any]
+    ) -> None:
         self.customer_a = customer_a
         self.customer_b = customer_b
         self.score = score
@@ -45,7 +47,12 @@ class ReviewItem(Aggregate):
     def open(cls, a: uuid.UUID, b: uuid.UUID, score: float, evidence: dict[str, Any]) -> ReviewItem:
         first, second = sorted((a, b))
         return cls._create(
-            cls.Opened, id=review_id_for(a, b), customer_a=first, customer_b=second, score=score, evidence=evidence
+            cls.Opened,
+            id=review_id_for(a, b),
+            customer_a=first,
+            customer_b=second,
+            score=score,
+            evidence=evidence,
         )
 
     class Approved(Aggregate.Event):

@@ -105,7 +105,9 @@ async def _read(identity: Identity, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 @customers.post(
-    "", response_model=Registration, status_code=status.HTTP_201_CREATED,
+    "",
+    response_model=Registration,
+    status_code=status.HTTP_201_CREATED,
     responses={200: {"description": "the person was already known: linked, matched or merged"}},
 )
 async def register_customer(
@@ -135,7 +137,9 @@ async def register_customer(
     if result.outcome != "created":
         response.status_code = status.HTTP_200_OK
     return Registration(
-        customer_id=result.customer_id, outcome=result.outcome, merges=list(result.merges),
+        customer_id=result.customer_id,
+        outcome=result.outcome,
+        merges=list(result.merges),
         reviews=list(result.reviews),
     )
 
@@ -144,17 +148,29 @@ async def register_customer(
 async def search_customers(
     identity: IdentityDep,
     _: Reader,
-    q: Annotated[str, Query(min_length=1, max_length=200, description="name (kanji, kana, romaji) or identifier")],
-    kind: Annotated[Literal["name", "email", "phone", "member_no", "pos_card", "ec_account", "line_id"] | None,
-                    Query(description="what q is; guessed when omitted")] = None,
+    q: Annotated[
+        str, Query(min_length=1, max_length=200, description="name (kanji, kana, romaji) or identifier")
+    ],
+    kind: Annotated[
+        Literal["name", "email", "phone", "member_no", "pos_card", "ec_account", "line_id"] | None,
+        Query(description="what q is; guessed when omitted"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[SearchResult]:
     """Find customers by name in kanji, kana or romaji, or by e-mail, phone, member number."""
     kind = kind or ("email" if "@" in q else "phone" if sum(c.isdigit() for c in q) >= 10 else "name")
     if kind == "name":
         rows = await _run(identity.app.search_by_name, q, limit)
-        return [SearchResult(customer_id=uuid.UUID(r["customer_id"]), name_kanji_key=r["name_kanji_key"],
-                             kana_key=r["kana_key"], prefecture=r["prefecture"], matched_on="name") for r in rows]
+        return [
+            SearchResult(
+                customer_id=uuid.UUID(r["customer_id"]),
+                name_kanji_key=r["name_kanji_key"],
+                kana_key=r["kana_key"],
+                prefecture=r["prefecture"],
+                matched_on="name",
+            )
+            for r in rows
+        ]
     try:
         value = normalise(kind, q)
     except InvalidIdentifier as exc:
@@ -162,8 +178,10 @@ async def search_customers(
             [{"loc": ("query", "q"), "msg": exc.reason, "type": "value_error.identifier", "input": q}]
         ) from None
     ids = await _run(identity.app.search_by_identifier, kind, value)
-    return [SearchResult(customer_id=i, name_kanji_key=None, kana_key=None, prefecture=None, matched_on=kind)
-            for i in ids[:limit]]
+    return [
+        SearchResult(customer_id=i, name_kanji_key=None, kana_key=None, prefecture=None, matched_on=kind)
+        for i in ids[:limit]
+    ]
 
 
 @customers.get("/{customer_id}", response_model=CustomerPublic)
@@ -190,7 +208,7 @@ async def update_customer(
     body: CustomerUpdate,
     identity: IdentityDep,
     _: Writer,
-    if_match: Annotated[str | None, Header(description="the version read, e.g. \"3\"")] = None,
+    if_match: Annotated[str | None, Header(description='the version read, e.g. "3"')] = None,
 ) -> dict[str, int]:
     """Change profile fields. ``expected_version`` (or ``If-Match``) guards against lost
     updates: a stale version answers 409."""
@@ -217,7 +235,9 @@ async def set_consent(
 
 
 @customers.get("/{customer_id}/identifiers", response_model=list[IdentifierPublic])
-async def list_identifiers(customer_id: uuid.UUID, identity: IdentityDep, principal: Reader) -> list[dict[str, Any]]:
+async def list_identifiers(
+    customer_id: uuid.UUID, identity: IdentityDep, principal: Reader
+) -> list[dict[str, Any]]:
     """Every identifier linked to the customer, and **why**: the rule or score, the
     fields that matched, who decided and when, and the merge that brought it."""
     rows: list[dict[str, Any]] = await _run(identity.app.identifiers_of, customer_id)
@@ -233,12 +253,21 @@ async def add_identifier(
 ) -> dict[str, str]:
     """Link an identifier to the customer (409 when it belongs to another: merge instead)."""
     value = _normalised(body.kind, body.value, "value")
-    ident = await _run(identity.app.add_identifier, customer_id, body.kind, value,
-                       decided_by=principal.key_name, expected_version=body.expected_version)
-    return ident.as_dict()
+    ident = await _run(
+        identity.app.add_identifier,
+        customer_id,
+        body.kind,
+        value,
+        decided_by=principal.key_name,
+        expected_version=body.expected_version,
+    )
+    result: dict[str, str] = ident.as_dict()
+    return result
 
 
-@customers.delete("/{customer_id}/identifiers/{kind}/{identifier_hash}", status_code=status.HTTP_204_NO_CONTENT)
+@customers.delete(
+    "/{customer_id}/identifiers/{kind}/{identifier_hash}", status_code=status.HTTP_204_NO_CONTENT
+)
 async def remove_identifier(
     customer_id: uuid.UUID,
     kind: IdentifierKindName,
@@ -252,7 +281,9 @@ async def remove_identifier(
 
 
 @customers.post("/{customer_id}/erase")
-async def erase_customer(customer_id: uuid.UUID, body: Reason, identity: IdentityDep, _: Eraser) -> dict[str, Any]:
+async def erase_customer(
+    customer_id: uuid.UUID, body: Reason, identity: IdentityDep, _: Eraser
+) -> dict[str, Any]:
     """Erase a person (個人情報保護法 / GDPR): their data key is deleted, so every sealed copy
     of their personal data becomes unreadable; anonymous facts still count in KPIs."""
     erased = await _run(identity.app.erase, customer_id, reason=body.reason)
@@ -262,13 +293,20 @@ async def erase_customer(customer_id: uuid.UUID, body: Reason, identity: Identit
 @merges.post("", response_model=MergeResult, status_code=status.HTTP_201_CREATED)
 async def merge_customers(body: MergeCreate, identity: IdentityDep, principal: Writer) -> MergeResult:
     """Merge two customers a staff member knows are one person."""
-    merge_id = await _run(identity.app.merge, body.survivor_id, body.merged_id,
-                          decided_by=principal.key_name, reason=body.reason)
+    merge_id = await _run(
+        identity.app.merge,
+        body.survivor_id,
+        body.merged_id,
+        decided_by=principal.key_name,
+        reason=body.reason,
+    )
     return MergeResult(merge_id=merge_id)
 
 
 @merges.post("/{merge_id}/undo")
-async def undo_merge(merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer) -> dict[str, Any]:
+async def undo_merge(
+    merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer
+) -> dict[str, Any]:
     """Undo a wrong merge: identifiers and history return to their owners at once."""
     result = await _run(identity.app.undo_merge, merge_id, reason=body.reason, undone_by=principal.key_name)
     return {"restored_customer_id": result.customer_id, "returned": [i.as_dict() for i in result.linked]}
@@ -276,7 +314,8 @@ async def undo_merge(merge_id: uuid.UUID, body: Reason, identity: IdentityDep, p
 
 @reviews.get("", response_model=list[ReviewPublic])
 async def list_reviews(
-    identity: IdentityDep, _: Reader,
+    identity: IdentityDep,
+    _: Reader,
     status_: Annotated[Literal["open", "approved", "rejected", "all"], Query(alias="status")] = "open",
 ) -> list[dict[str, Any]]:
     """Pairs that may be one person, with the score and the fields behind it."""
@@ -323,7 +362,7 @@ def create(settings: Settings | None = None, identity: Identity | None = None) -
     app = create_app(
         settings=settings,
         title="identity",
-        description="Customers, identity resolution (名寄せ) with reversible merges, and the unified profile.",
+        description="Customers, identity resolution (名寄せ) with reversible merges, the unified profile.",
         readiness_checks={"kafka": kafka_ready, "event_store": store_ready},
         error_map={
             CustomerNotFound: 404,

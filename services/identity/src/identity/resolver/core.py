@@ -30,13 +30,21 @@ from identity.application import Ident, Resolution
 
 PRODUCER = "identity.resolver"
 IDENTITY_EVENTS = (
-    ev.CustomerRegistered, ev.CustomerProfileChanged, ev.ConsentChanged, ev.IdentifiersLinked,
-    ev.IdentifiersUnlinked, ev.CustomersMerged, ev.MergeUndone, ev.CustomerErased,
+    ev.CustomerRegistered,
+    ev.CustomerProfileChanged,
+    ev.ConsentChanged,
+    ev.IdentifiersLinked,
+    ev.IdentifiersUnlinked,
+    ev.CustomersMerged,
+    ev.MergeUndone,
+    ev.CustomerErased,
 )
 
 
 class Observer(Protocol):
-    def observe(self, idents: Sequence[Ident], channel: str = "store", source: str | None = None) -> Resolution: ...
+    def observe(
+        self, idents: Sequence[Ident], channel: str = "store", source: str | None = None
+    ) -> Resolution: ...
 
 
 def _key(kind: str, hash_: str) -> str:
@@ -110,12 +118,25 @@ class ResolverCore:
         return Outcome(customer_id, "decided", [snapshot] if snapshot else [])
 
     def _profile(self, customer_id: str) -> dict[str, Any]:
-        return dict(self.profiles.get(customer_id) or {
-            "status": "active", "merged_into": None, "attributes": {}, "consents": {}, "personal": None,
-            "identifiers": [], "first_seen": None, "last_seen": None, "channels": [], "events_seen": 0,
-        })
+        return dict(
+            self.profiles.get(customer_id)
+            or {
+                "status": "active",
+                "merged_into": None,
+                "attributes": {},
+                "consents": {},
+                "personal": None,
+                "identifiers": [],
+                "first_seen": None,
+                "last_seen": None,
+                "channels": [],
+                "events_seen": 0,
+            }
+        )
 
-    def _touch(self, customer_id: str, at: datetime, channel: str, force: bool = False) -> ProfileSnapshot | None:
+    def _touch(
+        self, customer_id: str, at: datetime, channel: str, force: bool = False
+    ) -> ProfileSnapshot | None:
         """Record a sighting; a snapshot is due when the profile visibly changed (a new
         channel, an earlier first sighting, a new day of last sighting)."""
         profile = self._profile(customer_id)
@@ -137,7 +158,7 @@ class ResolverCore:
     # -- identity's own decisions ---------------------------------------------------------
 
     def _identity_event(self, event: Event) -> Outcome:
-        payload: Any = getattr(event, "payload")
+        payload: Any = event.payload  # type: ignore[attr-defined]
         touched: list[str] = []
         if isinstance(event, ev.CustomerRegistered):
             cid = str(payload.customer_id)
@@ -161,8 +182,10 @@ class ResolverCore:
         elif isinstance(event, ev.ConsentChanged):
             cid = str(payload.customer_id)
             profile = self._profile(cid)
-            profile["consents"] = {**profile["consents"],
-                                   payload.consent.channel.value: payload.consent.model_dump(mode="json")}
+            profile["consents"] = {
+                **profile["consents"],
+                payload.consent.channel.value: payload.consent.model_dump(mode="json"),
+            }
             self.profiles[cid] = profile
             touched.append(cid)
         elif isinstance(event, ev.IdentifiersLinked):
@@ -181,11 +204,15 @@ class ResolverCore:
             survivor, merged = str(payload.survivor_id), str(payload.merged_id)
             gone = self._profile(merged)
             profile = self._profile(survivor)
-            self._set_identifiers(profile, survivor, [*payload.moved, *self._as_identifiers(gone["identifiers"])])
+            self._set_identifiers(
+                profile, survivor, [*payload.moved, *self._as_identifiers(gone["identifiers"])]
+            )
             for name in ("first_seen",):
                 if gone[name] and (profile[name] is None or gone[name] < profile[name]):
                     profile[name] = gone[name]
-            if gone["last_seen"] and (profile["last_seen"] is None or gone["last_seen"] > profile["last_seen"]):
+            if gone["last_seen"] and (
+                profile["last_seen"] is None or gone["last_seen"] > profile["last_seen"]
+            ):
                 profile["last_seen"] = gone["last_seen"]
             profile["channels"] = sorted(set(profile["channels"]) | set(gone["channels"]))
             profile["events_seen"] += gone["events_seen"]
