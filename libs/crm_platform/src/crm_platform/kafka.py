@@ -64,7 +64,11 @@ class EventProducer:
         linger_ms: int = 5,
         request_timeout_ms: int = 10_000,
         max_batch_size: int = 256 * 1024,
+        topic_prefix: str = "",
     ) -> None:
+        #: Prepended to every topic name (``CRM_KAFKA_TOPIC_PREFIX``): isolated namespaces
+        #: for tests, staging or tenants sharing one cluster.
+        self.topic_prefix = topic_prefix
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
@@ -100,7 +104,7 @@ class EventProducer:
     ) -> asyncio.Future[Any]:
         """Append to the send buffer; the returned future resolves on the broker's ack."""
         future: asyncio.Future[Any] = await self._producer.send(
-            event.TOPIC,
+            self.topic_prefix + event.TOPIC,
             value=encode(event),
             key=event.customer_key.encode(),
             headers=event_headers(event, headers),
@@ -123,12 +127,16 @@ class EventProducer:
         self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         try:
-            await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+            await self._producer.send_and_wait(
+                self.topic_prefix + topic, value=value, key=key, headers=headers
+            )
         except KafkaError as exc:
             raise PublishError(f"broker did not acknowledge: {exc!r}") from exc
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, replication: int = 1) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, replication: int = 1, prefix: str = ""
+) -> None:
     """Create the platform's topics with their partitions and cleanup policy (idempotent)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
@@ -136,13 +144,13 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, re
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                name=t.name,
+                name=prefix + t.name,
                 num_partitions=t.partitions,
                 replication_factor=replication,
                 topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
             )
             for t in topics
-            if t.name not in existing
+            if prefix + t.name not in existing
         ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):

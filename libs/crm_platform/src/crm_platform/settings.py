@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
+    #: Prepended to every topic name: separate namespaces on one cluster (tests, staging).
+    kafka_topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,64}$")
     kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
     #: How long an API waits for the broker to acknowledge before answering 503.
     kafka_ack_timeout_s: float = Field(default=5.0, gt=0)

@@ -56,13 +56,39 @@ async def _relay(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings.kafka_bootstrap)
+    await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
     identity = build(settings)
     try:
-        async with EventProducer(settings.kafka_bootstrap, client_id="identity-relay") as producer:
+        async with EventProducer(
+            settings.kafka_bootstrap, client_id="identity-relay", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
             relay = build_relay(identity, producer)
             log.info("identity relay started at position %s", relay.position())
             await relay.run(stop)
+    finally:
+        identity.close()
+
+
+@cli.command()
+def resolver() -> None:
+    """Run the identity resolver stream processor (Faust worker; scales by partitions)."""
+    settings = _settings("resolver")
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    from faust.worker import Worker
+
+    from identity.bootstrap import build
+    from identity.resolver.app import create_app
+
+    identity = build(settings)
+    # CRM_RESOLVER_APP_ID gives a separate consumer group and tables (tests, re-resolution).
+    app = create_app(
+        settings,
+        identity,
+        app_id=os.environ.get("CRM_RESOLVER_APP_ID", "identity-resolver"),
+        offset_reset=os.environ.get("CRM_RESOLVER_OFFSET_RESET", "earliest"),
+    )
+    try:
+        Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
     finally:
         identity.close()
 

@@ -105,3 +105,15 @@ def test_merges_and_undo_move_identifiers_between_customers() -> None:
     assert core.identifiers[f"email:{EMAIL.hash}"] == str(other)
     assert core.profiles[str(other)]["status"] == "active"
     assert core.handle(order(EMAIL)).customer_id == str(other)
+
+
+def test_raw_records_take_the_same_paths() -> None:
+    from crm_contracts.registry import encode
+
+    fake = FakeIdentity()
+    core = ResolverCore(fake, {}, {})
+    assert core.handle_raw(encode(order(MEMBER, EMAIL))).path == "decided"
+    fast = core.handle_raw(encode(order(EMAIL, at=T0 + timedelta(days=2))))
+    assert fast.path == "fast"
+    assert fast.customer_id == str(fake.customer)
+    assert core.profiles[str(fake.customer)]["events_seen"] == 2

@@ -18,14 +18,18 @@ derived from the first identifier, and decisions already recorded are found agai
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
+
 from crm_contracts.envelope import Event, Identifier
 from crm_contracts.events import identity as ev
 from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayload
+from crm_contracts.registry import decode
 from identity.application import Ident, Resolution
 
 PRODUCER = "identity.resolver"
@@ -51,18 +55,21 @@ def _key(kind: str, hash_: str) -> str:
     return f"{kind}:{hash_}"
 
 
-def channel_of(event: Event) -> str:
-    if event.event_type == "order.store_completed":
+def _channel(event_type: str, payload_channel: object) -> str:
+    if event_type == "order.store_completed":
         return "store"
-    payload: Any = getattr(event, "payload", None)
-    channel = getattr(payload, "channel", None)
-    if isinstance(channel, str) and channel in ("online", "app", "store"):
-        return channel
-    if event.event_type.startswith("ticket."):
+    if isinstance(payload_channel, str) and payload_channel in ("online", "app", "store"):
+        return payload_channel
+    if event_type.startswith("ticket."):
         return "call_center"
-    if event.event_type.startswith("form."):
+    if event_type.startswith("form."):
         return "form"
     return "online"
+
+
+def channel_of(event: Event) -> str:
+    payload: Any = getattr(event, "payload", None)
+    return _channel(event.event_type, getattr(payload, "channel", None))
 
 
 @dataclass
@@ -82,8 +89,33 @@ class ResolverCore:
         self.observer = observer
         self.identifiers = identifiers
         self.profiles = profiles
+        #: events handled per path (fast / decided / identity / skipped)
+        self.stats: Counter[str] = Counter()
 
-    # -- entry point --------------------------------------------------------------------
+    # -- entry points -------------------------------------------------------------------
+
+    def handle_raw(self, value: bytes) -> Outcome:
+        outcome = self._handle_raw(value)
+        self.stats[outcome.path] += 1
+        return outcome
+
+    def _handle_raw(self, value: bytes) -> Outcome:
+        """Handle a Kafka record value. The hot path (every identifier already known and
+        pointing at one customer) reads only the fields it needs; anything else is
+        decoded and validated in full against its contract first."""
+        data = orjson.loads(value)
+        event_type = data.get("event_type", "")
+        identifiers = data.get("identifiers") or ()
+        if identifiers and not event_type.startswith("customer."):
+            owners = {self.identifiers.get(f"{i['kind']}:{i['hash']}") for i in identifiers}
+            if len(owners) == 1 and None not in owners:
+                customer_id = owners.pop()
+                assert customer_id is not None
+                payload = data.get("payload") or {}
+                channel = _channel(event_type, payload.get("channel"))
+                snapshot = self._touch(customer_id, datetime.fromisoformat(data["occurred_at"]), channel)
+                return Outcome(customer_id, "fast", [snapshot] if snapshot else [])
+        return self.handle(decode(data))
 
     def handle(self, event: Event) -> Outcome:
         if isinstance(event, IDENTITY_EVENTS):
