@@ -43,6 +43,7 @@ def platform_processes() -> list[ProcessSpec]:
             "identity-api", (py, "-m", "identity", "api"), health_url="http://127.0.0.1:8001/healthz"
         ),
         ProcessSpec("identity-relay", (py, "-m", "identity", "relay")),
+        ProcessSpec("identity-resolver", (py, "-m", "identity", "resolver")),
     ]
 
 

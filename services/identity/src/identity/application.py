@@ -15,7 +15,8 @@ It takes and returns IDs and primitives; infrastructure errors become domain err
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -148,6 +149,7 @@ class IdentityApplication(Application[uuid.UUID]):
         super().__init__(env=env)
         self.indexer = indexer
         self.thresholds = thresholds
+        self._uow: dict[uuid.UUID, Aggregate] | None = None
         self.keys = key_store(self)
         cast(PersonalDataMapper, self.mapper).keys = self.keys
 
@@ -158,12 +160,16 @@ class IdentityApplication(Application[uuid.UUID]):
     # -- loading ------------------------------------------------------------------------
 
     def _customer(self, customer_id: uuid.UUID, version: int | None = None) -> Customer:
+        if version is None and self._uow is not None and customer_id in self._uow:
+            return cast(Customer, self._uow[customer_id])
         try:
             return cast(Customer, self.repository.get(customer_id, version=version))
         except AggregateNotFoundError:
             raise CustomerNotFound(customer_id) from None
 
     def _maybe(self, aggregate_id: uuid.UUID) -> Any:
+        if self._uow is not None and aggregate_id in self._uow:
+            return self._uow[aggregate_id]
         try:
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -200,7 +206,31 @@ class IdentityApplication(Application[uuid.UUID]):
             "registered_at": customer.registered_at.isoformat(),
         }
 
+    @contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """Decide several things, then save them in one transaction (one commit instead
+        of one per decision). Loads inside see the unit's own changes. If the final save
+        loses a race, nothing of the unit is saved and ``ConcurrentUpdate`` is raised:
+        the caller redoes the work one decision at a time."""
+        if self._uow is not None:
+            yield  # nested: the outer unit saves
+            return
+        self._uow = {}
+        try:
+            yield
+            objs = list(self._uow.values())
+            self._uow = None
+            if objs:
+                self._save(*objs)
+        finally:
+            self._uow = None
+
     def _save(self, *aggregates: Aggregate | None) -> None:
+        if self._uow is not None:
+            for a in aggregates:
+                if a is not None:
+                    self._uow[a.id] = a
+            return
         unique: dict[int, Aggregate] = {}
         for a in aggregates:
             if a is not None:

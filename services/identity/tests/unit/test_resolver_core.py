@@ -117,3 +117,40 @@ def test_raw_records_take_the_same_paths() -> None:
     assert fast.path == "fast"
     assert fast.customer_id == str(fake.customer)
     assert core.profiles[str(fake.customer)]["events_seen"] == 2
+
+
+def test_bad_records_are_reported_not_raised() -> None:
+    core = ResolverCore(FakeIdentity(), {}, {})
+    assert core.handle_raw(b"{nope").path == "invalid"
+    bad = core.handle_raw(
+        b'{"event_type": "order.store_completed", "identifiers": [{"kind": "email", "hash": "x"}]}'
+    )
+    assert bad.path == "invalid"
+    assert bad.error
+
+
+def test_a_batch_stages_identifier_writes_until_its_decisions_are_saved() -> None:
+    from contextlib import contextmanager
+
+    from crm_contracts.registry import encode
+    from identity.application import ConcurrentUpdate
+
+    class RacingIdentity(FakeIdentity):
+        def __init__(self) -> None:
+            super().__init__()
+            self.units = 0
+
+        @contextmanager
+        def unit_of_work(self):  # type: ignore[no-untyped-def]
+            self.units += 1
+            yield
+            if self.units == 1:
+                raise ConcurrentUpdate("lost the race")
+
+    fake = RacingIdentity()
+    table: dict[str, str] = {}
+    core = ResolverCore(fake, table, {})
+    outcomes = core.handle_batch([encode(order(MEMBER)), encode(order(MEMBER))])
+    # The unit failed: nothing staged leaked; the batch was redone record by record.
+    assert [o.path for o in outcomes] == ["decided", "fast"]
+    assert table == {f"member_no:{MEMBER.hash}": str(fake.customer)}

@@ -15,6 +15,9 @@ already recorded in the identity store is found again instead of being made twic
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import faust
 import orjson
 from mode import CrashingSupervisor
 
-from crm_contracts.registry import InvalidEvent, UnknownEventType, encode
+from crm_contracts.registry import encode
 from crm_contracts.topics import DEAD_LETTER, IDENTIFIER_BEARING_TOPICS, IDENTITY_PROFILE
 from crm_platform.settings import Settings
 from identity.application import ConcurrentUpdate
@@ -33,6 +36,8 @@ from identity.resolver.core import ResolverCore
 log = logging.getLogger(__name__)
 
 APP_ID = "identity-resolver"
+BATCH = 500
+BATCH_WINDOW_S = 0.05
 RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -69,7 +74,12 @@ def create_app(
         broker_commit_interval=1.0,
         # A worker that died is noticed in seconds, so its partitions move on quickly.
         broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        broker_heartbeat_interval=1.0,
+        # Larger fetches and buffers: fewer hand-offs between the consumer thread and
+        # the agent per event.
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
+        stream_wait_empty=False,
     )
     prefix = settings.kafka_topic_prefix
     sources = app.topic(*[prefix + t.name for t in IDENTIFIER_BEARING_TOPICS], **RAW)
@@ -77,34 +87,98 @@ def create_app(
     dead_letter = app.topic(prefix + DEAD_LETTER.name, **RAW)
     identifiers = app.GlobalTable("identifier-owner", key_type=str, value_type=str)
     profiles = app.GlobalTable("customer-profile", key_type=str, value_type=bytes)
-    core = ResolverCore(identity.app, identifiers, JsonValues(profiles))
+    core = ResolverCore(identity.app, ReadCache(identifiers), JsonValues(profiles))
     app.resolver_core = core  # type: ignore[attr-defined]  # for benchmarks and tests
 
     # A crash of the agent must stop the worker (and be restarted by the supervisor)
     # rather than leave a partition silently unconsumed.
     @app.agent(sources, supervisor_strategy=CrashingSupervisor)
-    async def resolve(stream: Any) -> Any:
-        async for event in stream.events():
-            value: bytes = event.value
+    async def resolve(stream: Any) -> None:
+        # Batches amortise Faust's per-event overhead; every event of a batch is still
+        # handled in order and acknowledged only after the batch is done.
+        async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
+            # Table writes belong to an event (Faust's RocksDB store files a key under the
+            # current event's partition); the batch's last event stands for the batch.
+            stream._set_current_event(events[-1])
+            values = [event.value for event in events]
             try:
-                outcome = _handle(core, value)
-            except (InvalidEvent, UnknownEventType, ValueError, KeyError) as exc:
-                message = event.message
-                await dead_letter.send(
-                    key=event.key,
-                    value=value,
-                    headers={
-                        "dlq.reason": str(exc)[:2000].encode(),
-                        "dlq.source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
-                        "dlq.consumer_group": app_id.encode(),
-                    },
-                )
-                continue
-            for snapshot in outcome.snapshots:
-                await profile_topic.send(key=snapshot.customer_key.encode(), value=encode(snapshot))
-            yield outcome.customer_id
+                outcomes = _handle(core, values)
+            except Exception:
+                # Faust acknowledges (and then commits) the record an agent failed on, even
+                # under a crashing supervisor: the event would be lost. Stop the process
+                # before that can happen; the supervisor restarts it and Kafka redelivers
+                # from the last commit (at-least-once, decisions are idempotent).
+                log.critical("resolver failed on a batch; exiting so it is redelivered", exc_info=True)
+                logging.shutdown()
+                os._exit(70)
+            for event, outcome in zip(events, outcomes, strict=True):
+                if outcome.path == "invalid":
+                    message = event.message
+                    await dead_letter.send(
+                        value=event.value,
+                        headers={
+                            "dlq.reason": (outcome.error or "").encode(),
+                            "dlq.source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
+                            "dlq.consumer_group": app_id.encode(),
+                        },
+                    )
+                for snapshot in outcome.snapshots:
+                    await profile_topic.send(key=snapshot.customer_key.encode(), value=encode(snapshot))
 
     return app
+
+
+class ReadCache(MutableMapping[str, str]):
+    """An in-memory read-through cache in front of a table, for the hot path.
+
+    Writes go through to the table at once. Entries live ``ttl_s`` seconds, which bounds
+    how long a decision taken by *another* worker (arriving in the table through its
+    changelog) can be missed here; a missed one only sends an event to the identity
+    application, which finds the recorded decision.
+    """
+
+    def __init__(
+        self, table: MutableMapping[str, str], max_entries: int = 500_000, ttl_s: float = 30.0
+    ) -> None:
+        self._table = table
+        self._cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl_s
+
+    def get(self, key: str, default: Any = None) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            value = hit[1]
+        else:
+            value = self._table.get(key)
+            self._put(key, value, now)
+        return default if value is None else value
+
+    def _put(self, key: str, value: str | None, now: float) -> None:
+        self._cache[key] = (now, value)
+        if len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return str(value)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._table[key] = value
+        self._put(key, value, time.monotonic())
+
+    def __delitem__(self, key: str) -> None:
+        self._cache.pop(key, None)
+        del self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 class JsonValues(MutableMapping[str, dict[str, Any]]):
@@ -130,11 +204,12 @@ class JsonValues(MutableMapping[str, dict[str, Any]]):
         return len(self._table)
 
 
-def _handle(core: ResolverCore, value: bytes) -> Any:
-    """Retry a decision that lost a race with another writer (the API, a second worker)."""
+def _handle(core: ResolverCore, values: list[bytes]) -> list[Any]:
+    """Handle a batch; a decision that keeps losing races with another writer (the API, a
+    second worker) is retried one record at a time."""
     for attempt in range(5):
         try:
-            return core.handle_raw(value)
+            return core.handle_batch(values)
         except ConcurrentUpdate:
             log.info("decision raced another writer; retrying (%d)", attempt + 1)
-    return core.handle_raw(value)
+    return [core.handle_raw(v) for v in values]

@@ -18,7 +18,7 @@ derived from the first identifier, and decisions already recorded are found agai
 from __future__ import annotations
 
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +29,8 @@ import orjson
 from crm_contracts.envelope import Event, Identifier
 from crm_contracts.events import identity as ev
 from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayload
-from crm_contracts.registry import decode
-from identity.application import Ident, Resolution
+from crm_contracts.registry import InvalidEvent, UnknownEventType, decode
+from identity.application import ConcurrentUpdate, Ident, Resolution
 
 PRODUCER = "identity.resolver"
 IDENTITY_EVENTS = (
@@ -73,10 +73,20 @@ def channel_of(event: Event) -> str:
 
 
 @dataclass
+class Sighting:
+    first: str | None
+    last: str | None
+    channels: set[str]
+    unsaved: int = 0
+
+
+@dataclass
 class Outcome:
     customer_id: str | None
-    path: str  # fast | decided | identity | skipped
+    path: str  # fast | decided | identity | skipped | invalid
     snapshots: list[ProfileSnapshot] = field(default_factory=list)
+    #: why an ``invalid`` record could not be handled (it goes to the dead-letter topic)
+    error: str | None = None
 
 
 class ResolverCore:
@@ -91,11 +101,57 @@ class ResolverCore:
         self.profiles = profiles
         #: events handled per path (fast / decided / identity / skipped)
         self.stats: Counter[str] = Counter()
+        #: sightings since the profile was last written, per customer (bounded, oldest out)
+        self._sightings: OrderedDict[str, Sighting] = OrderedDict()
+        self._staged: dict[str, str | None] | None = None
+        self.max_cached = 200_000
 
     # -- entry points -------------------------------------------------------------------
 
+    # -- the identifier table, with writes staged while a batch is undecided ------------
+
+    def _owner(self, key: str) -> str | None:
+        if self._staged is not None and key in self._staged:
+            return self._staged[key]
+        return self.identifiers.get(key)
+
+    def _set_owner(self, key: str, customer_id: str | None) -> None:
+        if self._staged is not None:
+            self._staged[key] = customer_id
+        elif customer_id is None:
+            self.identifiers.pop(key, None)
+        else:
+            self.identifiers[key] = customer_id
+
+    def handle_batch(self, values: Sequence[bytes]) -> list[Outcome]:
+        """Handle records in order, with every decision of the batch saved in one
+        transaction. Identifier-table writes wait for that commit; if it loses a race,
+        nothing was saved and the batch is redone one decision at a time."""
+        unit = getattr(self.observer, "unit_of_work", None)
+        if unit is None or len(values) < 2:
+            return [self.handle_raw(v) for v in values]
+        self._staged = {}
+        try:
+            with unit():
+                outcomes = [self.handle_raw(v) for v in values]
+            staged, self._staged = self._staged, None
+        except ConcurrentUpdate:
+            self._staged = None
+            self._sightings.clear()
+            return [self.handle_raw(v) for v in values]
+        finally:
+            self._staged = None
+        for key, customer_id in staged.items():
+            self._set_owner(key, customer_id)
+        return outcomes
+
     def handle_raw(self, value: bytes) -> Outcome:
-        outcome = self._handle_raw(value)
+        try:
+            outcome = self._handle_raw(value)
+        except (InvalidEvent, UnknownEventType, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Not a valid contract event (pydantic errors are ValueErrors): report it,
+            # never let one bad record stop the stream.
+            outcome = Outcome(None, "invalid", error=f"{type(exc).__name__}: {exc}"[:2000])
         self.stats[outcome.path] += 1
         return outcome
 
@@ -107,7 +163,7 @@ class ResolverCore:
         event_type = data.get("event_type", "")
         identifiers = data.get("identifiers") or ()
         if identifiers and not event_type.startswith("customer."):
-            owners = {self.identifiers.get(f"{i['kind']}:{i['hash']}") for i in identifiers}
+            owners = {self._owner(f"{i['kind']}:{i['hash']}") for i in identifiers}
             if len(owners) == 1 and None not in owners:
                 customer_id = owners.pop()
                 assert customer_id is not None
@@ -128,7 +184,7 @@ class ResolverCore:
 
     def _observation(self, event: Event) -> Outcome:
         channel = channel_of(event)
-        owners = {self.identifiers.get(_key(i.kind.value, i.hash)) for i in event.identifiers}
+        owners = {self._owner(_key(i.kind.value, i.hash)) for i in event.identifiers}
         if len(owners) == 1 and None not in owners:
             customer_id = owners.pop()
             assert customer_id is not None
@@ -140,7 +196,7 @@ class ResolverCore:
             return Outcome(None, "decided")  # ambiguous: only shared identifiers
         customer_id = str(result.customer_id)
         for ident in result.linked:
-            self.identifiers[_key(ident.kind, ident.hash)] = customer_id
+            self._set_owner(_key(ident.kind, ident.hash), customer_id)
         profile = self._profile(customer_id)
         for ident in result.linked:
             if not any(i == ident.as_dict() for i in profile["identifiers"]):
@@ -169,23 +225,41 @@ class ResolverCore:
     def _touch(
         self, customer_id: str, at: datetime, channel: str, force: bool = False
     ) -> ProfileSnapshot | None:
-        """Record a sighting; a snapshot is due when the profile visibly changed (a new
-        channel, an earlier first sighting, a new day of last sighting)."""
-        profile = self._profile(customer_id)
-        changed = force
+        """Record a sighting. The profile table is written, and a snapshot published,
+        only when the profile visibly changes: an earlier first sighting, a sighting on
+        a new day, a new channel. Sightings in between stay in memory (the hot path does
+        no table write); ``events_seen`` is therefore approximate after a crash."""
         iso = at.isoformat()
-        if profile["first_seen"] is None or iso < profile["first_seen"]:
-            profile["first_seen"] = iso
-            changed = True
-        if profile["last_seen"] is None or iso > profile["last_seen"]:
-            changed = changed or profile["last_seen"] is None or iso[:10] != profile["last_seen"][:10]
-            profile["last_seen"] = iso
-        if channel not in profile["channels"]:
-            profile["channels"] = sorted([*profile["channels"], channel])
-            changed = True
-        profile["events_seen"] += 1
+        seen = self._sightings.get(customer_id)
+        if seen is None:
+            profile = self._profile(customer_id)
+            seen = Sighting(profile["first_seen"], profile["last_seen"], set(profile["channels"]))
+            self._remember(customer_id, seen)
+        changed = force or seen.first is None or iso < seen.first or channel not in seen.channels
+        if seen.last is None or iso > seen.last:
+            changed = changed or seen.last is None or iso[:10] != seen.last[:10]
+            seen.last = iso
+        if seen.first is None or iso < seen.first:
+            seen.first = iso
+        seen.channels.add(channel)
+        seen.unsaved += 1
+        if not changed:
+            return None
+        profile = self._profile(customer_id)
+        profile.update(
+            first_seen=seen.first,
+            last_seen=seen.last,
+            channels=sorted(seen.channels),
+            events_seen=profile["events_seen"] + seen.unsaved,
+        )
+        seen.unsaved = 0
         self.profiles[customer_id] = profile
-        return self.snapshot(customer_id) if changed else None
+        return self.snapshot(customer_id)
+
+    def _remember(self, customer_id: str, seen: Sighting) -> None:
+        self._sightings[customer_id] = seen
+        if len(self._sightings) > self.max_cached:
+            self._sightings.popitem(last=False)
 
     # -- identity's own decisions ---------------------------------------------------------
 
@@ -269,6 +343,8 @@ class ResolverCore:
             profile.update(status="erased", personal=None, identifiers=[], attributes={}, consents={})
             self.profiles[cid] = profile
             touched.append(cid)
+        for customer_id in touched:
+            self._sightings.pop(customer_id, None)  # the profile changed under the cache
         return Outcome(touched[0] if touched else None, "identity", [self.snapshot(c) for c in touched])
 
     @staticmethod
@@ -278,7 +354,7 @@ class ResolverCore:
     def _set_identifiers(self, profile: dict[str, Any], cid: str, identifiers: Sequence[Identifier]) -> None:
         known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
         for ident in identifiers:
-            self.identifiers[_key(ident.kind.value, ident.hash)] = cid
+            self._set_owner(_key(ident.kind.value, ident.hash), cid)
             if (ident.kind.value, ident.hash) not in known:
                 profile["identifiers"].append({"kind": ident.kind.value, "hash": ident.hash})
                 known.add((ident.kind.value, ident.hash))
@@ -287,8 +363,8 @@ class ResolverCore:
         dropped = {(i.kind.value, i.hash) for i in identifiers}
         for kind, hash_ in dropped:
             key = _key(kind, hash_)
-            if self.identifiers.get(key) == cid:
-                del self.identifiers[key]
+            if self._owner(key) == cid:
+                self._set_owner(key, None)
         profile["identifiers"] = [i for i in profile["identifiers"] if (i["kind"], i["hash"]) not in dropped]
 
     # -- output ---------------------------------------------------------------------------

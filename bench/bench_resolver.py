@@ -1,0 +1,134 @@
+"""Resolver throughput, end to end through Kafka, one Faust worker process.
+
+Phase 1 — new customers: ``NEW`` orders, each with a member card nobody has seen, so each
+one is a decision recorded in the identity store (a customer and its claim).
+Phase 2 — known identifiers: ``KNOWN`` orders carrying cards (and e-mails) resolved in
+phase 1, the fast path. The rate of each phase is measured from the moment its events
+are on the broker until the worker's committed offsets reach the end of the topic.
+Targets: ≥ 1,000 new customers/s and ≥ 10,000 known-identifier events/s per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from common import Metric
+
+from crm_contracts.envelope import IdentifierKind
+from crm_contracts.events.commerce import OrderLine, StoreOrderCompleted, StoreOrderCompletedPayload
+from crm_contracts.topics import COMMERCE_ORDER
+from crm_platform.crypto import BlindIndexer
+from crm_platform.kafka import EventProducer
+from crm_platform.settings import Settings
+
+NEW = int(os.environ.get("BENCH_RESOLVER_NEW", "5000"))
+KNOWN = int(os.environ.get("BENCH_RESOLVER_KNOWN", "100000"))
+BOOTSTRAP = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def _orders(indexer: BlindIndexer, people: int, count: int, with_email: bool) -> list[StoreOrderCompleted]:
+    line = OrderLine(line_no=1, sku="SKU-1", category="tops", quantity=2, unit_price=1990, discount=0)
+    out = []
+    for n in range(count):
+        i = n % people
+        member = indexer.identifier(IdentifierKind.MEMBER_NO, f"M{i:08d}")
+        identifiers = (
+            (member, indexer.identifier(IdentifierKind.EMAIL, f"m{i}@example.jp"))
+            if with_email
+            else (member,)
+        )
+        out.append(
+            StoreOrderCompleted(
+                occurred_at=datetime.now(UTC),
+                producer="bench",
+                customer_key=member.hash,
+                identifiers=identifiers,
+                payload=StoreOrderCompletedPayload(
+                    order_id=f"R{n}", store_id="S001", lines=(line,), total=3980
+                ),
+            )
+        )
+    return out
+
+
+async def _produce(prefix: str, events: list[StoreOrderCompleted]) -> None:
+    async with EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix, linger_ms=20) as producer:
+        for start in range(0, len(events), 5000):
+            await producer.publish_many(events[start : start + 5000])
+
+
+async def _lag(group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(COMMERCE_ORDER.partitions)]
+            ends = await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
+        committed = await admin.list_consumer_group_offsets(group)
+        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+    finally:
+        await admin.close()
+
+
+def _wait_caught_up(group: str, topic: str, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(_lag(group, topic)) == 0:
+            return time.monotonic()
+        time.sleep(0.25)
+    raise TimeoutError(f"resolver did not catch up on {topic}")
+
+
+def run() -> dict[str, Metric]:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    group = f"resolver-bench-{uuid.uuid4().hex[:6]}"
+    topic = prefix + COMMERCE_ORDER.name
+    settings = Settings()
+    indexer = BlindIndexer(settings.blind_index_key_bytes)
+    new_orders = _orders(indexer, NEW, NEW, with_email=False)
+    known_orders = _orders(indexer, NEW, KNOWN, with_email=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "CRM_VAR_DIR": tmp,
+            "CRM_KAFKA_TOPIC_PREFIX": prefix,
+            "CRM_RESOLVER_APP_ID": group,
+            "CRM_LOG_LEVEL": "WARNING",
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "identity", "resolver"], env=env, start_new_session=True
+        )
+        try:
+            time.sleep(8)  # start-up and partition assignment
+            started = time.monotonic()
+            asyncio.run(_produce(prefix, new_orders))
+            new_rate = NEW / (_wait_caught_up(group, topic, 600) - started)
+            started = time.monotonic()
+            asyncio.run(_produce(prefix, known_orders))
+            known_rate = KNOWN / (_wait_caught_up(group, topic, 600) - started)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+    print(
+        f"new customers: {new_rate:,.0f}/s over {NEW:,}; known identifiers: {known_rate:,.0f} events/s over {KNOWN:,}"
+    )
+    return {
+        "resolver_known_events_per_s": Metric(known_rate, "events/s", 10_000),
+        "resolver_new_customers_per_s": Metric(new_rate, "customers/s", 1_000),
+    }
