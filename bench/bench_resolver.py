@@ -126,7 +126,8 @@ def run() -> dict[str, Metric]:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
     print(
-        f"new customers: {new_rate:,.0f}/s over {NEW:,}; known identifiers: {known_rate:,.0f} events/s over {KNOWN:,}"
+        f"new customers: {new_rate:,.0f}/s over {NEW:,}; "
+        f"known identifiers: {known_rate:,.0f} events/s over {KNOWN:,}"
     )
     return {
         "resolver_known_events_per_s": Metric(known_rate, "events/s", 10_000),
