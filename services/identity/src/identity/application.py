@@ -121,6 +121,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def merge_contacts(base: Mapping[str, list[str]], extra: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Union of two ``{kind: [clear values]}`` maps, each list sorted."""
+    merged = {kind: list(values) for kind, values in base.items()}
+    for kind, values in extra.items():
+        merged[kind] = sorted(set(merged.get(kind, [])) | set(values))
+    return merged
+
+
 def _birthday(value: Any) -> date | None:
     if isinstance(value, date):
         return value
@@ -381,9 +389,7 @@ class IdentityApplication(Application[uuid.UUID]):
             to_save.append(self._claim(claims, ident, survivor.id, evidence))
         # What the channel knows and we do not (a kana reading, a birthday) fills gaps.
         missing = {k: v for k, v in personal.items() if k != "contacts" and not survivor.personal.get(k)}
-        contacts = dict(survivor.personal.get("contacts", {}))
-        for kind, values in personal.get("contacts", {}).items():
-            contacts[kind] = sorted(set(contacts.get(kind, [])) | set(values))
+        contacts = merge_contacts(survivor.personal.get("contacts", {}), personal.get("contacts", {}))
         if contacts != survivor.personal.get("contacts", {}):
             missing["contacts"] = contacts
         attributes = {k: v for k, v in cmd.attributes.items() if k not in survivor.attributes}
@@ -797,8 +803,7 @@ class IdentityApplication(Application[uuid.UUID]):
             raise IdentifierHeldByOther(kind, owner)
         evidence = {"rule": "staff", "decided_by": decided_by, "at": _now().isoformat()}
         customer.link(ident.kind, ident.hash, evidence)
-        contacts = dict(customer.personal.get("contacts", {}))
-        contacts[kind] = sorted(set(contacts.get(kind, [])) | {value})
+        contacts = merge_contacts(customer.personal.get("contacts", {}), {kind: [value]})
         customer.change_profile({"contacts": contacts}, {})
         self._save(customer, self._claim(claims, ident, customer.id, evidence))
         return ident
@@ -873,10 +878,7 @@ class IdentityApplication(Application[uuid.UUID]):
         for other in absorbed:
             for k, v in other.personal.items():
                 if k == "contacts":
-                    merged_contacts = dict(personal.get("contacts", {}))
-                    for kind, values in v.items():
-                        merged_contacts[kind] = sorted(set(merged_contacts.get(kind, [])) | set(values))
-                    personal["contacts"] = merged_contacts
+                    personal["contacts"] = merge_contacts(personal.get("contacts", {}), v)
                 elif not personal.get(k):
                     personal[k] = v
             for k, v in other.attributes.items():
