@@ -12,7 +12,8 @@ import asyncio
 import os
 import tempfile
 import time
-from datetime import UTC, date, datetime
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common import Metric
@@ -20,7 +21,7 @@ from common import Metric
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from identity.bootstrap import build, build_relay
-from identity.domain.customer import Customer, ObservedIdentifier, PersonalData
+from identity.domain.customer import Customer
 
 N = int(os.environ.get("BENCH_RELAY_EVENTS", "50000"))
 BATCH = 1000
@@ -29,25 +30,29 @@ BATCH = 1000
 def _populate(identity, n: int) -> None:  # type: ignore[no-untyped-def]
     now = datetime.now(UTC)
     for start in range(0, n, 2000):
-        customers = [
-            Customer.register(
+        customers = []
+        for i in range(start, min(start + 2000, n)):
+            identifiers = identity.app.hash_identifiers(
+                [("email", f"bench{i}@example.jp"), ("phone", f"+8190{i:08d}")]
+            )
+            customer = Customer.register(
+                customer_id=uuid.uuid4(),
                 channel="store",
+                personal={
+                    "name_kanji": "山田 太郎",
+                    "name_kana": "ヤマダ タロウ",
+                    "birthday": "1985-04-12",
+                    "contacts": {"email": [f"bench{i}@example.jp"]},
+                },
+                attributes={"gender": "male", "prefecture": "東京都"},
                 identifiers=[
-                    ObservedIdentifier("email", f"bench{i}@example.jp"),
-                    ObservedIdentifier("phone", f"+8190{i:08d}"),
+                    {**ident.as_dict(), "evidence": {"rule": "registration"}} for ident in identifiers
                 ],
-                personal=PersonalData(
-                    name_kanji="山田 太郎", name_kana="ヤマダ タロウ", birthday=date(1985, 4, 12)
-                ),
-                gender="male",
-                prefecture="東京都",
                 consents={"email": True},
                 registered_at=now,
             )
-            for i in range(start, min(start + 2000, n))
-        ]
-        for c in customers:
-            identity.keys.get_or_create(c.id)  # as registration does
+            identity.keys.get_or_create(customer.id)  # as registration does
+            customers.append(customer)
         identity.app.save(*customers)
 
 
