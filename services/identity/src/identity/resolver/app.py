@@ -111,6 +111,7 @@ def create_app(
                 log.critical("resolver failed on a batch; exiting so it is redelivered", exc_info=True)
                 logging.shutdown()
                 os._exit(70)
+            latest: dict[str, Any] = {}  # one snapshot per customer per batch: the last
             for event, outcome in zip(events, outcomes, strict=True):
                 if outcome.path == "invalid":
                     message = event.message
@@ -123,7 +124,9 @@ def create_app(
                         },
                     )
                 for snapshot in outcome.snapshots:
-                    await profile_topic.send(key=snapshot.customer_key.encode(), value=encode(snapshot))
+                    latest[snapshot.customer_key] = snapshot
+            for customer_key, snapshot in latest.items():
+                await profile_topic.send(key=customer_key.encode(), value=encode(snapshot))
 
     return app
 

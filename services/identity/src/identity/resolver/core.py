@@ -104,6 +104,7 @@ class ResolverCore:
         #: sightings since the profile was last written, per customer (bounded, oldest out)
         self._sightings: OrderedDict[str, Sighting] = OrderedDict()
         self._staged: dict[str, str | None] | None = None
+        self._profile_buffer: dict[str, dict[str, Any]] | None = None
         self.max_cached = 200_000
 
     # -- entry points -------------------------------------------------------------------
@@ -130,19 +131,24 @@ class ResolverCore:
         unit = getattr(self.observer, "unit_of_work", None)
         if unit is None or len(values) < 2:
             return [self.handle_raw(v) for v in values]
-        self._staged = {}
+        self._staged, self._profile_buffer = {}, {}
         try:
             with unit():
                 outcomes = [self.handle_raw(v) for v in values]
             staged, self._staged = self._staged, None
+            profiles, self._profile_buffer = self._profile_buffer, None
         except ConcurrentUpdate:
-            self._staged = None
+            self._staged = self._profile_buffer = None
             self._sightings.clear()
             return [self.handle_raw(v) for v in values]
         finally:
-            self._staged = None
+            self._staged = self._profile_buffer = None
         for key, customer_id in staged.items():
             self._set_owner(key, customer_id)
+        # Each changed profile is written (and each table changelog record sent) once per
+        # batch, however many of the batch's events touched it.
+        for customer_id, profile in profiles.items():
+            self.profiles[customer_id] = profile
         return outcomes
 
     def handle_raw(self, value: bytes) -> Outcome:
@@ -197,15 +203,23 @@ class ResolverCore:
         customer_id = str(result.customer_id)
         for ident in result.linked:
             self._set_owner(_key(ident.kind, ident.hash), customer_id)
-        profile = self._profile(customer_id)
-        for ident in result.linked:
-            if not any(i == ident.as_dict() for i in profile["identifiers"]):
-                profile["identifiers"].append(ident.as_dict())
-        self.profiles[customer_id] = profile
+        if result.linked:
+            profile = self._profile(customer_id)
+            known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
+            profile["identifiers"] += [i.as_dict() for i in result.linked if (i.kind, i.hash) not in known]
+            self._put_profile(customer_id, profile)
         snapshot = self._touch(customer_id, event.occurred_at, channel, force=True)
         return Outcome(customer_id, "decided", [snapshot] if snapshot else [])
 
+    def _put_profile(self, customer_id: str, profile: dict[str, Any]) -> None:
+        if self._profile_buffer is not None:
+            self._profile_buffer[customer_id] = profile  # written once, when the batch is saved
+        else:
+            self.profiles[customer_id] = profile
+
     def _profile(self, customer_id: str) -> dict[str, Any]:
+        if self._profile_buffer is not None and customer_id in self._profile_buffer:
+            return dict(self._profile_buffer[customer_id])
         return dict(
             self.profiles.get(customer_id)
             or {
@@ -253,7 +267,7 @@ class ResolverCore:
             events_seen=profile["events_seen"] + seen.unsaved,
         )
         seen.unsaved = 0
-        self.profiles[customer_id] = profile
+        self._put_profile(customer_id, profile)
         return self.snapshot(customer_id)
 
     def _remember(self, customer_id: str, seen: Sighting) -> None:
@@ -275,7 +289,7 @@ class ResolverCore:
                 personal=payload.personal.model_dump(mode="json") if payload.personal else None,
             )
             self._set_identifiers(profile, cid, event.identifiers)
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         elif isinstance(event, ev.CustomerProfileChanged):
             cid = str(payload.customer_id)
@@ -283,7 +297,7 @@ class ResolverCore:
             profile["attributes"] = payload.attributes.model_dump(mode="json")
             if payload.personal is not None:
                 profile["personal"] = payload.personal.model_dump(mode="json")
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         elif isinstance(event, ev.ConsentChanged):
             cid = str(payload.customer_id)
@@ -292,19 +306,19 @@ class ResolverCore:
                 **profile["consents"],
                 payload.consent.channel.value: payload.consent.model_dump(mode="json"),
             }
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         elif isinstance(event, ev.IdentifiersLinked):
             cid = str(payload.customer_id)
             profile = self._profile(cid)
             self._set_identifiers(profile, cid, payload.linked)
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         elif isinstance(event, ev.IdentifiersUnlinked):
             cid = str(payload.customer_id)
             profile = self._profile(cid)
             self._drop_identifiers(profile, cid, payload.unlinked)
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         elif isinstance(event, ev.CustomersMerged):
             survivor, merged = str(payload.survivor_id), str(payload.merged_id)
@@ -323,8 +337,8 @@ class ResolverCore:
             profile["channels"] = sorted(set(profile["channels"]) | set(gone["channels"]))
             profile["events_seen"] += gone["events_seen"]
             gone.update(status="merged", merged_into=survivor)
-            self.profiles[survivor] = profile
-            self.profiles[merged] = gone
+            self._put_profile(survivor, profile)
+            self._put_profile(merged, gone)
             touched += [survivor, merged]
         elif isinstance(event, ev.MergeUndone):
             survivor, restored = str(payload.survivor_id), str(payload.restored_id)
@@ -333,15 +347,15 @@ class ResolverCore:
             self._drop_identifiers(profile, survivor, payload.restored)
             back.update(status="active", merged_into=None)
             self._set_identifiers(back, restored, payload.restored)
-            self.profiles[survivor] = profile
-            self.profiles[restored] = back
+            self._put_profile(survivor, profile)
+            self._put_profile(restored, back)
             touched += [survivor, restored]
         elif isinstance(event, ev.CustomerErased):
             cid = str(payload.customer_id)
             profile = self._profile(cid)
             self._drop_identifiers(profile, cid, payload.tombstoned)
             profile.update(status="erased", personal=None, identifiers=[], attributes={}, consents={})
-            self.profiles[cid] = profile
+            self._put_profile(cid, profile)
             touched.append(cid)
         for customer_id in touched:
             self._sightings.pop(customer_id, None)  # the profile changed under the cache
