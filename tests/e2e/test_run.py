@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,24 +30,26 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
         env=env,
         start_new_session=True,
     )
+    lines: list[bytes] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, b"")), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                status, body = _get("http://127.0.0.1:8001/readyz")
-                if status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, "identity API did not become ready"
+        deadline = time.monotonic() + 90
+        while not any(b"CRM platform is up" in line for line in lines):
+            assert proc.poll() is None, b"".join(lines).decode()
+            assert time.monotonic() < deadline, "crm run never reported the platform up"
+            time.sleep(0.2)
+        status, body = _get("http://127.0.0.1:8001/readyz")
+        assert status == 200
         assert b'"kafka":"ok"' in body
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    text = out.decode()
-    assert proc.returncode == 0, text
-    assert "CRM platform is up" in text
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    text = b"".join(lines).decode()
+    assert proc.returncode == 0, f"exit {proc.returncode}: {text[-3000:]}"
     assert "stopped" in text
     with pytest.raises(OSError):
         _get("http://127.0.0.1:8001/healthz")

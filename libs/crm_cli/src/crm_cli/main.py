@@ -137,11 +137,12 @@ def run(
     supervisor.start()
     try:
         slow = supervisor.wait_healthy()
-        if slow:
+        if slow and not supervisor.stopping:
             err_console.print(f"[bold red]not healthy in time:[/bold red] {', '.join(slow)}")
             raise typer.Exit(1)
-        _print_where_to_look(broker.bootstrap)
-        supervisor.watch()
+        if not supervisor.stopping:
+            _print_where_to_look(broker.bootstrap)
+            supervisor.watch()
     finally:
         console.print("[bold]stopping…[/bold]")
         supervisor.stop()

@@ -138,6 +138,11 @@ class Supervisor:
     def request_stop(self, *_: object) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Ctrl-C (or SIGTERM) was received: shutting down is not a failure."""
+        return self._stop.is_set()
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
