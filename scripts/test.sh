@@ -13,8 +13,14 @@ if ! $UV run --frozen crm kafka status --check; then
   $UV run --frozen crm kafka start
   started_kafka=1
 fi
+started_postgres=0
+if ! $UV run --frozen crm postgres status --check; then
+  $UV run --frozen crm postgres start
+  started_postgres=1
+fi
 cleanup() {
   if [ "$started_kafka" -eq 1 ]; then $UV run --frozen crm kafka stop || true; fi
+  if [ "$started_postgres" -eq 1 ]; then $UV run --frozen crm postgres stop || true; fi
 }
 trap cleanup EXIT
 

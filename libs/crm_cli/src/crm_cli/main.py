@@ -110,6 +110,20 @@ def postgres_start() -> None:
     console.print(f"[green]PostgreSQL running[/green] on 127.0.0.1:{status.port} ({status.data_dir})")
 
 
+@postgres_app.command("status")
+def postgres_status(
+    check: bool = typer.Option(False, "--check", help="Print nothing; exit 1 unless this cluster runs."),
+) -> None:
+    """Whether the local cluster of this checkout runs."""
+    from crm_cli.postgres_local import LocalPostgres
+
+    status = LocalPostgres().status()
+    if check:
+        raise typer.Exit(0 if status.running else 1)
+    state = "[green]running[/green]" if status.running else "[red]not running[/red]"
+    console.print(f"PostgreSQL {state} on 127.0.0.1:{status.port} ({status.data_dir})")
+
+
 @postgres_app.command("stop")
 def postgres_stop() -> None:
     """Stop the local PostgreSQL cluster."""
