@@ -327,13 +327,11 @@ class ResolverCore:
             self._set_identifiers(
                 profile, survivor, [*payload.moved, *self._as_identifiers(gone["identifiers"])]
             )
-            for name in ("first_seen",):
-                if gone[name] and (profile[name] is None or gone[name] < profile[name]):
-                    profile[name] = gone[name]
-            if gone["last_seen"] and (
-                profile["last_seen"] is None or gone["last_seen"] > profile["last_seen"]
-            ):
-                profile["last_seen"] = gone["last_seen"]
+            # ISO timestamps in UTC compare as strings; None means never seen.
+            firsts = [t for t in (profile["first_seen"], gone["first_seen"]) if t]
+            lasts = [t for t in (profile["last_seen"], gone["last_seen"]) if t]
+            profile["first_seen"] = min(firsts, default=None)
+            profile["last_seen"] = max(lasts, default=None)
             profile["channels"] = sorted(set(profile["channels"]) | set(gone["channels"]))
             profile["events_seen"] += gone["events_seen"]
             gone.update(status="merged", merged_into=survivor)
