@@ -9,7 +9,6 @@ in exception handlers (routes stay thin), and OpenTelemetry instrumentation.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_platform.process import quiet_gc
 from crm_platform.settings import Settings
 from crm_platform.telemetry import current_trace_id
 
@@ -122,11 +122,11 @@ def create_app(
     @asynccontextmanager
     async def with_frozen_heap(app: FastAPI) -> AsyncIterator[None]:
         if lifespan is None:
-            _quiet_gc()
+            quiet_gc()
             yield
             return
         async with lifespan(app):
-            _quiet_gc()
+            quiet_gc()
             yield
 
     app = FastAPI(
@@ -196,14 +196,6 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-
-
-def _quiet_gc() -> None:
-    """Everything built at start-up lives for the whole process: keep it out of the cyclic
-    GC's generations, and collect the youngest generation less often, so that no request
-    waits behind a long collection (tail latency)."""
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def _domain_handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

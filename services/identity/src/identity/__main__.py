@@ -11,6 +11,7 @@ import typer
 
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.logs import setup_logging
+from crm_platform.process import quiet_gc
 from crm_platform.settings import Settings
 from crm_platform.telemetry import setup_tracing
 
@@ -73,6 +74,9 @@ async def _relay(settings: Settings) -> None:
 def resolver() -> None:
     """Run the identity resolver stream processor (Faust worker; scales by partitions)."""
     settings = _settings("resolver")
+    import mode.loop
+
+    mode.loop.use("uvloop")  # Faust's recommended loop: ~10-20% less per-event overhead
     asyncio.run(ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix))
     from faust.worker import Worker
 
@@ -91,6 +95,7 @@ def resolver() -> None:
     # turns the root logger to DEBUG (a 20-30% throughput cost).
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False)
     worker.spinner = None
+    quiet_gc()
     try:
         worker.execute_from_commandline()
     finally:

@@ -93,6 +93,9 @@ class Resolution:
     merges: tuple[uuid.UUID, ...] = ()
     reviews: tuple[uuid.UUID, ...] = ()
     linked: tuple[Ident, ...] = ()
+    #: of the identifiers observed, those the customer holds after the decision (newly
+    #: linked or not): what a cache of identifier owners may record for it
+    held: tuple[Ident, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class IdentityApplication(Application[uuid.UUID]):
         self.indexer = indexer
         self.thresholds = thresholds
         self._uow: dict[uuid.UUID, Aggregate] | None = None
+        #: aggregates known not to exist, within the current unit of work (``prefetch``)
+        self._absent: set[uuid.UUID] = set()
         self.keys = key_store(self)
         cast(PersonalDataMapper, self.mapper).keys = self.keys
 
@@ -176,8 +181,11 @@ class IdentityApplication(Application[uuid.UUID]):
             raise CustomerNotFound(customer_id) from None
 
     def _maybe(self, aggregate_id: uuid.UUID) -> Any:
-        if self._uow is not None and aggregate_id in self._uow:
-            return self._uow[aggregate_id]
+        if self._uow is not None:
+            if aggregate_id in self._uow:
+                return self._uow[aggregate_id]
+            if aggregate_id in self._absent:
+                return None
         try:
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -232,6 +240,29 @@ class IdentityApplication(Application[uuid.UUID]):
                 self._save(*objs)
         finally:
             self._uow = None
+            self._absent.clear()
+
+    def prefetch(self, aggregate_ids: Iterable[uuid.UUID]) -> None:
+        """Inside a unit of work: find out in one query which of these aggregates exist,
+        so that looking up one that does not costs no query. If one is created by
+        another writer meanwhile, saving the unit fails as a concurrent update."""
+        if self._uow is None:
+            return
+        wanted = [i for i in set(aggregate_ids) if i not in self._uow and i not in self._absent]
+        if wanted:
+            present = self.index.existing(wanted)
+            self._absent.update(i for i in wanted if i not in present)
+
+    def prefetch_observations(self, observations: Iterable[Sequence[Ident]]) -> None:
+        """``prefetch`` what ``observe`` will look up first for each of these: the claims
+        of its identifiers and the customer id a first sighting would take."""
+        ids: list[uuid.UUID] = []
+        for idents in observations:
+            if idents:
+                ids += [claim_id(i.kind, i.hash) for i in idents]
+                strongest = min(idents, key=lambda i: (i.priority, i.hash))
+                ids.append(new_customer_id(strongest.kind, strongest.hash, 0))
+        self.prefetch(ids)
 
     def _save(self, *aggregates: Aggregate | None) -> None:
         if self._uow is not None:
@@ -616,11 +647,12 @@ class IdentityApplication(Application[uuid.UUID]):
             survivor.link(ident.kind, ident.hash, link_evidence)
             to_save.append(self._claim(claims, ident, survivor.id, link_evidence))
             linked.append(ident)
+        held = tuple(i for i in idents if survivor.has(i.kind, i.hash))
         if len(to_save) == 1 and not survivor.pending_events:
-            return Resolution(survivor.id, "matched")
+            return Resolution(survivor.id, "matched", held=held)
         self._save(*to_save)
         outcome = "merged" if merges else ("linked" if linked else "matched")
-        return Resolution(survivor.id, outcome, tuple(merges), (), tuple(linked))
+        return Resolution(survivor.id, outcome, tuple(merges), (), tuple(linked), held)
 
     @staticmethod
     def _strength(customer: Customer, idents: Sequence[Ident]) -> tuple[int, str]:
@@ -647,7 +679,7 @@ class IdentityApplication(Application[uuid.UUID]):
         )
         changed = [self._claim(claims, i, customer.id, evidence) for i in unknown]
         self._save(customer, *changed)
-        return Resolution(customer.id, "created", linked=tuple(unknown))
+        return Resolution(customer.id, "created", linked=tuple(unknown), held=tuple(unknown))
 
     # -- merge and undo ---------------------------------------------------------------
 

@@ -328,3 +328,30 @@ def test_erasure_makes_the_person_unreadable(client: TestClient, identity: Ident
         fresh.close()
     assert client.get("/customers/search", params={"q": "erase@example.jp"}).json() == []
     assert client.get("/customers/search", params={"q": "消去"}).json() == []
+
+
+def test_a_batch_prefetch_finds_what_exists_and_still_catches_a_concurrent_writer(identity: Identity) -> None:
+    """The resolver asks once per batch which claims and customers exist; a claim made by
+    another writer after that question still makes the batch's save fail as a
+    concurrent update, never a second owner."""
+    from identity.domain.claim import claim_id
+
+    known = identity.app.observe([Ident("email", "a" * 64)])
+    assert known.customer_id is not None
+    fresh = Ident("member_no", "b" * 64)
+    other = build(identity.settings)
+    try:
+        unit = identity.app.unit_of_work()
+        unit.__enter__()
+        identity.app.prefetch_observations([[Ident("email", "a" * 64)], [fresh]])
+        assert claim_id("email", "a" * 64) not in identity.app._absent  # it exists
+        assert claim_id(fresh.kind, fresh.hash) in identity.app._absent
+        other.app.observe([fresh])  # another process claims it meanwhile
+        identity.app.observe([fresh])
+        with pytest.raises(ConcurrentUpdate):
+            unit.__exit__(None, None, None)
+    finally:
+        other.close()
+    assert identity.app._absent == set()
+    claim = identity.app._maybe(claim_id(fresh.kind, fresh.hash))
+    assert claim is not None and len(claim.owners) == 1

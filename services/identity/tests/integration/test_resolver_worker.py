@@ -16,6 +16,7 @@ import pytest
 
 from crm_contracts.envelope import Identifier, IdentifierKind
 from crm_contracts.events.commerce import OrderLine, StoreOrderCompleted, StoreOrderCompletedPayload
+from crm_contracts.topics import IDENTITY_PROFILE
 from crm_platform.crypto import BlindIndexer
 from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
@@ -176,3 +177,33 @@ def test_sigkill_mid_stream_creates_no_customer_twice_and_leaves_nothing_unresol
             assert sorted(i["kind"] for i in customer["identifiers"]) == ["email", "member_no"]
     finally:
         identity.close()
+    _check_profile_topic(kafka_bootstrap, resolver_env["CRM_KAFKA_TOPIC_PREFIX"], owners)
+
+
+def _check_profile_topic(bootstrap: str, prefix: str, owners: set[str]) -> None:
+    """The unified profile topic (the profile table's changelog) holds, for every
+    customer, a snapshot with both identifiers, on the partition Kafka's partitioner
+    gives its key, so that compaction keeps exactly the latest one."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from crm_contracts.events.identity import ProfileSnapshot
+    from crm_contracts.registry import decode
+    from crm_platform.testing import read_topic
+
+    topic = prefix + IDENTITY_PROFILE.name
+    records = asyncio.run(read_topic(bootstrap, topic, expect=len(owners), timeout=60))
+    latest: dict[str, ProfileSnapshot] = {}
+    partitions = list(range(IDENTITY_PROFILE.partitions))
+    for record in records:
+        snapshot = decode(record.value)
+        assert isinstance(snapshot, ProfileSnapshot)
+        assert record.key == str(snapshot.payload.customer_id).encode()
+        assert record.partition == DefaultPartitioner()(record.key, partitions, partitions)
+        latest[str(snapshot.payload.customer_id)] = snapshot
+    assert {uuid.UUID(c) for c in latest} == {uuid.UUID(str(o)) for o in owners}
+    for snapshot in latest.values():
+        assert {i.kind for i in snapshot.payload.identifiers} == {
+            IdentifierKind.MEMBER_NO,
+            IdentifierKind.EMAIL,
+        }
+        assert snapshot.payload.channels == ("store",)

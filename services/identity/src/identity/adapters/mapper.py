@@ -26,16 +26,18 @@ class PersonalDataMapper(TracingMapper):
     def encode_state(
         self, domain_event: DomainEventProtocol[Any], originator_id: Any, state: dict[str, Any]
     ) -> dict[str, Any]:
-        fields = getattr(type(domain_event), "PERSONAL_FIELDS", ())
+        # Only fields that hold something are sealed: an empty value says nothing about
+        # anyone, and a customer first seen through a bare identifier (most of them, in
+        # the resolver) then needs no data key until personal data arrives.
+        fields = [n for n in getattr(type(domain_event), "PERSONAL_FIELDS", ()) if state.get(n)]
         if not fields:
             return state
         if self.keys is None:
             raise RuntimeError("PersonalDataMapper needs a key store before personal data is saved")
         key_id, key = self.keys.get_or_create(originator_id)
         for name in fields:
-            if state.get(name) is not None:
-                sealed = seal(key, key_id, state[name], context=f"store:{name}")
-                state[name] = {_SEALED: sealed.model_dump()}
+            sealed = seal(key, key_id, state[name], context=f"store:{name}")
+            state[name] = {_SEALED: sealed.model_dump()}
         return state
 
     def decode_state(

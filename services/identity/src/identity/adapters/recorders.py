@@ -9,6 +9,7 @@ from the log at any time (``rebuild_index``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +69,10 @@ class IndexQueries:
     def clear_index(self) -> None:
         raise NotImplementedError
 
+    def existing(self, originator_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these aggregates have any stored event (one query per 500 ids)."""
+        raise NotImplementedError
+
 
 class IdentitySQLiteRecorder(SQLiteApplicationRecorder, IndexQueries):
     def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
@@ -101,6 +106,20 @@ class IdentitySQLiteRecorder(SQLiteApplicationRecorder, IndexQueries):
     def clear_index(self) -> None:
         with self.datastore.transaction(commit=True) as c:
             c.execute("DELETE FROM customer_index")
+
+    def existing(self, originator_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        found: set[uuid.UUID] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(originator_ids), 500):
+                chunk = [i.hex for i in originator_ids[start : start + 500]]  # stored as hex here
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    f"SELECT DISTINCT originator_id FROM {self.events_table_name} "  # noqa: S608
+                    f"WHERE originator_id IN ({marks})",
+                    chunk,
+                )
+                found.update(uuid.UUID(r[0]) for r in c.fetchall())
+        return found
 
 
 class IdentityPostgresRecorder(PostgresApplicationRecorder, IndexQueries):
@@ -137,3 +156,19 @@ class IdentityPostgresRecorder(PostgresApplicationRecorder, IndexQueries):
     def clear_index(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SQL(f"DELETE FROM {self._table}"))  # noqa: S608
+
+    def existing(self, originator_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        events = SQL("{schema}.{table}").format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+        )
+        query = SQL("SELECT DISTINCT originator_id FROM {events} WHERE originator_id = ANY(%s)").format(
+            events=events
+        )
+        found: set[uuid.UUID] = set()
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            for start in range(0, len(originator_ids), 500):
+                chunk = list(originator_ids[start : start + 500])
+                params = chunk if self.datastore.originator_id_type == "uuid" else [str(i) for i in chunk]
+                curs.execute(query, (params,))
+                found.update(uuid.UUID(str(r["originator_id"])) for r in curs.fetchall())
+        return found

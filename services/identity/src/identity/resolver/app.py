@@ -31,7 +31,9 @@ from crm_contracts.topics import DEAD_LETTER, IDENTIFIER_BEARING_TOPICS, IDENTIT
 from crm_platform.settings import Settings
 from identity.application import ConcurrentUpdate
 from identity.bootstrap import Identity
-from identity.resolver.core import ResolverCore
+from identity.resolver.core import ResolverCore, profile_from_snapshot, profile_snapshot
+from identity.resolver.tables import KeyPartitionedGlobalTable
+from identity.resolver.transport import LeanMonitor, RawSchema, Transport
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def create_app(
         producer_acks=-1,
         consumer_auto_offset_reset=offset_reset,
         processing_guarantee="at_least_once",
-        broker_commit_every=1000,
+        broker_commit_every=10_000,
         broker_commit_interval=1.0,
         # A worker that died is noticed in seconds, so its partitions move on quickly.
         broker_session_timeout=10.0,
@@ -80,14 +82,31 @@ def create_app(
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
         stream_wait_empty=False,
+        monitor=LeanMonitor(),
     )
+    # Faust's aiokafka transport with a cheaper per-record hand-off (see transport.py).
+    app.transport = Transport(app.conf.broker_consumer, app)
     prefix = settings.kafka_topic_prefix
-    sources = app.topic(*[prefix + t.name for t in IDENTIFIER_BEARING_TOPICS], **RAW)
-    profile_topic = app.topic(prefix + IDENTITY_PROFILE.name, **RAW)
+    sources = app.topic(*[prefix + t.name for t in IDENTIFIER_BEARING_TOPICS], schema=RawSchema())
     dead_letter = app.topic(prefix + DEAD_LETTER.name, **RAW)
-    identifiers = app.GlobalTable("identifier-owner", key_type=str, value_type=str)
-    profiles = app.GlobalTable("customer-profile", key_type=str, value_type=bytes)
-    core = ResolverCore(identity.app, ReadCache(identifiers), JsonValues(profiles))
+    # Both tables are global (every worker holds all of them) and partitioned by key
+    # (tables.py). The profile table's changelog *is* the unified profile topic: writing
+    # a profile publishes its snapshot, once, with Kafka's own key partitioning.
+    identifiers = _global_table(app, "identifier-owner", value_type=str)
+    profiles = _global_table(
+        app,
+        "customer-profile",
+        value_type=bytes,
+        partitions=IDENTITY_PROFILE.partitions,
+        changelog_topic=app.topic(
+            prefix + IDENTITY_PROFILE.name,
+            partitions=IDENTITY_PROFILE.partitions,
+            compacting=True,
+            deleting=False,
+            **RAW,
+        ),
+    )
+    core = ResolverCore(identity.app, ReadCache(identifiers), SnapshotValues(profiles))
     app.resolver_core = core  # type: ignore[attr-defined]  # for benchmarks and tests
 
     # A crash of the agent must stop the worker (and be restarted by the supervisor)
@@ -111,7 +130,6 @@ def create_app(
                 log.critical("resolver failed on a batch; exiting so it is redelivered", exc_info=True)
                 logging.shutdown()
                 os._exit(70)
-            latest: dict[str, Any] = {}  # one snapshot per customer per batch: the last
             for event, outcome in zip(events, outcomes, strict=True):
                 if outcome.path == "invalid":
                     message = event.message
@@ -123,10 +141,6 @@ def create_app(
                             "dlq.consumer_group": app_id.encode(),
                         },
                     )
-                for snapshot in outcome.snapshots:
-                    latest[snapshot.customer_key] = snapshot
-            for customer_key, snapshot in latest.items():
-                await profile_topic.send(key=customer_key.encode(), value=encode(snapshot))
 
     return app
 
@@ -184,18 +198,39 @@ class ReadCache(MutableMapping[str, str]):
         return len(self._table)
 
 
-class JsonValues(MutableMapping[str, dict[str, Any]]):
-    """A view of a bytes-valued table holding JSON objects."""
+def _global_table(app: Any, name: str, value_type: type, **options: Any) -> Any:
+    """Register a key-partitioned global table (``app.GlobalTable`` with our class);
+    keys and values are stored and published as they are (UTF-8 text, bytes)."""
+    schema: Any = faust.Schema(
+        key_type=str, value_type=value_type, key_serializer="raw", value_serializer="raw"
+    )
+    table = KeyPartitionedGlobalTable(
+        app,
+        name=name,
+        key_type=str,
+        value_type=value_type,
+        schema=schema,
+        beacon=app.tables.beacon,
+        **options,
+    )
+    # Faust picks serializers from the types (JSON for str); the changelog of the
+    # profile table is a public topic whose keys are plain customer ids.
+    table.key_serializer = table.value_serializer = "raw"
+    return app.tables.add(table)
+
+
+class SnapshotValues(MutableMapping[str, dict[str, Any]]):
+    """The profile table seen as profiles; each value is stored as the encoded
+    ``customer.profile_snapshot`` event, which is what its changelog publishes."""
 
     def __init__(self, table: MutableMapping[str, bytes]) -> None:
         self._table = table
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads(self._table[key])
-        return value
+        return profile_from_snapshot(orjson.loads(self._table[key]))
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self._table[key] = orjson.dumps(value)
+        self._table[key] = encode(profile_snapshot(key, value))
 
     def __delitem__(self, key: str) -> None:
         del self._table[key]

@@ -6,7 +6,8 @@ store stays the authority):
 * ``identifiers``: ``kind:hash`` → customer_id, for the fast path: an order whose
   identifiers all point at one customer needs no decision at all;
 * ``profiles``: customer_id → the unified profile (non-personal attributes, consents,
-  sealed personal data, identifiers, first/last seen, channels).
+  sealed personal data, identifiers, first/last seen, channels). Writing a profile is
+  publishing it: in the Faust app this table's changelog is the unified profile topic.
 
 Identity's own events (``crm.identity.customer``) keep both tables current, whoever made
 the decision (this resolver, the API, a staff merge). Any other event with identifiers
@@ -55,6 +56,15 @@ def _key(kind: str, hash_: str) -> str:
     return f"{kind}:{hash_}"
 
 
+def _parse(value: bytes) -> bytes | dict[str, Any]:
+    """A record's JSON, or the record itself if it is not JSON (reported later)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    return data if isinstance(data, dict) else value
+
+
 def _channel(event_type: str, payload_channel: object) -> str:
     if event_type == "order.store_completed":
         return "store"
@@ -84,7 +94,8 @@ class Sighting:
 class Outcome:
     customer_id: str | None
     path: str  # fast | decided | identity | skipped | invalid
-    snapshots: list[ProfileSnapshot] = field(default_factory=list)
+    #: customers whose profile this event rewrote (and so republished)
+    published: list[str] = field(default_factory=list)
     #: why an ``invalid`` record could not be handled (it goes to the dead-letter topic)
     error: str | None = None
 
@@ -132,9 +143,11 @@ class ResolverCore:
         if unit is None or len(values) < 2:
             return [self.handle_raw(v) for v in values]
         self._staged, self._profile_buffer = {}, {}
+        records = [_parse(v) for v in values]
         try:
             with unit():
-                outcomes = [self.handle_raw(v) for v in values]
+                self._prefetch(records)
+                outcomes = [self.handle_raw(r) for r in records]
             staged, self._staged = self._staged, None
             profiles, self._profile_buffer = self._profile_buffer, None
         except ConcurrentUpdate:
@@ -151,7 +164,26 @@ class ResolverCore:
             self.profiles[customer_id] = profile
         return outcomes
 
-    def handle_raw(self, value: bytes) -> Outcome:
+    def _prefetch(self, records: Sequence[bytes | dict[str, Any]]) -> None:
+        """Tell the identity application, in one go, about the observations of a batch
+        that will need a decision (some identifier not in the table)."""
+        prefetch = getattr(self.observer, "prefetch_observations", None)
+        if prefetch is None:
+            return
+        pending: list[list[Ident]] = []
+        for data in records:
+            try:
+                if not isinstance(data, dict) or str(data.get("event_type", "")).startswith("customer."):
+                    continue
+                idents = [Ident(i["kind"], i["hash"]) for i in data.get("identifiers") or ()]
+                if any(self._owner(_key(i.kind, i.hash)) is None for i in idents):
+                    pending.append(idents)
+            except (KeyError, TypeError, AttributeError):
+                continue  # not a valid event: handle_raw reports it
+        if pending:
+            prefetch(pending)
+
+    def handle_raw(self, value: bytes | dict[str, Any]) -> Outcome:
         try:
             outcome = self._handle_raw(value)
         except (InvalidEvent, UnknownEventType, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -161,11 +193,13 @@ class ResolverCore:
         self.stats[outcome.path] += 1
         return outcome
 
-    def _handle_raw(self, value: bytes) -> Outcome:
-        """Handle a Kafka record value. The hot path (every identifier already known and
-        pointing at one customer) reads only the fields it needs; anything else is
-        decoded and validated in full against its contract first."""
-        data = orjson.loads(value)
+    def _handle_raw(self, value: bytes | dict[str, Any]) -> Outcome:
+        """Handle a Kafka record value (or its parsed JSON). The hot path (every
+        identifier already known and pointing at one customer) reads only the fields it
+        needs; anything else is decoded and validated in full against its contract."""
+        data = value if isinstance(value, dict) else orjson.loads(value)
+        if not isinstance(data, dict):
+            raise InvalidEvent("an event must be a JSON object")
         event_type = data.get("event_type", "")
         identifiers = data.get("identifiers") or ()
         if identifiers and not event_type.startswith("customer."):
@@ -175,8 +209,10 @@ class ResolverCore:
                 assert customer_id is not None
                 payload = data.get("payload") or {}
                 channel = _channel(event_type, payload.get("channel"))
-                snapshot = self._touch(customer_id, datetime.fromisoformat(data["occurred_at"]), channel)
-                return Outcome(customer_id, "fast", [snapshot] if snapshot else [])
+                changed = self._touch(
+                    customer_id, datetime.fromisoformat(data["occurred_at"]), channel, identifiers
+                )
+                return Outcome(customer_id, "fast", [customer_id] if changed else [])
         return self.handle(decode(data))
 
     def handle(self, event: Event) -> Outcome:
@@ -194,22 +230,32 @@ class ResolverCore:
         if len(owners) == 1 and None not in owners:
             customer_id = owners.pop()
             assert customer_id is not None
-            snapshot = self._touch(customer_id, event.occurred_at, channel)
-            return Outcome(customer_id, "fast", [snapshot] if snapshot else [])
+            changed = self._touch(
+                customer_id,
+                event.occurred_at,
+                channel,
+                [i.model_dump(mode="json") for i in event.identifiers],
+            )
+            return Outcome(customer_id, "fast", [customer_id] if changed else [])
         idents = [Ident(i.kind.value, i.hash) for i in event.identifiers]
         result = self.observer.observe(idents, channel=channel, source=str(event.event_id))
         if result.customer_id is None:
             return Outcome(None, "decided")  # ambiguous: only shared identifiers
         customer_id = str(result.customer_id)
-        for ident in result.linked:
+        # Everything the customer holds of this observation, not only what was linked
+        # now: a redelivered event (after a crash) finds its decision already recorded
+        # and must still bring the tables up to date with it.
+        held = result.held or result.linked
+        for ident in held:
             self._set_owner(_key(ident.kind, ident.hash), customer_id)
-        if result.linked:
-            profile = self._profile(customer_id)
-            known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
-            profile["identifiers"] += [i.as_dict() for i in result.linked if (i.kind, i.hash) not in known]
+        profile = self._profile(customer_id)
+        known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
+        missing = [i.as_dict() for i in held if (i.kind, i.hash) not in known]
+        if missing:
+            profile["identifiers"] += missing
             self._put_profile(customer_id, profile)
-        snapshot = self._touch(customer_id, event.occurred_at, channel, force=True)
-        return Outcome(customer_id, "decided", [snapshot] if snapshot else [])
+        self._touch(customer_id, event.occurred_at, channel, force=True)
+        return Outcome(customer_id, "decided", [customer_id])
 
     def _put_profile(self, customer_id: str, profile: dict[str, Any]) -> None:
         if self._profile_buffer is not None:
@@ -237,18 +283,32 @@ class ResolverCore:
         )
 
     def _touch(
-        self, customer_id: str, at: datetime, channel: str, force: bool = False
-    ) -> ProfileSnapshot | None:
-        """Record a sighting. The profile table is written, and a snapshot published,
-        only when the profile visibly changes: an earlier first sighting, a sighting on
+        self,
+        customer_id: str,
+        at: datetime,
+        channel: str,
+        identifiers: Sequence[dict[str, str]] = (),
+        force: bool = False,
+    ) -> bool:
+        """Record a sighting. The profile table is written (a snapshot published) only
+        when the profile visibly changes: an earlier first sighting, a sighting on
         a new day, a new channel. Sightings in between stay in memory (the hot path does
-        no table write); ``events_seen`` is therefore approximate after a crash."""
+        no table write); ``events_seen`` is therefore approximate after a crash.
+
+        The first sighting of a customer in this process also checks that the profile
+        lists the event's identifiers (all owned by the customer, or this would not be
+        the fast path): a profile write lost in a crash heals on the next sighting."""
         iso = at.isoformat()
         seen = self._sightings.get(customer_id)
+        missing: list[dict[str, str]] = []
         if seen is None:
             profile = self._profile(customer_id)
             seen = Sighting(profile["first_seen"], profile["last_seen"], set(profile["channels"]))
             self._remember(customer_id, seen)
+            known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
+            missing = [{"kind": i["kind"], "hash": i["hash"]} for i in identifiers]
+            missing = [i for i in missing if (i["kind"], i["hash"]) not in known]
+            force = force or bool(missing)
         changed = force or seen.first is None or iso < seen.first or channel not in seen.channels
         if seen.last is None or iso > seen.last:
             changed = changed or seen.last is None or iso[:10] != seen.last[:10]
@@ -258,8 +318,10 @@ class ResolverCore:
         seen.channels.add(channel)
         seen.unsaved += 1
         if not changed:
-            return None
+            return False
         profile = self._profile(customer_id)
+        if missing:
+            profile["identifiers"] = [*profile["identifiers"], *missing]
         profile.update(
             first_seen=seen.first,
             last_seen=seen.last,
@@ -268,7 +330,7 @@ class ResolverCore:
         )
         seen.unsaved = 0
         self._put_profile(customer_id, profile)
-        return self.snapshot(customer_id)
+        return True
 
     def _remember(self, customer_id: str, seen: Sighting) -> None:
         self._sightings[customer_id] = seen
@@ -324,9 +386,7 @@ class ResolverCore:
             survivor, merged = str(payload.survivor_id), str(payload.merged_id)
             gone = self._profile(merged)
             profile = self._profile(survivor)
-            self._set_identifiers(
-                profile, survivor, [*payload.moved, *self._as_identifiers(gone["identifiers"])]
-            )
+            self._set_identifiers(profile, survivor, [*payload.moved, *_identifiers(gone["identifiers"])])
             # ISO timestamps in UTC compare as strings; None means never seen.
             firsts = [t for t in (profile["first_seen"], gone["first_seen"]) if t]
             lasts = [t for t in (profile["last_seen"], gone["last_seen"]) if t]
@@ -357,11 +417,7 @@ class ResolverCore:
             touched.append(cid)
         for customer_id in touched:
             self._sightings.pop(customer_id, None)  # the profile changed under the cache
-        return Outcome(touched[0] if touched else None, "identity", [self.snapshot(c) for c in touched])
-
-    @staticmethod
-    def _as_identifiers(items: Sequence[dict[str, str]]) -> list[Identifier]:
-        return [Identifier.model_validate(i) for i in items]
+        return Outcome(touched[0] if touched else None, "identity", touched)
 
     def _set_identifiers(self, profile: dict[str, Any], cid: str, identifiers: Sequence[Identifier]) -> None:
         known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
@@ -382,24 +438,54 @@ class ResolverCore:
     # -- output ---------------------------------------------------------------------------
 
     def snapshot(self, customer_id: str) -> ProfileSnapshot:
-        profile = self._profile(customer_id)
-        now = datetime.fromisoformat(profile["last_seen"]) if profile["last_seen"] else None
-        return ProfileSnapshot(
-            occurred_at=now or datetime.now().astimezone(),
-            producer=PRODUCER,
-            customer_key=customer_id,
-            identifiers=tuple(self._as_identifiers(profile["identifiers"][:64])),
-            payload=ProfileSnapshotPayload(
-                customer_id=uuid.UUID(customer_id),
-                status=profile["status"],
-                merged_into=uuid.UUID(profile["merged_into"]) if profile["merged_into"] else None,
-                attributes=ev.CustomerAttributes.model_validate(profile["attributes"] or {}),
-                consents=tuple(ev.Consent.model_validate(c) for c in profile["consents"].values()),
-                personal=profile["personal"],
-                identifiers=tuple(self._as_identifiers(profile["identifiers"])),
-                first_seen=profile["first_seen"],
-                last_seen=profile["last_seen"],
-                channels=tuple(profile["channels"]),
-                events_seen=profile["events_seen"],
-            ),
-        )
+        return profile_snapshot(customer_id, self._profile(customer_id))
+
+
+def _identifiers(items: Sequence[dict[str, str]]) -> list[Identifier]:
+    return [Identifier.model_validate(i) for i in items]
+
+
+def profile_snapshot(customer_id: str, profile: dict[str, Any]) -> ProfileSnapshot:
+    """The unified-profile event for a profile as the resolver keeps it."""
+    now = datetime.fromisoformat(profile["last_seen"]) if profile["last_seen"] else None
+    identifiers = _identifiers(profile["identifiers"])
+    return ProfileSnapshot(
+        occurred_at=now or datetime.now().astimezone(),
+        producer=PRODUCER,
+        customer_key=customer_id,
+        identifiers=tuple(identifiers[:64]),
+        payload=ProfileSnapshotPayload(
+            customer_id=uuid.UUID(customer_id),
+            status=profile["status"],
+            merged_into=uuid.UUID(profile["merged_into"]) if profile["merged_into"] else None,
+            attributes=ev.CustomerAttributes.model_validate(profile["attributes"] or {}),
+            consents=tuple(ev.Consent.model_validate(c) for c in profile["consents"].values()),
+            personal=profile["personal"],
+            identifiers=tuple(identifiers),
+            first_seen=profile["first_seen"],
+            last_seen=profile["last_seen"],
+            channels=tuple(profile["channels"]),
+            events_seen=profile["events_seen"],
+        ),
+    )
+
+
+def profile_from_snapshot(data: dict[str, Any]) -> dict[str, Any]:
+    """The resolver's profile back from a decoded (JSON) profile snapshot."""
+    p = data["payload"]
+
+    def iso(value: str | None) -> str | None:  # one spelling, so that strings compare as times
+        return datetime.fromisoformat(value).isoformat() if value else None
+
+    return {
+        "status": p["status"],
+        "merged_into": p["merged_into"],
+        "attributes": p["attributes"],
+        "consents": {c["channel"]: c for c in p["consents"]},
+        "personal": p["personal"],
+        "identifiers": p["identifiers"],
+        "first_seen": iso(p["first_seen"]),
+        "last_seen": iso(p["last_seen"]),
+        "channels": p["channels"],
+        "events_seen": p["events_seen"],
+    }

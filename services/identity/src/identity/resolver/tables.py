@@ -1,0 +1,75 @@
+"""Faust global tables whose keys are partitioned by key, the way Kafka partitions them.
+
+A Faust table files each key under the partition of the *event being processed*: both
+the changelog record and the local RocksDB database. That fits a table keyed like its
+source topic. The resolver's tables are not: an identifier or a customer shows up on
+events of any partition (sources are keyed by the identifier the channel knows), so the
+same key would be written to several changelog partitions and several local databases,
+and after a restart or a recovery the copy read could be a stale one. Compaction would
+not help either, since it works per partition.
+
+Here a key always lives in ``murmur2(key) % partitions``, Kafka's default partitioner:
+one changelog partition, one local database. Because the partitioning is Kafka's own,
+a table's changelog can be a public compacted topic that other services read as an
+ordinary keyed topic (the unified profile topic is the profile table's changelog).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.stores.rocksdb import Store as RocksDBStore
+
+
+@lru_cache(maxsize=1_000_000)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (and aiokafka's) gives ``key``."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+class KeyPartitionedStore(RocksDBStore):
+    """RocksDB store that files every key under its key partition."""
+
+    def _partitions(self) -> int:
+        return int(self.table.partitions or self.app.conf.topic_partitions)
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = key_partition(key, self._partitions())
+        self._key_index[key] = partition
+        self._db_for_partition(partition).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db_for_partition(key_partition(key, self._partitions())).get(key)
+        return value
+
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
+
+    def _del(self, key: bytes) -> None:
+        self._db_for_partition(key_partition(key, self._partitions())).delete(key)
+
+
+class KeyPartitionedGlobalTable(faust.GlobalTable):
+    """A global table (every worker holds all of it) partitioned by key."""
+
+    def partition_for_key(self, key: Any) -> int:
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        return key_partition(raw, int(self.partitions or self.app.conf.topic_partitions))
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        return KeyPartitionedStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
