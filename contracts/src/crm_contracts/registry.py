@@ -27,6 +27,8 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.ProfileSnapshot,
     commerce.StoreOrderCompleted,
     commerce.OnlineOrderCompleted,
+    commerce.OrderReturned,
+    commerce.InteractionRecorded,
     support.TicketOpened,
     support.TicketResolved,
 )

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from crm_contracts.envelope import ContractModel, Event
-from crm_contracts.topics import COMMERCE_ORDER
+from crm_contracts.topics import COMMERCE_INTERACTION, COMMERCE_ORDER
 
 Currency = Literal["JPY"]
 
@@ -103,11 +103,102 @@ class OnlineOrderCompleted(Event):
     payload: OnlineOrderCompletedPayload
 
 
+class ReturnedLine(ContractModel):
+    line_no: int = Field(ge=1, le=10_000, description="the original order's line")
+    sku: str = Field(min_length=1, max_length=64)
+    category: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=100_000)
+    amount: int = Field(ge=0, description="refunded for this line, tax included")
+
+
+class OrderReturnedPayload(ContractModel):
+    """Goods returned, or an order cancelled before fulfilment, always against the
+    original order (``original_order_id`` of ``original_channel``'s source)."""
+
+    return_id: str = Field(min_length=1, max_length=128, description="unique per source")
+    kind: Literal["return", "cancellation"] = "return"
+    original_order_id: str = Field(min_length=1, max_length=128)
+    original_event_id: str | None = Field(default=None, max_length=64)
+    channel: Literal["store", "online", "app"]
+    store_id: str | None = Field(default=None, max_length=64, description="where a return was taken")
+    currency: Currency = "JPY"
+    lines: tuple[ReturnedLine, ...] = Field(min_length=1, max_length=1000)
+    refund_total: int = Field(ge=0)
+    reason: str | None = Field(default=None, max_length=64, description="e.g. size, defect, changed_mind")
+
+    @model_validator(mode="after")
+    def _lines_sum_to_refund(self) -> OrderReturnedPayload:
+        expected = sum(line.amount for line in self.lines)
+        if expected != self.refund_total:
+            raise ValueError(f"lines sum to {expected}, refund_total says {self.refund_total}")
+        return self
+
+
+class OrderReturned(Event):
+    """A return or cancellation; revenue and points earned on the lines are reversed."""
+
+    TOPIC: ClassVar[str] = COMMERCE_ORDER.name
+    event_type: Literal["order.returned"] = "order.returned"
+    schema_version: Literal[1] = 1
+    payload: OrderReturnedPayload
+
+
+class InteractionKind(StrEnum):
+    PRODUCT_VIEWED = "product_viewed"
+    ADDED_TO_CART = "added_to_cart"
+    REMOVED_FROM_CART = "removed_from_cart"
+    SEARCHED = "searched"
+    CHECKOUT_STARTED = "checkout_started"
+    APP_OPENED = "app_opened"
+    PAGE_VIEWED = "page_viewed"
+
+
+class InteractionPayload(ContractModel):
+    kind: InteractionKind
+    channel: Literal["online", "app"] = "online"
+    session_id: str | None = Field(default=None, max_length=128)
+    sku: str | None = Field(default=None, max_length=64)
+    category: str | None = Field(default=None, max_length=64)
+    quantity: int | None = Field(default=None, ge=1, le=100_000)
+    unit_price: int | None = Field(default=None, ge=0, le=100_000_000)
+    query: str | None = Field(default=None, max_length=256, description="what was searched for")
+    page: str | None = Field(default=None, max_length=512, description="path, without query string")
+    app_version: str | None = Field(default=None, max_length=32)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> InteractionPayload:
+        product_kinds = (
+            InteractionKind.PRODUCT_VIEWED,
+            InteractionKind.ADDED_TO_CART,
+            InteractionKind.REMOVED_FROM_CART,
+        )
+        if self.kind in product_kinds and not self.sku:
+            raise ValueError(f"{self.kind.value} needs a sku")
+        if self.kind is InteractionKind.SEARCHED and not self.query:
+            raise ValueError("searched needs a query")
+        return self
+
+
+class InteractionRecorded(Event):
+    """Something a visitor did on the web shop or in the app."""
+
+    TOPIC: ClassVar[str] = COMMERCE_INTERACTION.name
+    event_type: Literal["interaction.recorded"] = "interaction.recorded"
+    schema_version: Literal[1] = 1
+    payload: InteractionPayload
+
+
 __all__ = [
+    "InteractionKind",
+    "InteractionPayload",
+    "InteractionRecorded",
     "OnlineOrderCompleted",
     "OnlineOrderCompletedPayload",
     "OrderLine",
+    "OrderReturned",
+    "OrderReturnedPayload",
     "PaymentMethod",
+    "ReturnedLine",
     "StoreOrderCompleted",
     "StoreOrderCompletedPayload",
 ]

@@ -69,23 +69,36 @@ class EventProducer:
         #: Prepended to every topic name (``CRM_KAFKA_TOPIC_PREFIX``): isolated namespaces
         #: for tests, staging or tenants sharing one cluster.
         self.topic_prefix = topic_prefix
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            max_batch_size=max_batch_size,
-            request_timeout_ms=request_timeout_ms,
+        self._options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "max_batch_size": max_batch_size,
+            "request_timeout_ms": request_timeout_ms,
             # Bounded: a send that cannot complete must fail, not hang an API request.
-            max_request_size=2 * 1024 * 1024,
-        )
+            "max_request_size": 2 * 1024 * 1024,
+        }
+        self._producer = AIOKafkaProducer(**self._options)
         self._started = False
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def start(self) -> None:
-        if not self._started:
+        """Connect; after a failed start (broker down) a later call tries afresh."""
+        if self._started:
+            return
+        try:
             await self._producer.start()
-            self._started = True
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = AIOKafkaProducer(**self._options)
+            raise
+        self._started = True
 
     async def stop(self) -> None:
         if self._started:
@@ -103,6 +116,8 @@ class EventProducer:
         self, event: Event, *, headers: Iterable[tuple[str, bytes]] = ()
     ) -> asyncio.Future[Any]:
         """Append to the send buffer; the returned future resolves on the broker's ack."""
+        if not self._started:
+            await self.start()
         future: asyncio.Future[Any] = await self._producer.send(
             self.topic_prefix + event.TOPIC,
             value=encode(event),

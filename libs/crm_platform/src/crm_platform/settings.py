@@ -23,6 +23,10 @@ DEV_MASTER_KEY = base64.b64encode(b"crm-dev-master-key-do-not-use-32").decode()
 DEV_API_KEYS: dict[str, list[str]] = {
     "dev-admin-key": ["*"],
     "dev-read-key": ["identity:read", "engagement:read", "support:read", "analytics:read"],
+    # Write-only ingestion keys, one per source; ``store:<id>`` scopes would bind a key to
+    # those stores (none here: the demo POS speaks for every store).
+    "dev-pos-key": ["engagement:ingest", "source:pos"],
+    "dev-shop-key": ["engagement:ingest", "source:webshop"],
 }
 
 

@@ -1,0 +1,47 @@
+"""``python -m engagement api``: one process role per invocation."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from crm_platform.logs import setup_logging
+from crm_platform.settings import Settings
+from crm_platform.telemetry import setup_tracing
+
+cli = typer.Typer(add_completion=False, help="engagement service processes")
+
+
+def _settings(role: str) -> Settings:
+    settings = Settings(service_name=os.environ.get("CRM_SERVICE_NAME", f"engagement-{role}"))
+    setup_logging(settings.log_level)
+    setup_tracing(settings.service_name, otlp_endpoint=settings.otel_exporter_otlp_endpoint)
+    return settings
+
+
+@cli.command()
+def api(host: str | None = None, port: int | None = None) -> None:
+    """Serve the HTTP API (default 127.0.0.1:8002): commerce ingestion."""
+    import uvicorn
+
+    from engagement.entrypoints.api import create
+
+    settings = _settings("api")
+    uvicorn.run(
+        create(settings),
+        host=host or settings.http_host,
+        port=port or settings.http_port or 8002,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@cli.command()
+def version() -> None:
+    """Print the service version."""
+    typer.echo("engagement 0.1.0")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,166 @@
+"""The order ledger: which orders were ingested, and what of them was returned since.
+
+High-volume facts go straight to Kafka (they are not aggregates), but a return must name
+an order that exists and may not return more than was bought, and a resent order must
+be recognised. The ingestion API therefore records each acknowledged order and return
+here, after Kafka's ack: a row in the ledger means the fact is on the broker.
+
+Orders are keyed by channel group and order id: ``store`` for POS transactions (receipt
+ids are unique across a retailer's stores, e.g. ``S001-R2-000123``), ``online`` for the
+web shop and the app, which share one order id space.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+
+def order_group(channel: str) -> str:
+    return "store" if channel == "store" else "online"
+
+
+@dataclass
+class LedgerOrder:
+    group: str
+    order_id: str
+    event_id: str
+    customer_key: str
+    #: line_no -> (sku, quantity bought, amount paid)
+    lines: dict[int, tuple[str, int, int]]
+    #: line_no -> quantity returned so far
+    returned: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerReturn:
+    group: str
+    order_id: str
+    return_id: str
+    event_id: str
+    #: line_no -> quantity returned
+    lines: Mapping[int, int]
+
+
+class SQLiteOrderLedger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS ingested_orders (
+                grp TEXT NOT NULL, order_id TEXT NOT NULL, event_id TEXT NOT NULL,
+                customer_key TEXT NOT NULL, lines BLOB NOT NULL,
+                PRIMARY KEY (grp, order_id));
+            CREATE TABLE IF NOT EXISTS ingested_returns (
+                grp TEXT NOT NULL, order_id TEXT NOT NULL, return_id TEXT NOT NULL,
+                event_id TEXT NOT NULL, lines BLOB NOT NULL,
+                PRIMARY KEY (grp, return_id));
+            CREATE INDEX IF NOT EXISTS ingested_returns_order ON ingested_returns (grp, order_id);
+            """
+        )
+
+    def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]:
+        """The ingested orders among ``keys``, with what was returned of each."""
+        wanted = list(set(keys))
+        found: dict[tuple[str, str], LedgerOrder] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 400):
+                chunk = wanted[start : start + 400]
+                where = " OR ".join("(grp = ? AND order_id = ?)" for _ in chunk)
+                params = [v for key in chunk for v in key]
+                for grp, order_id, event_id, customer_key, lines in self._db.execute(
+                    f"SELECT grp, order_id, event_id, customer_key, lines FROM ingested_orders WHERE {where}",  # noqa: S608
+                    params,
+                ):
+                    found[(grp, order_id)] = LedgerOrder(
+                        grp, order_id, event_id, customer_key, _lines(orjson.loads(lines))
+                    )
+                for grp, order_id, lines in self._db.execute(
+                    f"SELECT grp, order_id, lines FROM ingested_returns WHERE {where}",  # noqa: S608
+                    params,
+                ):
+                    order = found.get((grp, order_id))
+                    if order is not None:
+                        for line_no, quantity in orjson.loads(lines).items():
+                            order.returned[int(line_no)] = order.returned.get(int(line_no), 0) + quantity
+        return found
+
+    def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(group, return_id) -> event_id of the returns among ``keys`` already ingested."""
+        wanted = list(set(keys))
+        found: dict[tuple[str, str], str] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 400):
+                chunk = wanted[start : start + 400]
+                where = " OR ".join("(grp = ? AND return_id = ?)" for _ in chunk)
+                params = [v for key in chunk for v in key]
+                for grp, return_id, event_id in self._db.execute(
+                    f"SELECT grp, return_id, event_id FROM ingested_returns WHERE {where}",  # noqa: S608
+                    params,
+                ):
+                    found[(grp, return_id)] = event_id
+        return found
+
+    def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None:
+        """Record acknowledged orders and returns, all or nothing (a replay is a no-op)."""
+        order_rows = [
+            (
+                o.group,
+                o.order_id,
+                o.event_id,
+                o.customer_key,
+                orjson.dumps({str(k): v for k, v in o.lines.items()}),
+            )
+            for o in orders
+        ]
+        return_rows = [
+            (
+                r.group,
+                r.order_id,
+                r.return_id,
+                r.event_id,
+                orjson.dumps({str(k): v for k, v in r.lines.items()}),
+            )
+            for r in returns
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO ingested_orders VALUES (?, ?, ?, ?, ?)", order_rows
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO ingested_returns VALUES (?, ?, ?, ?, ?)", return_rows
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def ping(self) -> None:
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_FIVE = "?, ?, ?, ?, ?"
+
+
+def _dump(lines: Mapping[int, object]) -> bytes:
+    return orjson.dumps({str(k): v for k, v in lines.items()})
+
+
+def _lines(raw: dict[str, list[object]]) -> dict[int, tuple[str, int, int]]:
+    return {int(k): (str(v[0]), int(str(v[1])), int(str(v[2]))) for k, v in raw.items()}

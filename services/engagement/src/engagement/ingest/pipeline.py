@@ -1,0 +1,337 @@
+"""From what a source sent to contract events acknowledged by Kafka.
+
+Each event of a request is judged on its own: validated against its contract, its
+identifiers normalised and blind-indexed, returns checked against the order ledger
+(known order, no more returned than bought), resends recognised. The accepted ones are
+published together and reported ``accepted`` only once Kafka acknowledged them; then
+orders and returns are recorded in the ledger. If the broker does not answer within
+``ack_timeout`` the request reports them ``unavailable`` (HTTP 503): the source retries,
+and the event ids make the retry harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from crm_contracts.envelope import Event, Identifier, IdentifierKind, deterministic_event_id, new_event_id
+from crm_contracts.events.commerce import (
+    InteractionRecorded,
+    OnlineOrderCompleted,
+    OrderReturned,
+    StoreOrderCompleted,
+)
+from crm_platform.crypto import BlindIndexer
+from crm_platform.identifiers import InvalidIdentifier, blind_identifier
+from crm_platform.kafka import EventProducer
+from engagement.adapters.ledger import LedgerOrder, LedgerReturn, SQLiteOrderLedger, order_group
+from engagement.ingest.schemas import (
+    MAX_EVENT_BYTES,
+    EventResult,
+    InteractionIn,
+    OnlineOrderIn,
+    ReturnIn,
+    StoreOrderIn,
+    incoming,
+)
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "engagement.api"
+#: Which identifier names the customer key (the Kafka partition key) when several are seen.
+KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
+
+Parsed = StoreOrderIn | OnlineOrderIn | ReturnIn | InteractionIn
+
+
+class Rejected(Exception):
+    def __init__(self, field: str, reason: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status = field, reason, status
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who is sending: the API key's source name and the stores it may speak for
+    (empty: any store)."""
+
+    name: str
+    stores: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Item:
+    index: int
+    parsed: Parsed | None = None
+    event: Event | None = None
+    status: Literal["accepted", "duplicate", "rejected", "unavailable"] = "rejected"
+    errors: list[dict[str, str]] = field(default_factory=list)
+    http_status: int = 422
+    ledger_order: LedgerOrder | None = None
+    ledger_return: LedgerReturn | None = None
+
+    def reject(self, reason: Rejected) -> None:
+        self.status, self.http_status = "rejected", reason.status
+        self.errors = [{"field": reason.field, "reason": reason.reason}]
+
+    def result(self) -> EventResult:
+        event_id = self.event.event_id if self.event is not None else None
+        return EventResult(index=self.index, status=self.status, event_id=event_id, errors=self.errors)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        indexer: BlindIndexer,
+        producer: EventProducer,
+        ledger: SQLiteOrderLedger,
+        *,
+        ack_timeout: float = 5.0,
+    ) -> None:
+        self.indexer = indexer
+        self.producer = producer
+        self.ledger = ledger
+        self.ack_timeout = ack_timeout
+
+    async def ingest(self, raw_items: Sequence[Any], source: Source) -> list[_Item]:
+        items = [self._build(i, raw, source) for i, raw in enumerate(raw_items)]
+        self._check_against_ledger([i for i in items if i.status == "accepted"])
+        await self._publish([i for i in items if i.status == "accepted"])
+        return items
+
+    # -- one event ----------------------------------------------------------------------
+
+    def _build(self, index: int, raw: Any, source: Source) -> _Item:
+        item = _Item(index)
+        try:
+            if len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
+                raise Rejected("", f"event larger than {MAX_EVENT_BYTES} bytes", 413)
+            try:
+                parsed = incoming.validate_python(raw)
+            except ValidationError as exc:
+                item.errors = [{"field": _field(err), "reason": err["msg"]} for err in exc.errors()]
+                return item
+            item.parsed = parsed
+            item.event = self._event(parsed, source)
+            item.status, item.http_status = "accepted", 202
+        except Rejected as reason:
+            item.reject(reason)
+        return item
+
+    def _identifiers(self, parsed: Parsed) -> list[Identifier]:
+        out = []
+        for kind in KEY_PRIORITY:
+            value = getattr(parsed.identifiers, kind)
+            if value is None:
+                continue
+            try:
+                out.append(blind_identifier(self.indexer, IdentifierKind(kind), value))
+            except InvalidIdentifier as exc:
+                raise Rejected(f"identifiers.{kind}", exc.reason) from None
+        return out
+
+    def _event(self, parsed: Parsed, source: Source) -> Event:
+        identifiers = self._identifiers(parsed)
+        at = parsed.occurred_at
+        common: dict[str, Any] = {"occurred_at": at, "producer": PRODUCER, "identifiers": tuple(identifiers)}
+        if isinstance(parsed, StoreOrderIn):
+            payload = parsed.payload
+            if source.stores and payload.store_id not in source.stores:
+                raise Rejected(
+                    "payload.store_id", f"this API key may not send for store {payload.store_id!r}", 403
+                )
+            key = ("store", payload.order_id)
+            event_id = parsed.event_id or deterministic_event_id(at, *key)
+            return StoreOrderCompleted(
+                **common, event_id=event_id, customer_key=_customer_key(identifiers, key), payload=payload
+            )
+        if isinstance(parsed, OnlineOrderIn):
+            payload_o = parsed.payload
+            key = ("online", payload_o.order_id)
+            event_id = parsed.event_id or deterministic_event_id(at, *key)
+            return OnlineOrderCompleted(
+                **common, event_id=event_id, customer_key=_customer_key(identifiers, key), payload=payload_o
+            )
+        if isinstance(parsed, ReturnIn):
+            payload_r = parsed.payload
+            if source.stores and payload_r.store_id is not None and payload_r.store_id not in source.stores:
+                raise Rejected(
+                    "payload.store_id", f"this API key may not send for store {payload_r.store_id!r}", 403
+                )
+            rkey = (order_group(payload_r.channel), "return", payload_r.return_id)
+            event_id = parsed.event_id or deterministic_event_id(at, *rkey)
+            # customer_key is set from the original order in _check_against_ledger, so the
+            # return lands on the order's partition (same customer, in order).
+            return OrderReturned(
+                **common, event_id=event_id, customer_key=_customer_key(identifiers, rkey), payload=payload_r
+            )
+        payload_i = parsed.payload
+        anonymous = ("session", payload_i.session_id) if payload_i.session_id else ("event",)
+        event_id = parsed.event_id or new_event_id()
+        if anonymous == ("event",):
+            anonymous = ("event", str(event_id))
+        return InteractionRecorded(
+            **common, event_id=event_id, customer_key=_customer_key(identifiers, anonymous), payload=payload_i
+        )
+
+    # -- against what was ingested before ----------------------------------------------------
+
+    def _check_against_ledger(self, items: list[_Item]) -> None:
+        order_keys: list[tuple[str, str]] = []
+        return_keys: list[tuple[str, str]] = []
+        for item in items:
+            event = item.event
+            if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
+                order_keys.append((order_group(_channel(event)), event.payload.order_id))
+            elif isinstance(event, OrderReturned):
+                group = order_group(event.payload.channel)
+                order_keys.append((group, event.payload.original_order_id))
+                return_keys.append((group, event.payload.return_id))
+        known_orders = self.ledger.orders(order_keys) if order_keys else {}
+        known_returns = self.ledger.returns(return_keys) if return_keys else {}
+        for item in items:
+            try:
+                self._check_one(item, known_orders, known_returns)
+            except Rejected as reason:
+                item.reject(reason)
+
+    def _check_one(
+        self,
+        item: _Item,
+        orders: dict[tuple[str, str], LedgerOrder],
+        returns: dict[tuple[str, str], str],
+    ) -> None:
+        event = item.event
+        assert event is not None
+        event_id = str(event.event_id)
+        if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
+            key = (order_group(_channel(event)), event.payload.order_id)
+            known = orders.get(key)
+            if known is not None:
+                if known.event_id != event_id:
+                    raise Rejected(
+                        "payload.order_id", f"order already ingested as event {known.event_id}", 409
+                    )
+                item.status = "duplicate"
+                return
+            order = LedgerOrder(
+                key[0],
+                key[1],
+                event_id,
+                event.customer_key,
+                {line.line_no: (line.sku, line.quantity, line.amount) for line in event.payload.lines},
+            )
+            orders[key] = order  # a return later in the same request may refer to it
+            item.ledger_order = order
+        elif isinstance(event, OrderReturned):
+            payload = event.payload
+            group = order_group(payload.channel)
+            seen = returns.get((group, payload.return_id))
+            if seen is not None:
+                if seen != event_id:
+                    raise Rejected("payload.return_id", f"return already ingested as event {seen}", 409)
+                item.status = "duplicate"
+                return
+            original = orders.get((group, payload.original_order_id))
+            if original is None:
+                raise Rejected(
+                    "payload.original_order_id",
+                    f"no {group} order {payload.original_order_id!r} was ingested",
+                )
+            taking: dict[int, int] = {}
+            for n, line in enumerate(payload.lines):
+                bought = original.lines.get(line.line_no)
+                if bought is None:
+                    raise Rejected(f"payload.lines.{n}.line_no", f"the order has no line {line.line_no}")
+                if bought[0] != line.sku:
+                    raise Rejected(f"payload.lines.{n}.sku", f"line {line.line_no} is {bought[0]!r}")
+                left = bought[1] - original.returned.get(line.line_no, 0) - taking.get(line.line_no, 0)
+                if line.quantity > left:
+                    raise Rejected(
+                        f"payload.lines.{n}.quantity", f"only {left} of line {line.line_no} left to return"
+                    )
+                taking[line.line_no] = taking.get(line.line_no, 0) + line.quantity
+            for line_no, quantity in taking.items():
+                original.returned[line_no] = original.returned.get(line_no, 0) + quantity
+            returns[(group, payload.return_id)] = event_id
+            # The return follows its order: same partition key, so same customer order.
+            item.event = event.model_copy(update={"customer_key": original.customer_key})
+            item.ledger_return = LedgerReturn(
+                group, payload.original_order_id, payload.return_id, event_id, taking
+            )
+
+    # -- to Kafka, then the ledger --------------------------------------------------------
+
+    async def _publish(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        futures: list[asyncio.Future[Any] | None] = [None] * len(items)
+        try:
+            async with asyncio.timeout(self.ack_timeout):
+                for n, item in enumerate(items):
+                    assert item.event is not None
+                    futures[n] = await self.producer.enqueue(item.event)
+                await asyncio.gather(*(f for f in futures if f is not None))
+        except Exception as exc:  # broker unreachable, timeout, or refused
+            log.warning("broker did not acknowledge %d events: %r", len(items), exc)
+        acked = []
+        for item, future in zip(items, futures, strict=True):
+            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+                acked.append(item)
+            else:
+                if future is not None and not future.done():
+                    future.cancel()
+                item.status, item.http_status = "unavailable", 503
+                item.errors = [{"field": "", "reason": "the event broker did not acknowledge in time; retry"}]
+        if not acked:
+            return
+        try:
+            await asyncio.to_thread(
+                self.ledger.record,
+                [i.ledger_order for i in acked if i.ledger_order is not None],
+                [i.ledger_return for i in acked if i.ledger_return is not None],
+            )
+        except Exception:
+            # On the broker but not recorded: the source must retry (same event ids, so
+            # consumers see one fact), and the retry records it.
+            log.exception("order ledger write failed after the broker's ack")
+            for item in acked:
+                if item.ledger_order is not None or item.ledger_return is not None:
+                    item.status, item.http_status = "unavailable", 503
+                    item.errors = [{"field": "", "reason": "the order ledger is unavailable; retry"}]
+
+
+_TYPES = ("store_order", "online_order", "return", "interaction")
+
+
+def _field(error: Any) -> str:
+    """The field an error names, without the union tag pydantic puts first."""
+    loc = list(error["loc"])
+    if loc and loc[0] in _TYPES:
+        loc = loc[1:]
+    if not loc and str(error["type"]).startswith("union_tag"):
+        return "type"
+    return ".".join(str(p) for p in loc)
+
+
+def _check_store(source: Source, store_id: str) -> None:
+    if source.stores and store_id not in source.stores:
+        raise Rejected("payload.store_id", f"this API key may not send for store {store_id!r}", 403)
+
+
+def _channel(event: StoreOrderCompleted | OnlineOrderCompleted) -> str:
+    return "store" if isinstance(event, StoreOrderCompleted) else event.payload.channel
+
+
+def _customer_key(identifiers: list[Identifier], fallback: tuple[str, ...]) -> str:
+    """The strongest identifier's blind index (one person's facts share a partition), or
+    a stable key of the fact itself when nobody was identified (an anonymous sale)."""
+    if identifiers:
+        return identifiers[0].hash
+    return "anonymous:" + ":".join(fallback)[:100]

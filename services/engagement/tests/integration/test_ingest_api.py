@@ -1,0 +1,325 @@
+"""The ingestion API against a real Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from crm_contracts.envelope import IdentifierKind
+from crm_contracts.registry import decode
+from crm_contracts.topics import COMMERCE_INTERACTION, COMMERCE_ORDER
+from crm_platform.crypto import BlindIndexer
+from crm_platform.identifiers import blind_identifier
+from crm_platform.settings import Settings
+from crm_platform.testing import end_offsets, read_topic
+from engagement.entrypoints.api import create
+
+pytestmark = pytest.mark.integration
+
+POS = {"X-API-Key": "pos-key"}
+SHOP = {"X-API-Key": "shop-key"}
+KEYS = {
+    "pos-key": ["engagement:ingest", "source:pos"],
+    "shop-key": ["engagement:ingest", "source:webshop"],
+    "s1-key": ["engagement:ingest", "source:pos-s001", "store:S001"],
+    "staff-key": ["engagement:read", "engagement:write"],
+}
+
+
+def make_settings(tmp_path: Path, bootstrap: str) -> Settings:
+    return Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        api_keys=KEYS,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
+    from crm_platform.kafka import ensure_topics
+
+    s = make_settings(tmp_path, kafka_bootstrap)
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=s.kafka_topic_prefix))
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create(settings)) as c:
+        yield c
+
+
+def store_order(order_id: str, *, member: str | None = "M0001", quantity: int = 2, **extra: Any) -> dict:
+    lines = [
+        {"line_no": 1, "sku": "TS-001", "category": "tops", "quantity": quantity, "unit_price": 1990},
+        {
+            "line_no": 2,
+            "sku": "SK-002",
+            "category": "bottoms",
+            "quantity": 1,
+            "unit_price": 4990,
+            "discount": 500,
+        },
+    ]
+    total = quantity * 1990 + 4990 - 500
+    return {
+        "type": "store_order",
+        "occurred_at": "2026-11-20T10:15:00+09:00",
+        "identifiers": {"member_no": member} if member else {},
+        "payload": {
+            "order_id": order_id,
+            "store_id": "S001",
+            "register_id": "R2",
+            "lines": lines,
+            "total": total,
+            "tax": total * 10 // 110,
+            "payment_method": "credit_card",
+            **extra,
+        },
+    }
+
+
+def online_order(order_id: str, email: str) -> dict:
+    return {
+        "type": "online_order",
+        "occurred_at": "2026-11-21T21:03:00+09:00",
+        "identifiers": {"email": email, "ec_account": "shop-123"},
+        "payload": {
+            "order_id": order_id,
+            "lines": [{"line_no": 1, "sku": "CT-9", "category": "outer", "quantity": 1, "unit_price": 12900}],
+            "shipping": 550,
+            "total": 13450,
+            "shipping_prefecture": "東京都",
+            "coupon_code": "WELCOME",
+        },
+    }
+
+
+def a_return(return_id: str, order_id: str, quantity: int = 1, line_no: int = 1, sku: str = "TS-001") -> dict:
+    return {
+        "type": "return",
+        "occurred_at": "2026-11-22T11:00:00+09:00",
+        "payload": {
+            "return_id": return_id,
+            "original_order_id": order_id,
+            "channel": "store",
+            "store_id": "S001",
+            "lines": [
+                {
+                    "line_no": line_no,
+                    "sku": sku,
+                    "category": "tops",
+                    "quantity": quantity,
+                    "amount": 1990 * quantity,
+                }
+            ],
+            "refund_total": 1990 * quantity,
+            "reason": "size",
+        },
+    }
+
+
+def topic_records(settings: Settings, topic: str, expect: int) -> list[Any]:
+    return asyncio.run(
+        read_topic(settings.kafka_bootstrap, settings.kafka_topic_prefix + topic, expect, timeout=15)
+    )
+
+
+def topic_size(settings: Settings, topic: str) -> int:
+    ends = asyncio.run(end_offsets(settings.kafka_bootstrap, settings.kafka_topic_prefix + topic))
+    return sum(ends.values())
+
+
+def test_a_store_purchase_goes_to_kafka_with_blind_identifiers_only(
+    client: TestClient, settings: Settings
+) -> None:
+    response = client.post("/v1/events", json=store_order("S001-R2-000001", member="m-0001 "), headers=POS)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    [record] = topic_records(settings, COMMERCE_ORDER.name, 1)
+    assert b"m-0001" not in record.value and b"M-0001" not in record.value  # no raw identifier on Kafka
+    event = decode(record.value)
+    assert str(event.event_id) == body["event_id"]
+    member = blind_identifier(BlindIndexer(settings.blind_index_key_bytes), IdentifierKind.MEMBER_NO, "M0001")
+    assert event.identifiers == (member,)  # "m-0001 " normalises like "M0001"
+    assert event.customer_key == member.hash
+    assert event.occurred_at.isoformat() == "2026-11-20T01:15:00+00:00"
+
+
+def test_the_same_email_typed_at_a_counter_and_online_is_one_key(
+    client: TestClient, settings: Settings
+) -> None:
+    counter = store_order("S001-R1-000777", member=None)
+    counter["identifiers"] = {"email": " Taro.Yamada@Example.JP "}
+    assert client.post("/v1/events", json=counter, headers=POS).status_code == 202
+    assert (
+        client.post(
+            "/v1/events", json=online_order("W-1001", "taro.yamada@example.jp"), headers=SHOP
+        ).status_code
+        == 202
+    )
+    records = topic_records(settings, COMMERCE_ORDER.name, 2)
+    emails = [
+        {i.hash for i in decode(r.value).identifiers if i.kind is IdentifierKind.EMAIL} for r in records
+    ]
+    assert len(emails) == 2 and emails[0] == emails[1] and len(emails[0]) == 1
+
+
+def test_a_rejected_event_in_a_batch_is_reported_and_the_rest_accepted(
+    client: TestClient, settings: Settings
+) -> None:
+    bad = store_order("S001-R2-000003")
+    bad["payload"]["lines"][0]["quantity"] = -1
+    interaction = {
+        "type": "interaction",
+        "occurred_at": "2026-11-21T20:00:00+09:00",
+        "identifiers": {"device": "ios-abc"},
+        "payload": {"kind": "product_viewed", "channel": "app", "sku": "CT-9", "session_id": "s1"},
+    }
+    events = [store_order("S001-R2-000002"), bad, interaction, online_order("W-1002", "a@example.jp")]
+    response = client.post("/v1/batch", json={"events": events}, headers=POS)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (3, 1)
+    statuses = [r["status"] for r in body["results"]]
+    assert statuses == ["accepted", "rejected", "accepted", "accepted"]
+    [error] = body["results"][1]["errors"]
+    assert error["field"] == "payload.lines.0.quantity"
+    assert len(topic_records(settings, COMMERCE_ORDER.name, 2)) == 2
+    assert len(topic_records(settings, COMMERCE_INTERACTION.name, 1)) == 1
+
+
+def test_a_duplicate_batch_changes_nothing(client: TestClient, settings: Settings) -> None:
+    events = [store_order(f"S001-R3-{n:06d}") for n in range(5)]
+    first = client.post("/v1/batch", json={"events": events}, headers=POS).json()
+    assert [r["status"] for r in first["results"]] == ["accepted"] * 5
+    before = topic_size(settings, COMMERCE_ORDER.name)
+    again = client.post("/v1/batch", json={"events": events}, headers=POS).json()
+    assert [r["status"] for r in again["results"]] == ["duplicate"] * 5
+    assert [r["event_id"] for r in again["results"]] == [r["event_id"] for r in first["results"]]
+    assert topic_size(settings, COMMERCE_ORDER.name) == before
+    # The same order id sent as a different fact is a conflict, not a silent overwrite.
+    changed = store_order("S001-R3-000000", quantity=3)
+    changed["event_id"] = str(uuid.uuid4())
+    response = client.post("/v1/events", json=changed, headers=POS)
+    assert response.status_code == 409
+    assert response.json()["error"]["fields"][0]["field"] == "payload.order_id"
+
+
+def test_returns_must_name_a_known_order_and_cannot_exceed_it(client: TestClient, settings: Settings) -> None:
+    unknown = client.post("/v1/events", json=a_return("RET-1", "S001-R9-999999"), headers=POS)
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["fields"][0]["field"] == "payload.original_order_id"
+    order = client.post("/v1/events", json=store_order("S001-R2-000010", quantity=2), headers=POS)
+    assert order.status_code == 202
+    too_many = client.post("/v1/events", json=a_return("RET-2", "S001-R2-000010", quantity=3), headers=POS)
+    assert too_many.status_code == 422
+    assert too_many.json()["error"]["fields"][0]["field"] == "payload.lines.0.quantity"
+    ok = client.post("/v1/events", json=a_return("RET-3", "S001-R2-000010", quantity=2), headers=POS)
+    assert ok.status_code == 202, ok.text
+    again = client.post("/v1/events", json=a_return("RET-4", "S001-R2-000010", quantity=1), headers=POS)
+    assert again.status_code == 422  # everything of line 1 is back already
+    records = topic_records(settings, COMMERCE_ORDER.name, 2)
+    by_type = {decode(r.value).event_type: decode(r.value) for r in records}
+    # The return travels on the order's partition key: one customer's facts stay in order.
+    assert by_type["order.returned"].customer_key == by_type["order.store_completed"].customer_key
+
+
+def test_a_return_and_its_order_in_one_batch(client: TestClient) -> None:
+    events = [store_order("S001-R2-000020"), a_return("RET-20", "S001-R2-000020")]
+    body = client.post("/v1/batch", json={"events": events}, headers=POS).json()
+    assert [r["status"] for r in body["results"]] == ["accepted", "accepted"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda e: e["payload"].update(currency="USD"), "payload.currency"),
+        (lambda e: e["payload"].update(total=1), "payload"),
+        (
+            lambda e: e["payload"]["lines"][0].update(unit_price=19.9),
+            "payload.lines.0.unit_price",
+        ),
+        (lambda e: e.update(occurred_at="2026-11-20T10:15:00"), "occurred_at"),
+        (lambda e: e["identifiers"].update(phone="12"), "identifiers.phone"),
+        (lambda e: e["identifiers"].update(passport="X"), "identifiers.passport"),
+        (lambda e: e.update(type="telepathy"), "type"),
+    ],
+)
+def test_bad_input_names_the_field(client: TestClient, mutate: Any, field: str) -> None:
+    event = store_order("S001-R2-000030")
+    mutate(event)
+    response = client.post("/v1/events", json=event, headers=POS)
+    assert response.status_code == 422, response.text
+    fields = [f["field"] for f in response.json()["error"]["fields"]]
+    assert field in fields, fields
+
+
+def test_malformed_json_and_size_limits(client: TestClient) -> None:
+    response = client.post(
+        "/v1/events", content=b'{"type": "store_order",', headers={**POS, "content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"][0]["field"].startswith("body")
+    big = store_order("S001-R2-000040")
+    big["payload"]["staff_id"] = "x" * 64
+    big["padding"] = "y" * 70_000
+    assert client.post("/v1/events", json=big, headers=POS).status_code == 413
+    many = {"events": [{"type": "interaction"}] * 1001}
+    assert client.post("/v1/batch", json=many, headers=POS).status_code == 413
+
+
+def test_ingestion_keys_are_write_only_and_bound_to_their_stores(client: TestClient) -> None:
+    event = store_order("S002-R1-000001")
+    event["payload"]["store_id"] = "S002"
+    assert client.post("/v1/events", json=event).status_code == 401
+    assert client.post("/v1/events", json=event, headers={"X-API-Key": "staff-key"}).status_code == 403
+    other_store = client.post("/v1/events", json=event, headers={"X-API-Key": "s1-key"})
+    assert other_store.status_code == 403
+    assert other_store.json()["error"]["fields"][0]["field"] == "payload.store_id"
+    own = store_order("S001-R1-000002")
+    assert client.post("/v1/events", json=own, headers={"X-API-Key": "s1-key"}).status_code == 202
+
+
+def test_broker_down_means_503_and_nothing_accepted_is_lost(tmp_path: Path) -> None:
+    """A broker of its own, stopped and started again around the requests."""
+    from crm_cli.kafka_local import LocalKafka
+    from crm_platform.kafka import ensure_topics
+
+    kafka = LocalKafka(data_dir=tmp_path / "kafka", port=19192)
+    kafka.start()
+    try:
+        settings = make_settings(tmp_path, kafka.bootstrap)
+        asyncio.run(ensure_topics(kafka.bootstrap, prefix=settings.kafka_topic_prefix))
+        with TestClient(create(settings)) as client:
+            accepted = [store_order(f"S001-R5-{n:06d}") for n in range(3)]
+            assert client.post("/v1/batch", json={"events": accepted}, headers=POS).status_code == 202
+            kafka.stop()
+            down = client.post("/v1/events", json=store_order("S001-R5-000100"), headers=POS)
+            assert down.status_code == 503
+            assert down.headers["retry-after"] == "1"
+            assert down.json()["status"] == "unavailable"
+            kafka.start()
+            retried = client.post("/v1/events", json=store_order("S001-R5-000100"), headers=POS)
+            assert retried.status_code == 202, retried.text
+        records = topic_records(settings, COMMERCE_ORDER.name, 4)
+        ids = {decode(r.value).payload.order_id for r in records}  # type: ignore[attr-defined]
+        assert ids == {"S001-R5-000000", "S001-R5-000001", "S001-R5-000002", "S001-R5-000100"}
+    finally:
+        kafka.stop()
+
+
+def test_openapi_documents_every_event_type(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    incoming = orjson.dumps(schema["components"]["schemas"]["Incoming"]).decode()
+    for name in ("StoreOrderIn", "OnlineOrderIn", "ReturnIn", "InteractionIn"):
+        assert name in incoming
