@@ -1,0 +1,201 @@
+"""Ingestion API throughput and latency, through a real uvicorn process and real Kafka.
+
+1. Batches: ``BATCHES`` requests of 500 events (store orders, online orders and app
+   interactions in equal parts, every order id unique), four in flight at a time. Rate =
+   events reported ``accepted`` (each acknowledged by Kafka, orders also recorded in the
+   ledger) over the wall time. Target ≥ 20,000 events/s.
+2. Single events: one POST per event, open loop at ``RATE`` req/s for ``SECONDS``; p99 of
+   the response time. Target p99 ≤ 20 ms at 500 req/s.
+
+Request bodies are built before the clock starts; the client shares the two cores with
+the API and the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from common import Metric
+
+from crm_platform.kafka import ensure_topics
+
+BOOTSTRAP = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+BATCHES = int(os.environ.get("BENCH_INGEST_BATCHES", "120"))
+BATCH = 500
+RATE = int(os.environ.get("BENCH_RATE", "500"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+HEADERS = {"X-API-Key": "dev-pos-key", "content-type": "application/json"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _event(n: int, run: str) -> dict[str, Any]:
+    at = (datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=n)).isoformat()
+    member = f"M{n % 50_000:08d}"
+    kind = n % 3
+    if kind == 0:
+        return {
+            "type": "store_order",
+            "occurred_at": at,
+            "identifiers": {"member_no": member},
+            "payload": {
+                "order_id": f"{run}-S-{n}",
+                "store_id": f"S{n % 40:03d}",
+                "register_id": "R1",
+                "lines": [
+                    {
+                        "line_no": 1,
+                        "sku": f"SKU-{n % 900}",
+                        "category": "tops",
+                        "quantity": 2,
+                        "unit_price": 1990,
+                    },
+                    {"line_no": 2, "sku": "SKU-X", "category": "goods", "quantity": 1, "unit_price": 550},
+                ],
+                "total": 4530,
+                "tax": 411,
+                "payment_method": "credit_card",
+            },
+        }
+    if kind == 1:
+        return {
+            "type": "online_order",
+            "occurred_at": at,
+            "identifiers": {"email": f"m{n % 50_000}@example.jp", "ec_account": f"ec-{n % 50_000}"},
+            "payload": {
+                "order_id": f"{run}-W-{n}",
+                "lines": [
+                    {
+                        "line_no": 1,
+                        "sku": f"SKU-{n % 700}",
+                        "category": "outer",
+                        "quantity": 1,
+                        "unit_price": 12900,
+                    }
+                ],
+                "shipping": 550,
+                "total": 13450,
+                "shipping_prefecture": "東京都",
+            },
+        }
+    return {
+        "type": "interaction",
+        "occurred_at": at,
+        "identifiers": {"device": f"dev-{n % 80_000}"},
+        "payload": {
+            "kind": "product_viewed",
+            "channel": "app",
+            "sku": f"SKU-{n % 900}",
+            "session_id": f"s{n // 20}",
+        },
+    }
+
+
+async def _batches(base: str, bodies: list[bytes]) -> tuple[int, float]:
+    accepted = 0
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal accepted
+            while not queue.empty():
+                body = queue.get_nowait()
+                response = await client.post("/v1/batch", content=body)
+                if response.status_code != 202:
+                    raise RuntimeError(f"batch answered {response.status_code}: {response.text[:300]}")
+                accepted += sum(r["status"] == "accepted" for r in response.json()["results"])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(4)))
+        return accepted, time.perf_counter() - started
+
+
+async def _singles(base: str, bodies: list[bytes]) -> list[float]:
+    latencies: list[float] = []
+    failures = 0
+    async with httpx.AsyncClient(
+        base_url=base, headers=HEADERS, timeout=30, limits=httpx.Limits(max_connections=128)
+    ) as client:
+
+        async def one(body: bytes) -> None:
+            nonlocal failures
+            started = time.perf_counter()
+            response = await client.post("/v1/events", content=body)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 202:
+                failures += 1
+
+        tasks = []
+        interval = 1 / RATE
+        start = time.perf_counter()
+        for n, body in enumerate(bodies):
+            delay = start + n * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+    if failures:
+        raise RuntimeError(f"{failures} single-event requests failed")
+    return latencies
+
+
+def run() -> dict[str, Metric]:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    asyncio.run(ensure_topics(BOOTSTRAP, prefix=prefix))
+    run_id = uuid.uuid4().hex[:6]
+    batch_bodies = [
+        orjson.dumps({"events": [_event(b * BATCH + i, run_id) for i in range(BATCH)]})
+        for b in range(BATCHES)
+    ]
+    offset = BATCHES * BATCH
+    single_bodies = [orjson.dumps(_event(offset + n, run_id)) for n in range(RATE * SECONDS)]
+    warm = [orjson.dumps(_event(offset + RATE * SECONDS + n, run_id)) for n in range(RATE * 2)]
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        env = {**os.environ, "CRM_VAR_DIR": tmp, "CRM_LOG_LEVEL": "WARNING", "CRM_KAFKA_TOPIC_PREFIX": prefix}
+        server = subprocess.Popen([sys.executable, "-m", "engagement", "api", "--port", str(port)], env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(150):
+                try:
+                    if httpx.get(f"{base}/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            asyncio.run(_singles(base, warm))  # connections, producer metadata
+            accepted, seconds = asyncio.run(_batches(base, batch_bodies))
+            latencies = sorted(asyncio.run(_singles(base, single_bodies)))
+        finally:
+            server.terminate()
+            server.wait(15)
+    if accepted != BATCHES * BATCH:
+        raise RuntimeError(f"only {accepted} of {BATCHES * BATCH} batch events were accepted")
+    rate = accepted / seconds
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    print(
+        f"batches: {accepted:,} events in {seconds:.1f} s = {rate:,.0f} events/s; "
+        f"single events at {RATE}/s: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {latencies[-1]:.1f} ms"
+    )
+    return {
+        "ingest_batch_events_per_s": Metric(rate, "events/s", 20_000),
+        "ingest_single_p99": Metric(p(0.99), "ms", 20, higher_is_better=False),
+        "ingest_single_p50": Metric(p(0.5), "ms", 5, higher_is_better=False),
+    }
