@@ -1,0 +1,285 @@
+"""The membership application, and crediting purchases from any channel to the member.
+
+``MembershipApplication`` is the event-sourced write side (SQLite or PostgreSQL, like
+every service store). ``Attribution`` decides *which* member a purchase belongs to. A
+store purchase usually shows the member card; an online order usually carries only the
+shop account or the e-mail. Engagement never reads identity's store: it follows the
+unified profile topic (``crm.identity.profile``), which lists every identifier linked
+to a customer, and keeps a local map identifier → customer → member numbers. An order
+whose identifiers do not lead to a member yet (the resolver has not linked the e-mail
+yet) waits, and is credited as soon as a profile update links it; orders of people who
+never become members are dropped after ``pending_days``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from crm_contracts.envelope import Event, IdentifierKind
+from crm_contracts.events.commerce import OnlineOrderCompleted, OrderReturned, StoreOrderCompleted
+from crm_contracts.events.identity import ProfileSnapshot
+from crm_platform.crypto import BlindIndexer
+from crm_platform.identifiers import blind_identifier
+from engagement.domain.membership import Member, MembershipError, Programme, member_id
+
+
+class MemberNotFound(MembershipError):
+    pass
+
+
+class MemberExists(MembershipError):
+    pass
+
+
+class ConcurrentUpdate(MembershipError):
+    pass
+
+
+class MembershipApplication(Application[uuid.UUID]):
+    name = "membership"
+
+    def __init__(
+        self, env: dict[str, Any], indexer: BlindIndexer, programme: Programme | None = None
+    ) -> None:
+        super().__init__(env=env)
+        self.indexer = indexer
+        self.programme = programme or Programme()
+
+    def member_hash(self, member_no: str) -> str:
+        return blind_identifier(self.indexer, IdentifierKind.MEMBER_NO, member_no).hash
+
+    def enrol(self, member_no: str, channel: str, at: datetime, birthday_month: int | None = None) -> Member:
+        member = Member.enrol(self.member_hash(member_no), channel, at, birthday_month)
+        try:
+            self.save(member)
+        except IntegrityError:
+            raise MemberExists(f"member {member_no!r} is enrolled already") from None
+        return member
+
+    def member(self, member_no_hash: str) -> Member:
+        try:
+            found: Member = self.repository.get(member_id(member_no_hash))
+        except AggregateNotFoundError:
+            raise MemberNotFound(member_no_hash) from None
+        return found
+
+    def maybe_member(self, member_no_hash: str) -> Member | None:
+        try:
+            return self.member(member_no_hash)
+        except MemberNotFound:
+            return None
+
+    def _save(self, member: Member) -> None:
+        try:
+            self.save(member)
+        except IntegrityError:
+            raise ConcurrentUpdate(f"member {member.id} changed concurrently; retry") from None
+
+    def credit(self, member: Member, order_key: str, at: datetime, channel: str, amount: int) -> bool:
+        done = member.credit_purchase(order_key, at, channel, amount, self.programme)
+        if done:
+            self._save(member)
+        return done
+
+    def reverse(self, member: Member, order_key: str, return_key: str, at: datetime, refunded: int) -> bool:
+        done = member.reverse_purchase(order_key, return_key, at, refunded, self.programme)
+        if done:
+            self._save(member)
+        return done
+
+    def redeem(
+        self, member_no_hash: str, redemption_id: str, at: datetime, points: int, reason: str
+    ) -> Member:
+        member = self.member(member_no_hash)
+        if member.redeem(redemption_id, at, points, reason):
+            self._save(member)
+        return member
+
+    def evaluate(self, member_no_hash: str, now: datetime) -> Member:
+        """Expire points and re-rank as of ``now`` (a daily job does this for everyone)."""
+        member = self.member(member_no_hash)
+        member.expire_points(now)
+        member.evaluate(now, self.programme)
+        if member.pending_events:
+            self._save(member)
+        return member
+
+
+@dataclass(frozen=True)
+class Credit:
+    member_no_hash: str
+    order_key: str
+    amount: int
+    kind: str  # credited | reversed | pending | ignored
+
+
+class Attribution:
+    """Credits orders and returns to members, following identity's profile topic."""
+
+    def __init__(self, app: MembershipApplication, path: Path, pending_days: int = 30) -> None:
+        self.app = app
+        self.pending_days = pending_days
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS identifier_owner (ident TEXT PRIMARY KEY, customer_id TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS customer_members (customer_id TEXT PRIMARY KEY, members BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS credited (order_key TEXT PRIMARY KEY, member_hash TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS pending (
+                order_key TEXT PRIMARY KEY, idents BLOB NOT NULL, at TEXT NOT NULL,
+                channel TEXT NOT NULL, amount INTEGER NOT NULL);
+            """
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- what identity says ----------------------------------------------------------------
+
+    def apply_profile(self, snapshot: ProfileSnapshot) -> list[Credit]:
+        """Learn a customer's identifiers; credit the waiting orders they now explain."""
+        payload = snapshot.payload
+        customer = str(payload.customer_id)
+        idents = [f"{i.kind.value}:{i.hash}" for i in payload.identifiers]
+        members = sorted(i.hash for i in payload.identifiers if i.kind is IdentifierKind.MEMBER_NO)
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM identifier_owner WHERE customer_id = ?", (customer,))
+            if payload.status == "active":
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO identifier_owner VALUES (?, ?)", [(i, customer) for i in idents]
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO customer_members VALUES (?, ?)", (customer, orjson.dumps(members))
+                )
+            else:
+                self._db.execute("DELETE FROM customer_members WHERE customer_id = ?", (customer,))
+            self._db.execute("COMMIT")
+            waiting = self._db.execute(
+                "SELECT order_key, idents, at, channel, amount FROM pending"
+            ).fetchall()
+        credits = []
+        wanted = set(idents)
+        for order_key, raw_idents, at, channel, amount in waiting:
+            order_idents = orjson.loads(raw_idents)
+            if wanted.isdisjoint(order_idents):
+                continue
+            credit = self._credit(order_key, order_idents, datetime.fromisoformat(at), channel, amount)
+            if credit.kind == "credited":
+                with self._lock:
+                    self._db.execute("DELETE FROM pending WHERE order_key = ?", (order_key,))
+                credits.append(credit)
+        return credits
+
+    # -- commerce facts --------------------------------------------------------------------
+
+    def apply(self, event: Event) -> list[Credit]:
+        if isinstance(event, ProfileSnapshot):
+            return self.apply_profile(event)
+        if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
+            channel = "store" if isinstance(event, StoreOrderCompleted) else event.payload.channel
+            group = "store" if channel == "store" else "online"
+            idents = [f"{i.kind.value}:{i.hash}" for i in event.identifiers]
+            credit = self._credit(
+                f"{group}:{event.payload.order_id}", idents, event.occurred_at, channel, event.payload.total
+            )
+            if credit.kind == "pending":
+                with self._lock:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
+                        (
+                            credit.order_key,
+                            orjson.dumps(idents),
+                            event.occurred_at.isoformat(),
+                            channel,
+                            credit.amount,
+                        ),
+                    )
+            return [credit]
+        if isinstance(event, OrderReturned):
+            return [self._reverse(event)]
+        return []
+
+    def _member_for(self, idents: Sequence[str]) -> str | None:
+        """The member a purchase belongs to: a member card shown wins; else the member
+        numbers of the customer the identifiers resolve to (the oldest enrolment)."""
+        cards = [i.split(":", 1)[1] for i in idents if i.startswith("member_no:")]
+        for card in cards:
+            if self.app.maybe_member(card) is not None:
+                return card
+        with self._lock:
+            customers = {
+                row[0]
+                for i in idents
+                for row in self._db.execute("SELECT customer_id FROM identifier_owner WHERE ident = ?", (i,))
+            }
+            numbers: list[str] = []
+            for customer in sorted(customers):
+                row = self._db.execute(
+                    "SELECT members FROM customer_members WHERE customer_id = ?", (customer,)
+                ).fetchone()
+                if row:
+                    numbers += orjson.loads(row[0])
+        enrolled = [m for m in (self.app.maybe_member(n) for n in numbers) if m is not None]
+        if not enrolled:
+            return None
+        return min(enrolled, key=lambda m: (m.enrolled_at, m.member_no_hash)).member_no_hash
+
+    def _credit(
+        self, order_key: str, idents: Sequence[str], at: datetime, channel: str, amount: int
+    ) -> Credit:
+        member_hash = self._member_for(idents)
+        if member_hash is None:
+            kind = "pending" if idents else "ignored"
+            return Credit("", order_key, amount, kind)
+        member = self.app.member(member_hash)
+        self.app.credit(member, order_key, at, channel, amount)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO credited VALUES (?, ?)", (order_key, member_hash))
+        return Credit(member_hash, order_key, amount, "credited")
+
+    def _reverse(self, event: OrderReturned) -> Credit:
+        payload = event.payload
+        group = "store" if payload.channel == "store" else "online"
+        order_key = f"{group}:{payload.original_order_id}"
+        return_key = f"{group}:return:{payload.return_id}"
+        with self._lock:
+            row = self._db.execute(
+                "SELECT member_hash FROM credited WHERE order_key = ?", (order_key,)
+            ).fetchone()
+            if row is None:
+                # Not credited (yet): a waiting order shrinks by what was refunded.
+                self._db.execute(
+                    "UPDATE pending SET amount = max(0, amount - ?) WHERE order_key = ?",
+                    (payload.refund_total, order_key),
+                )
+                return Credit("", order_key, payload.refund_total, "ignored")
+        member = self.app.member(row[0])
+        self.app.reverse(member, order_key, return_key, event.occurred_at, payload.refund_total)
+        return Credit(row[0], order_key, payload.refund_total, "reversed")
+
+    def drop_stale(self, now: datetime) -> int:
+        """Forget waiting orders older than ``pending_days`` (never members)."""
+        cutoff = (now - timedelta(days=self.pending_days)).isoformat()
+        with self._lock:
+            return self._db.execute("DELETE FROM pending WHERE at < ?", (cutoff,)).rowcount
+
+    def pending_orders(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM pending").fetchone()
+        return int(count)

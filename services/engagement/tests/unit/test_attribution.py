@@ -1,0 +1,140 @@
+"""Crediting purchases from every channel to one member, following identity's profiles."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from crm_contracts.envelope import Identifier, IdentifierKind
+from crm_contracts.events.commerce import (
+    OnlineOrderCompleted,
+    OnlineOrderCompletedPayload,
+    OrderLine,
+    OrderReturned,
+    OrderReturnedPayload,
+    ReturnedLine,
+    StoreOrderCompleted,
+    StoreOrderCompletedPayload,
+)
+from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayload
+from crm_platform.crypto import BlindIndexer
+from crm_platform.identifiers import blind_identifier
+from crm_platform.settings import Settings
+from engagement.membership import Attribution, MemberExists, MembershipApplication
+
+T0 = datetime(2026, 6, 1, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[MembershipApplication]:
+    settings = Settings(var_dir=tmp_path)
+    a = MembershipApplication(
+        settings.eventsourcing_env("engagement"), BlindIndexer(settings.blind_index_key_bytes)
+    )
+    yield a
+    a.close()
+
+
+def ident(app: MembershipApplication, kind: IdentifierKind, value: str) -> Identifier:
+    return blind_identifier(app.indexer, kind, value)
+
+
+def store_order(
+    order_id: str, total: int, *identifiers: Identifier, at: datetime = T0
+) -> StoreOrderCompleted:
+    line = OrderLine(line_no=1, sku="TS-1", category="tops", quantity=1, unit_price=total)
+    return StoreOrderCompleted(
+        occurred_at=at,
+        producer="test",
+        customer_key=identifiers[0].hash if identifiers else f"anonymous:{order_id}",
+        identifiers=identifiers,
+        payload=StoreOrderCompletedPayload(order_id=order_id, store_id="S001", lines=(line,), total=total),
+    )
+
+
+def online_order(order_id: str, total: int, *identifiers: Identifier) -> OnlineOrderCompleted:
+    line = OrderLine(line_no=1, sku="CT-1", category="outer", quantity=1, unit_price=total)
+    return OnlineOrderCompleted(
+        occurred_at=T0 + timedelta(days=1),
+        producer="test",
+        customer_key=identifiers[0].hash,
+        identifiers=identifiers,
+        payload=OnlineOrderCompletedPayload(order_id=order_id, lines=(line,), total=total),
+    )
+
+
+def profile(customer: uuid.UUID, *identifiers: Identifier) -> ProfileSnapshot:
+    return ProfileSnapshot(
+        occurred_at=T0,
+        producer="identity.resolver",
+        customer_key=str(customer),
+        identifiers=identifiers,
+        payload=ProfileSnapshotPayload(customer_id=customer, identifiers=identifiers),
+    )
+
+
+def a_return(order_id: str, refund: int, channel: str = "store") -> OrderReturned:
+    return OrderReturned(
+        occurred_at=T0 + timedelta(days=3),
+        producer="test",
+        customer_key="k",
+        payload=OrderReturnedPayload(
+            return_id=f"RET-{order_id}",
+            original_order_id=order_id,
+            channel=channel,  # type: ignore[arg-type]
+            lines=(ReturnedLine(line_no=1, sku="TS-1", category="tops", quantity=1, amount=refund),),
+            refund_total=refund,
+        ),
+    )
+
+
+def test_a_store_card_purchase_and_an_online_email_order_count_for_one_member(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    app.enrol("M0001", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0001")
+    email = ident(app, IdentifierKind.EMAIL, "hanako@example.jp")
+
+    [credit] = attribution.apply(store_order("S001-1", 20_000, card))
+    assert credit.kind == "credited"
+    [waiting] = attribution.apply(online_order("W-1", 15_000, email))
+    assert waiting.kind == "pending"  # identity has not linked the e-mail yet
+    assert attribution.pending_orders() == 1
+
+    customer = uuid.uuid4()
+    [late] = attribution.apply(profile(customer, card, email))  # the resolver linked them
+    assert (late.kind, late.order_key) == ("credited", "online:W-1")
+    member = app.member(card.hash)
+    assert member.window(T0 + timedelta(days=2), app.programme) == (35_000, 2)
+    assert member.rank == "silver"
+    assert member.points == 200 + 150  # both earned at the regular rate; silver applies from now on
+    assert attribution.pending_orders() == 0
+
+    # A resent order changes nothing; a return reverses its share.
+    [again] = attribution.apply(store_order("S001-1", 20_000, card))
+    assert app.member(card.hash).points == 350 and again.kind == "credited"
+    [reversed_] = attribution.apply(a_return("S001-1", 20_000))
+    assert reversed_.kind == "reversed"
+    member = app.member(card.hash)
+    assert member.points == 150
+    assert member.window(T0 + timedelta(days=4), app.programme) == (15_000, 1)
+    assert member.rank == "regular"
+
+
+def test_anonymous_sales_and_non_members_are_not_credited(app: MembershipApplication, tmp_path: Path) -> None:
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    assert attribution.apply(store_order("S001-9", 5_000))[0].kind == "ignored"
+    stranger = ident(app, IdentifierKind.EMAIL, "nobody@example.jp")
+    assert attribution.apply(online_order("W-9", 5_000, stranger))[0].kind == "pending"
+    assert attribution.drop_stale(T0 + timedelta(days=32)) == 1
+
+
+def test_enrolling_twice_is_refused(app: MembershipApplication) -> None:
+    app.enrol("M0002", "online", T0)
+    with pytest.raises(MemberExists):
+        app.enrol("m-0002", "store", T0)  # the same number written another way
