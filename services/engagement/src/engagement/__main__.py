@@ -38,6 +38,29 @@ def api(host: str | None = None, port: int | None = None) -> None:
 
 
 @cli.command()
+def worker() -> None:
+    """Run the membership worker: credit purchases and returns from every channel."""
+    import asyncio
+    import signal
+
+    from engagement.worker import run_worker
+
+    settings = _settings("worker")
+
+    async def main() -> None:
+        from crm_platform.kafka import ensure_topics
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        await run_worker(settings, stop)
+
+    asyncio.run(main())
+
+
+@cli.command()
 def version() -> None:
     """Print the service version."""
     typer.echo("engagement 0.1.0")

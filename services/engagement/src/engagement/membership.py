@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -247,8 +247,7 @@ class Attribution:
         if member_hash is None:
             kind = "pending" if idents else "ignored"
             return Credit("", order_key, amount, kind)
-        member = self.app.member(member_hash)
-        self.app.credit(member, order_key, at, channel, amount)
+        self._retrying(lambda: self.app.credit(self.app.member(member_hash), order_key, at, channel, amount))
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO credited VALUES (?, ?)", (order_key, member_hash))
         return Credit(member_hash, order_key, amount, "credited")
@@ -269,9 +268,22 @@ class Attribution:
                     (payload.refund_total, order_key),
                 )
                 return Credit("", order_key, payload.refund_total, "ignored")
-        member = self.app.member(row[0])
-        self.app.reverse(member, order_key, return_key, event.occurred_at, payload.refund_total)
-        return Credit(row[0], order_key, payload.refund_total, "reversed")
+        member_hash, at, refunded = row[0], event.occurred_at, payload.refund_total
+        self._retrying(
+            lambda: self.app.reverse(self.app.member(member_hash), order_key, return_key, at, refunded)
+        )
+        return Credit(member_hash, order_key, refunded, "reversed")
+
+    @staticmethod
+    def _retrying(change: Callable[[], object], attempts: int = 5) -> None:
+        """Redo a change that lost a race with another writer (the API redeeming points)."""
+        for attempt in range(attempts):
+            try:
+                change()
+                return
+            except ConcurrentUpdate:
+                if attempt == attempts - 1:
+                    raise
 
     def drop_stale(self, now: datetime) -> int:
         """Forget waiting orders older than ``pending_days`` (never members)."""

@@ -11,20 +11,26 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from crm_platform.crypto import BlindIndexer
 from crm_platform.http import ApiError, Principal, create_app, require_scope
+from crm_platform.identifiers import InvalidIdentifier
 from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
 from engagement.adapters.ledger import SQLiteOrderLedger
+from engagement.bootstrap import build_membership
+from engagement.domain.membership import Member, MembershipError, NotEnoughPoints
 from engagement.ingest.pipeline import Ingestor, Source
 from engagement.ingest.schemas import MAX_BATCH_EVENTS, BatchResult, EventResult, Incoming
+from engagement.membership import ConcurrentUpdate, MemberExists, MemberNotFound, MembershipApplication
 
 log = logging.getLogger(__name__)
 ingest = APIRouter(prefix="/v1", tags=["ingestion"])
@@ -119,6 +125,111 @@ async def ingest_batch(
     )
 
 
+members = APIRouter(prefix="/v1/members", tags=["membership"])
+Reader = Annotated[Principal, Depends(require_scope("engagement:read"))]
+Writer = Annotated[Principal, Depends(require_scope("engagement:write"))]
+
+
+class Enrolment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    member_no: str = Field(min_length=1, max_length=64)
+    channel: Literal["store", "online", "app", "form", "import"]
+    enrolled_at: AwareDatetime | None = None
+    birthday_month: int | None = Field(default=None, ge=1, le=12)
+
+
+class Redemption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    redemption_id: str = Field(min_length=1, max_length=128, description="makes a retry harmless")
+    points: int = Field(gt=0, le=10_000_000)
+    reason: str = Field(default="checkout", min_length=1, max_length=64)
+
+
+class MemberView(BaseModel):
+    member_key: str = Field(description="blind index of the member number")
+    channel: str
+    enrolled_at: datetime
+    rank: str
+    points: int
+    usable_points: int
+    spend_12m: int
+    visits_12m: int
+    benefits: dict[str, Any]
+    next_rank: dict[str, Any] | None
+
+
+def _membership(request: Request) -> MembershipApplication:
+    app: MembershipApplication = request.app.state.membership
+    return app
+
+
+MembershipDep = Annotated[MembershipApplication, Depends(_membership)]
+
+
+def _view(app: MembershipApplication, member: Member, now: datetime) -> MemberView:
+    spend, visits = member.window(now, app.programme)
+    ranks = [r.name for r in app.programme.ranks]
+    position = ranks.index(member.rank)
+    upcoming = app.programme.ranks[position + 1] if position + 1 < len(ranks) else None
+    return MemberView(
+        member_key=member.member_no_hash,
+        channel=member.channel,
+        enrolled_at=member.enrolled_at,
+        rank=member.rank,
+        points=member.points,
+        usable_points=member.usable_points(now),
+        spend_12m=spend,
+        visits_12m=visits,
+        benefits=member.benefits(now, app.programme),
+        next_rank=None
+        if upcoming is None
+        else {
+            "rank": upcoming.name,
+            "spend_needed": max(0, upcoming.min_spend - spend),
+            "visits_needed": max(0, upcoming.min_visits - visits) if upcoming.min_visits else None,
+        },
+    )
+
+
+def _member_hash(app: MembershipApplication, member_no: str) -> str:
+    try:
+        return app.member_hash(member_no)
+    except InvalidIdentifier as exc:
+        raise RequestValidationError(
+            [{"loc": ("path", "member_no"), "msg": exc.reason, "type": "value_error"}]
+        ) from None
+
+
+@members.post("", status_code=201, response_model=MemberView, summary="Enrol a member (store, online, form)")
+async def enrol(body: Enrolment, app: MembershipDep, _: Writer) -> MemberView:
+    now = datetime.now(UTC)
+    try:
+        app.member_hash(body.member_no)
+    except InvalidIdentifier as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "member_no"), "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    member = await asyncio.to_thread(
+        app.enrol, body.member_no, body.channel, body.enrolled_at or now, body.birthday_month
+    )
+    return _view(app, member, now)
+
+
+@members.get("/{member_no}", response_model=MemberView, summary="Rank, points and benefits of a member")
+async def get_member(member_no: str, app: MembershipDep, _: Reader) -> MemberView:
+    member = await asyncio.to_thread(app.member, _member_hash(app, member_no))
+    return _view(app, member, datetime.now(UTC))
+
+
+@members.post("/{member_no}/redemptions", response_model=MemberView, summary="Spend points (idempotent)")
+async def redeem(member_no: str, body: Redemption, app: MembershipDep, _: Writer) -> MemberView:
+    now = datetime.now(UTC)
+    member = await asyncio.to_thread(
+        app.redeem, _member_hash(app, member_no), body.redemption_id, now, body.points, body.reason
+    )
+    return _view(app, member, now)
+
+
 def create(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings(service_name="engagement")
 
@@ -141,9 +252,11 @@ def create(settings: Settings | None = None) -> FastAPI:
         app.state.producer = producer
         app.state.ledger = ledger
         app.state.ingestor = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
+        app.state.membership = build_membership(settings)
         try:
             yield
         finally:
+            app.state.membership.close()
             await producer.stop()
             await app.state.kafka.close()
             ledger.close()
@@ -162,8 +275,16 @@ def create(settings: Settings | None = None) -> FastAPI:
         description="Commerce ingestion (POS, online orders, returns, interactions) and membership.",
         readiness_checks={"kafka": kafka_ready, "order_ledger": ledger_ready},
         lifespan=lifespan,
+        error_map={
+            MemberNotFound: 404,
+            MemberExists: 409,
+            NotEnoughPoints: 409,
+            ConcurrentUpdate: 409,
+            MembershipError: 422,
+        },
     )
     app.include_router(ingest)
+    app.include_router(members)
     _document_incoming(app)
     return app
 

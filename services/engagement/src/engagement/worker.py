@@ -1,0 +1,72 @@
+"""The membership worker: credits orders and returns to members as they arrive.
+
+Consumes ``crm.commerce.order`` (purchases and returns from every channel) and
+``crm.identity.profile`` (who is who, from identity) with one consumer group;
+at-least-once with de-duplication by event id, offsets committed after the handler.
+Crediting is idempotent per order and per return, so a redelivered event changes
+nothing. A daily sweep forgets orders that never led to a member.
+
+One worker per deployment for now: the profile map must see every partition of the
+profile topic, which a consumer group splits between workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from aiokafka import ConsumerRecord
+
+from crm_contracts.envelope import Event
+from crm_contracts.topics import COMMERCE_ORDER, IDENTITY_PROFILE
+from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
+from crm_platform.settings import Settings
+from engagement.bootstrap import SERVICE, build_attribution, build_membership
+from engagement.membership import Attribution
+
+log = logging.getLogger(__name__)
+GROUP = "engagement-membership"
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str = GROUP) -> None:
+    app = build_membership(settings)
+    attribution = build_attribution(settings, app)
+    dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
+
+    async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
+        credits = await asyncio.to_thread(attribution.apply, event)
+        for credit in credits:
+            if credit.kind in ("credited", "reversed"):
+                log.info("%s %s for member %s…", credit.kind, credit.order_key, credit.member_no_hash[:8])
+
+    prefix = settings.kafka_topic_prefix
+    async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:
+        consumer = EventConsumer(
+            settings.kafka_bootstrap,
+            group_id=group_id,
+            topics=[prefix + COMMERCE_ORDER.name, prefix + IDENTITY_PROFILE.name],
+            handler=handle,
+            dedupe=dedupe,
+            dead_letter=dlq,
+        )
+        await consumer.start()
+        try:
+            sweep = asyncio.create_task(_sweep(attribution, stop))
+            await consumer.run(stop)
+            sweep.cancel()
+        finally:
+            await consumer.stop()
+            attribution.close()
+            app.close()
+
+
+async def _sweep(attribution: Attribution, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        dropped = await asyncio.to_thread(attribution.drop_stale, datetime.now(UTC))
+        if dropped:
+            log.info("forgot %d orders that never led to a member", dropped)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=24 * 3600)
+        except TimeoutError:
+            continue

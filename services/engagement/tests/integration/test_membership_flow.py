@@ -1,0 +1,158 @@
+"""Ingestion → Kafka → membership worker → member, with identity's profile topic in between."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crm_contracts.envelope import IdentifierKind
+from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayload
+from crm_platform.crypto import BlindIndexer
+from crm_platform.identifiers import blind_identifier
+from crm_platform.kafka import EventProducer, ensure_topics
+from crm_platform.settings import Settings
+from engagement.entrypoints.api import create
+from engagement.worker import run_worker
+
+pytestmark = pytest.mark.integration
+POS = {"X-API-Key": "pos"}
+SHOP = {"X-API-Key": "shop"}
+STAFF = {"X-API-Key": "staff"}
+
+
+def order(kind: str, order_id: str, total: int, identifiers: dict[str, str]) -> dict:
+    payload: dict = {
+        "order_id": order_id,
+        "lines": [{"line_no": 1, "sku": "SKU-1", "category": "tops", "quantity": 1, "unit_price": total}],
+        "total": total,
+    }
+    if kind == "store_order":
+        payload["store_id"] = "S001"
+    return {
+        "type": kind,
+        "occurred_at": "2026-11-20T10:00:00+09:00",
+        "identifiers": identifiers,
+        "payload": payload,
+    }
+
+
+def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not met in time")
+
+
+def test_store_and_online_purchases_of_one_person_count_for_one_member(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        api_keys={
+            "pos": ["engagement:ingest", "source:pos"],
+            "shop": ["engagement:ingest", "source:webshop"],
+            "staff": ["engagement:read", "engagement:write"],
+        },
+    )
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    worker = threading.Thread(target=loop.run_until_complete, args=(run_worker(settings, stop),), daemon=True)
+    worker.start()
+    try:
+        with TestClient(create(settings)) as client:
+            enrolled = client.post(
+                "/v1/members", json={"member_no": "M0001", "channel": "store"}, headers=STAFF
+            )
+            assert enrolled.status_code == 201, enrolled.text
+            assert (
+                client.post(
+                    "/v1/members", json={"member_no": "m0001", "channel": "online"}, headers=STAFF
+                ).status_code
+                == 409
+            )
+            store = [order("store_order", "S001-R1-1", 20_000, {"member_no": "M0001"})]
+            assert client.post("/v1/batch", json={"events": store}, headers=POS).status_code == 202
+            online = order("online_order", "W-77", 15_000, {"email": "Hanako@Example.jp"})
+            assert client.post("/v1/events", json=online, headers=SHOP).status_code == 202
+
+            def member() -> dict:
+                response = client.get("/v1/members/M0001", headers=STAFF)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            wait_for(lambda: member()["spend_12m"] == 20_000)
+            # identity links the e-mail to the card's customer: the waiting online order counts
+            indexer = BlindIndexer(settings.blind_index_key_bytes)
+            card = blind_identifier(indexer, IdentifierKind.MEMBER_NO, "M0001")
+            email = blind_identifier(indexer, IdentifierKind.EMAIL, "hanako@example.jp")
+            customer = uuid.uuid4()
+            snapshot = ProfileSnapshot(
+                occurred_at="2026-11-20T02:00:00Z",
+                producer="identity.resolver",
+                customer_key=str(customer),
+                identifiers=(card, email),
+                payload=ProfileSnapshotPayload(customer_id=customer, identifiers=(card, email)),
+            )
+
+            async def publish() -> None:
+                async with EventProducer(
+                    kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
+                ) as p:
+                    await p.publish(snapshot)
+
+            asyncio.run(publish())
+            wait_for(lambda: member()["spend_12m"] == 35_000)
+            view = member()
+            assert view["rank"] == "silver"
+            assert view["points"] == 350
+            assert view["next_rank"] == {"rank": "gold", "spend_needed": 65_000, "visits_needed": 11}
+
+            # a duplicate batch changes nothing; a return reverses points and spend
+            assert (
+                client.post("/v1/batch", json={"events": store}, headers=POS).json()["results"][0]["status"]
+                == "duplicate"
+            )
+            ret = {
+                "type": "return",
+                "occurred_at": "2026-11-21T10:00:00+09:00",
+                "payload": {
+                    "return_id": "RET-1",
+                    "original_order_id": "S001-R1-1",
+                    "channel": "store",
+                    "lines": [
+                        {"line_no": 1, "sku": "SKU-1", "category": "tops", "quantity": 1, "amount": 20_000}
+                    ],
+                    "refund_total": 20_000,
+                },
+            }
+            assert client.post("/v1/events", json=ret, headers=POS).status_code == 202
+            wait_for(lambda: member()["spend_12m"] == 15_000)
+            view = member()
+            assert (view["points"], view["rank"]) == (150, "regular")
+
+            spent = client.post(
+                "/v1/members/M0001/redemptions", json={"redemption_id": "r1", "points": 100}, headers=STAFF
+            )
+            assert spent.status_code == 200 and spent.json()["points"] == 50
+            too_much = client.post(
+                "/v1/members/M0001/redemptions", json={"redemption_id": "r2", "points": 100}, headers=STAFF
+            )
+            assert too_much.status_code == 409
+            assert client.get("/v1/members/M9999", headers=STAFF).status_code == 404
+            assert (
+                client.get("/v1/members/M0001", headers=POS).status_code == 403
+            )  # ingestion keys are write-only
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        worker.join(30)
