@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from crm_contracts.envelope import Event
-from crm_contracts.events import commerce, identity, support
+from crm_contracts.events import commerce, identity, membership, support
 
 EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.CustomerRegistered,
@@ -29,6 +29,9 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     commerce.OnlineOrderCompleted,
     commerce.OrderReturned,
     commerce.InteractionRecorded,
+    membership.MemberEnrolled,
+    membership.MemberRankChanged,
+    membership.PointsChanged,
     support.TicketOpened,
     support.TicketResolved,
 )

@@ -61,6 +61,37 @@ def worker() -> None:
 
 
 @cli.command()
+def relay() -> None:
+    """Publish the membership store's new events to Kafka (exactly one per store)."""
+    import asyncio
+    import signal
+
+    from crm_platform.kafka import EventProducer, ensure_topics
+    from engagement.bootstrap import build_membership, build_relay
+
+    settings = _settings("relay")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        app = build_membership(settings)
+        try:
+            async with EventProducer(
+                settings.kafka_bootstrap,
+                client_id="engagement-relay",
+                topic_prefix=settings.kafka_topic_prefix,
+            ) as producer:
+                await build_relay(settings, app, producer).run(stop)
+        finally:
+            app.close()
+
+    asyncio.run(main())
+
+
+@cli.command()
 def version() -> None:
     """Print the service version."""
     typer.echo("engagement 0.1.0")

@@ -156,3 +156,43 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
     finally:
         loop.call_soon_threadsafe(stop.set)
         worker.join(30)
+    _check_membership_topic(settings)
+
+
+def _check_membership_topic(settings: Settings) -> None:
+    """The relay publishes the programme's events for analytics and identity."""
+    from crm_contracts.registry import decode
+    from crm_contracts.topics import ENGAGEMENT_MEMBERSHIP
+    from crm_platform.testing import read_topic
+    from engagement.bootstrap import build_membership, build_relay
+
+    app = build_membership(settings)
+
+    async def relay() -> None:
+        async with EventProducer(
+            settings.kafka_bootstrap, client_id="relay", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
+            await build_relay(settings, app, producer).relay_available()
+
+    try:
+        asyncio.run(relay())
+    finally:
+        app.close()
+    topic = settings.kafka_topic_prefix + ENGAGEMENT_MEMBERSHIP.name
+    events = [
+        decode(r.value) for r in asyncio.run(read_topic(settings.kafka_bootstrap, topic, 7, timeout=20))
+    ]
+    card = events[0].identifiers[0]
+    assert all(e.identifiers == (card,) and e.customer_key == card.hash for e in events)
+    summary = [
+        (
+            e.event_type,
+            getattr(e.payload, "reason", None) if e.event_type == "member.points_changed" else None,
+        )
+        for e in events
+    ]
+    assert summary[0] == ("member.enrolled", None)
+    points = [e.payload.points for e in events if e.event_type == "member.points_changed"]  # type: ignore[attr-defined]
+    assert points == [200, 150, -200, -100]
+    ranks = [e.payload.rank for e in events if e.event_type == "member.rank_changed"]  # type: ignore[attr-defined]
+    assert ranks == ["silver", "regular"]
