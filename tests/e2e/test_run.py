@@ -41,9 +41,10 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
             assert proc.poll() is None, b"".join(lines).decode()
             assert time.monotonic() < deadline, "crm run never reported the platform up"
             time.sleep(0.2)
-        status, body = _get("http://127.0.0.1:8001/readyz")
-        assert status == 200
-        assert b'"kafka":"ok"' in body
+        for port in (8001, 8002):
+            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            assert status == 200
+            assert b'"kafka":"ok"' in body
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
@@ -51,5 +52,6 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
     text = b"".join(lines).decode()
     assert proc.returncode == 0, f"exit {proc.returncode}: {text[-3000:]}"
     assert "stopped" in text
-    with pytest.raises(OSError):
-        _get("http://127.0.0.1:8001/healthz")
+    for port in (8001, 8002):
+        with pytest.raises(OSError):
+            _get(f"http://127.0.0.1:{port}/healthz")

@@ -44,6 +44,11 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("identity-relay", (py, "-m", "identity", "relay")),
         ProcessSpec("identity-resolver", (py, "-m", "identity", "resolver")),
+        ProcessSpec(
+            "engagement-api", (py, "-m", "engagement", "api"), health_url="http://127.0.0.1:8002/healthz"
+        ),
+        ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
+        ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),
     ]
 
 

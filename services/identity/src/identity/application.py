@@ -895,14 +895,33 @@ class IdentityApplication(Application[uuid.UUID]):
             version = event.originator_version
         return version
 
+    def _read_customer(self, customer_id: uuid.UUID, as_of: datetime | None = None) -> Customer | None:
+        """The customer now or, with ``as_of``, as it was then (None: it did not exist).
+
+        Read-only: one query, and each stored event is decoded (its personal data opened)
+        once: ``version_at`` then ``_customer(…, version)`` would read and open them twice.
+        Always from the store, never from a cache: another process may have written since.
+        """
+        if as_of is None:
+            if self._uow is not None and customer_id in self._uow:
+                return cast(Customer, self._uow[customer_id])
+            try:
+                return cast(Customer, self.repository.get(customer_id, projector_func=_replay))
+            except AggregateNotFoundError:
+                return None
+        customer: Any = None
+        for stored in self.recorder.select_events(customer_id):
+            event: Any = self.mapper.to_domain_event(stored)
+            if event.timestamp > as_of:
+                break
+            customer = event.mutate(customer)
+        return cast(Customer | None, customer)
+
     def get_customer(self, customer_id: uuid.UUID, as_of: datetime | None = None) -> dict[str, Any]:
         """The unified profile: the customer with what its merged records contribute."""
-        version = None
-        if as_of is not None:
-            version = self.version_at(customer_id, as_of)
-            if version is None:
-                raise CustomerNotFound(customer_id)
-        customer = self._customer(customer_id, version)
+        customer = self._read_customer(customer_id, as_of)
+        if customer is None:
+            raise CustomerNotFound(customer_id)
         absorbed = self._absorbed_as_of(customer, as_of)
         personal = dict(customer.personal)
         attributes = dict(customer.attributes)
@@ -940,8 +959,10 @@ class IdentityApplication(Application[uuid.UUID]):
         out = []
         for merged_hex in customer.absorbed.values():
             merged_id = uuid.UUID(merged_hex)
-            version = self.version_at(merged_id, as_of) if as_of else None
-            merged = self._customer(merged_id, version)
+            # Not there yet at ``as_of`` (clock skew between writers): as it is now.
+            merged = self._read_customer(merged_id, as_of) or self._read_customer(merged_id)
+            if merged is None:
+                raise CustomerNotFound(merged_id)
             out += [merged, *self._absorbed_as_of(merged, as_of)]
         return out
 
@@ -1031,6 +1052,15 @@ class IdentityApplication(Application[uuid.UUID]):
             self.recorder.insert_events([], index_rows=[self._index_row(customer)])
             count += 1
         return count
+
+
+def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """``eventsourcing``'s ``project_aggregate`` without its per-event
+    ``isinstance(event, CanMutateProtocol)`` assertion: a runtime Protocol check walks
+    the protocol's members each time, a sixth of the cost of reading a profile."""
+    for domain_event in events:
+        aggregate = domain_event.mutate(aggregate)
+    return aggregate
 
 
 def _topic(cls: type[Any]) -> str:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import orjson
 
@@ -47,7 +48,17 @@ class LedgerReturn:
     lines: Mapping[int, int]
 
 
+class OrderLedger(Protocol):
+    def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]: ...
+    def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
+    def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class SQLiteOrderLedger:
+    """The ledger in a local SQLite file (local mode: one API process)."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
@@ -164,3 +175,109 @@ def _dump(lines: Mapping[int, object]) -> bytes:
 
 def _lines(raw: dict[str, list[object]]) -> dict[int, tuple[str, int, int]]:
     return {int(k): (str(v[0]), int(str(v[1])), int(str(v[2]))) for k, v in raw.items()}
+
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingested_orders (
+    grp TEXT NOT NULL, order_id TEXT NOT NULL, event_id TEXT NOT NULL,
+    customer_key TEXT NOT NULL, lines BYTEA NOT NULL,
+    PRIMARY KEY (grp, order_id));
+CREATE TABLE IF NOT EXISTS ingested_returns (
+    grp TEXT NOT NULL, order_id TEXT NOT NULL, return_id TEXT NOT NULL,
+    event_id TEXT NOT NULL, lines BYTEA NOT NULL,
+    PRIMARY KEY (grp, return_id));
+CREATE INDEX IF NOT EXISTS ingested_returns_order ON ingested_returns (grp, order_id);
+"""
+
+
+_PG5 = "%s, %s, %s, %s, %s"
+
+
+class PostgresOrderLedger:
+    """The ledger in the engagement database (production: any number of API replicas)."""
+
+    def __init__(self, conninfo: str, pool_size: int = 5) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._pool: Any = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True, timeout=5)
+        with self._pool.connection() as conn:
+            conn.execute(_PG_SCHEMA)
+
+    def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]:
+        wanted = list(set(keys))
+        found: dict[tuple[str, str], LedgerOrder] = {}
+        if not wanted:
+            return found
+        groups, ids = [k[0] for k in wanted], [k[1] for k in wanted]
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT o.grp, o.order_id, o.event_id, o.customer_key, o.lines FROM ingested_orders o "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(grp, order_id) USING (grp, order_id)",
+                (groups, ids),
+            ).fetchall()
+            for grp, order_id, event_id, customer_key, lines in rows:
+                found[(grp, order_id)] = LedgerOrder(
+                    grp, order_id, event_id, customer_key, _lines(orjson.loads(bytes(lines)))
+                )
+            returned = conn.execute(
+                "SELECT r.grp, r.order_id, r.lines FROM ingested_returns r "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(grp, order_id) USING (grp, order_id)",
+                (groups, ids),
+            ).fetchall()
+        for grp, order_id, lines in returned:
+            order = found.get((grp, order_id))
+            if order is not None:
+                for line_no, quantity in orjson.loads(bytes(lines)).items():
+                    order.returned[int(line_no)] = order.returned.get(int(line_no), 0) + quantity
+        return found
+
+    def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT r.grp, r.return_id, r.event_id FROM ingested_returns r "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(grp, return_id) USING (grp, return_id)",
+                ([k[0] for k in wanted], [k[1] for k in wanted]),
+            ).fetchall()
+        return {(grp, return_id): event_id for grp, return_id, event_id in rows}
+
+    def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None:
+        order_rows = [(o.group, o.order_id, o.event_id, o.customer_key, _dump(o.lines)) for o in orders]
+        return_rows = [(r.group, r.order_id, r.return_id, r.event_id, _dump(r.lines)) for r in returns]
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if order_rows:
+                cur.executemany(
+                    "INSERT INTO ingested_orders VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    order_rows,
+                )
+            if return_rows:
+                cur.executemany(
+                    "INSERT INTO ingested_returns VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    return_rows,
+                )
+
+    def ping(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def open_ledger(settings: Any) -> OrderLedger:
+    """SQLite under ``var/engagement`` in local mode, the engagement database otherwise."""
+    if settings.event_store == "sqlite":
+        return SQLiteOrderLedger(settings.service_dir("engagement") / "ledger.sqlite")
+    from psycopg.conninfo import make_conninfo
+
+    conninfo = make_conninfo(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        password=settings.postgres_password.get_secret_value(),
+        dbname=settings.postgres_db or "engagement",
+        connect_timeout=5,
+    )
+    return PostgresOrderLedger(conninfo, settings.postgres_pool_size)

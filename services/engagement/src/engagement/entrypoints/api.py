@@ -25,7 +25,7 @@ from crm_platform.http import ApiError, Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier
 from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
-from engagement.adapters.ledger import SQLiteOrderLedger
+from engagement.adapters.ledger import open_ledger
 from engagement.bootstrap import build_membership
 from engagement.domain.membership import Member, MembershipError, NotEnoughPoints
 from engagement.ingest.pipeline import Ingestor, Source
@@ -235,7 +235,7 @@ def create(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ledger = SQLiteOrderLedger(settings.service_dir("engagement") / "ledger.sqlite")
+        ledger = open_ledger(settings)
         producer = EventProducer(
             settings.kafka_bootstrap,
             client_id="engagement-api",

@@ -30,7 +30,7 @@ from crm_contracts.events.commerce import (
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import InvalidIdentifier, blind_identifier
 from crm_platform.kafka import EventProducer
-from engagement.adapters.ledger import LedgerOrder, LedgerReturn, SQLiteOrderLedger, order_group
+from engagement.adapters.ledger import LedgerOrder, LedgerReturn, OrderLedger, order_group
 from engagement.ingest.schemas import (
     MAX_EVENT_BYTES,
     EventResult,
@@ -90,7 +90,7 @@ class Ingestor:
         self,
         indexer: BlindIndexer,
         producer: EventProducer,
-        ledger: SQLiteOrderLedger,
+        ledger: OrderLedger,
         *,
         ack_timeout: float = 5.0,
     ) -> None:
