@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -89,6 +91,78 @@ def relay() -> None:
             app.close()
 
     asyncio.run(main())
+
+
+@cli.command("import")
+def import_(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV export, one row per order line")
+    ],
+    source: Annotated[str, typer.Option(help="source name recorded with the events")] = "import",
+    restart: Annotated[bool, typer.Option(help="ignore a saved position and start from the top")] = False,
+) -> None:
+    """Import historical transactions from CSV (resumable; rejected rows to <file>.rejected.csv)."""
+    import asyncio
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from crm_platform.crypto import BlindIndexer
+    from crm_platform.kafka import EventProducer, ensure_topics
+    from engagement.adapters.ledger import open_ledger
+    from engagement.importer import import_csv
+    from engagement.ingest.pipeline import Ingestor, Source
+
+    settings = _settings("import")
+    console = Console(stderr=True)
+    size = path.stat().st_size
+
+    async def main() -> None:
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        ledger = open_ledger(settings)
+        try:
+            async with EventProducer(
+                settings.kafka_bootstrap,
+                client_id="engagement-import",
+                topic_prefix=settings.kafka_topic_prefix,
+            ) as producer:
+                ingestor = Ingestor(
+                    BlindIndexer(settings.blind_index_key_bytes), producer, ledger, ack_timeout=30
+                )
+                with Progress(
+                    TextColumn("[bold]importing"),
+                    BarColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=console,
+                ) as bar:
+                    task = bar.add_task("csv", total=size)
+                    started = time.perf_counter()
+                    report = await import_csv(
+                        path,
+                        ingestor,
+                        Source(name=source),
+                        restart=restart,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    )
+                    seconds = time.perf_counter() - started
+        finally:
+            ledger.close()
+        console.print(
+            f"{report.rows:,} rows, {report.orders:,} orders in {seconds:.1f} s "
+            f"({report.rows / max(seconds, 1e-9):,.0f} rows/s): {report.accepted:,} accepted, "
+            f"{report.duplicates:,} already imported, {report.rejected_orders:,} rejected "
+            f"({report.rejected_rows:,} rows"
+            + (f", see {path.name}.rejected.csv)" if report.rejected_rows else ")")
+            + (f"; resumed at byte {report.resumed_at:,}" if report.resumed_at else "")
+        )
+
+    try:
+        asyncio.run(main())
+    except ConnectionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(75) from None
 
 
 @cli.command()
