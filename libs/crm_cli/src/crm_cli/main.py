@@ -133,6 +133,23 @@ def postgres_stop() -> None:
     console.print("PostgreSQL stopped")
 
 
+@app.command(
+    "import",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def import_csv(ctx: typer.Context) -> None:
+    """Import historical transactions from CSV: ``crm import FILE [--source NAME] [--restart]``.
+
+    Runs the engagement service's importer (``python -m engagement import``), which
+    validates every order like the ingestion API, shows progress, resumes where an
+    interrupted run stopped and writes rejected rows to ``FILE.rejected.csv``."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "engagement", "import", *ctx.args], check=False)
+    raise typer.Exit(result.returncode)
+
+
 @app.command("run")
 def run(
     stop_kafka: bool = typer.Option(True, help="Stop the broker on exit if this command started it."),

@@ -155,7 +155,8 @@ def import_(
             f"{report.duplicates:,} already imported, {report.rejected_orders:,} rejected "
             f"({report.rejected_rows:,} rows"
             + (f", see {path.name}.rejected.csv)" if report.rejected_rows else ")")
-            + (f"; resumed at byte {report.resumed_at:,}" if report.resumed_at else "")
+            + (f"; resumed at byte {report.resumed_at:,}" if report.resumed_at else ""),
+            soft_wrap=True,
         )
 
     try:
