@@ -20,12 +20,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -36,6 +38,13 @@ from crm_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+
+
+@lru_cache(maxsize=1_000_000)
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's and aiokafka's) gives ``key``."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 class PublishError(Exception):
@@ -125,6 +134,49 @@ class EventProducer:
             headers=event_headers(event, headers),
         )
         return future
+
+    async def enqueue_many(self, events: Sequence[Event]) -> list[asyncio.Future[Any]]:
+        """Append many events as whole record batches, one per partition (far cheaper
+        than one ``send`` per record); each event's future resolves on its batch's ack.
+        Partitions are Kafka's default partitioner's, so ordering per key is kept."""
+        if not self._started:
+            await self.start()
+        producer = self._producer
+        groups: dict[tuple[str, int], list[Event]] = {}
+        counts: dict[str, int] = {}
+        for event in events:
+            topic = self.topic_prefix + event.TOPIC
+            if topic not in counts:
+                await producer.client._wait_on_metadata(topic)
+                counts[topic] = len(producer.client.cluster.partitions_for_topic(topic) or ()) or 1
+            partition = kafka_partition(event.customer_key.encode(), counts[topic])
+            groups.setdefault((topic, partition), []).append(event)
+        futures: dict[int, asyncio.Future[Any]] = {}
+
+        async def send(batch: Any, members: list[Event], topic: str, partition: int) -> None:
+            future = await producer.send_batch(batch, topic, partition=partition)
+            for member in members:
+                futures[id(member)] = future
+
+        for (topic, partition), group in groups.items():
+            batch = producer.create_batch()
+            members: list[Event] = []
+            for event in group:
+                record = {
+                    "key": event.customer_key.encode(),
+                    "value": encode(event),
+                    "timestamp": None,
+                    "headers": event_headers(event),
+                }
+                if batch.append(**record) is None:  # full: send it, start the next one
+                    await send(batch, members, topic, partition)
+                    batch, members = producer.create_batch(), []
+                    if batch.append(**record) is None:
+                        raise PublishError(f"event {event.event_id} does not fit in a record batch")
+                members.append(event)
+            if members:
+                await send(batch, members, topic, partition)
+        return [futures[id(event)] for event in events]
 
     async def publish_many(self, events: Sequence[Event], *, timeout: float | None = None) -> None:
         """Publish and wait for every ack (raises :class:`PublishError` otherwise)."""

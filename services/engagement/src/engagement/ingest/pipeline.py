@@ -274,10 +274,9 @@ class Ingestor:
         futures: list[asyncio.Future[Any] | None] = [None] * len(items)
         try:
             async with asyncio.timeout(self.ack_timeout):
-                for n, item in enumerate(items):
-                    assert item.event is not None
-                    futures[n] = await self.producer.enqueue(item.event)
-                await asyncio.gather(*(f for f in futures if f is not None))
+                events = [item.event for item in items if item.event is not None]
+                futures = list(await self.producer.enqueue_many(events))
+                await asyncio.gather(*{f for f in futures if f is not None})
         except Exception as exc:  # broker unreachable, timeout, or refused
             log.warning("broker did not acknowledge %d events: %r", len(items), exc)
         acked = []

@@ -16,19 +16,14 @@ ordinary keyed topic (the unified profile topic is the profile table's changelog
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.stores.rocksdb import Store as RocksDBStore
 
+from crm_platform.kafka import kafka_partition
 
-@lru_cache(maxsize=1_000_000)
-def key_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (and aiokafka's) gives ``key``."""
-    hashed: int = murmur2(key)
-    return (hashed & 0x7FFFFFFF) % partitions
+key_partition = kafka_partition  # Kafka's default partitioner, cached
 
 
 class KeyPartitionedStore(RocksDBStore):
