@@ -44,6 +44,8 @@ from engagement.ingest.schemas import (
 log = logging.getLogger(__name__)
 
 PRODUCER = "engagement.api"
+#: From this many events, a request's events go out as record batches of their own.
+BATCH_THRESHOLD = 50
 #: Which identifier names the customer key (the Kafka partition key) when several are seen.
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
 
@@ -275,7 +277,10 @@ class Ingestor:
         try:
             async with asyncio.timeout(self.ack_timeout):
                 events = [item.event for item in items if item.event is not None]
-                futures = list(await self.producer.enqueue_many(events))
+                if len(events) >= BATCH_THRESHOLD:
+                    futures = list(await self.producer.enqueue_many(events))
+                else:  # a few events join the producer's shared batches (many requests, one batch)
+                    futures = [await self.producer.enqueue(event) for event in events]
                 await asyncio.gather(*{f for f in futures if f is not None})
         except Exception as exc:  # broker unreachable, timeout, or refused
             log.warning("broker did not acknowledge %d events: %r", len(items), exc)
