@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from crm_platform.logs import setup_logging
+from crm_platform.settings import Settings
+from crm_platform.telemetry import setup_tracing
 
 
 def quiet_gc() -> None:
@@ -13,3 +21,25 @@ def quiet_gc() -> None:
     every long-lived object (tail latency for the APIs, throughput for the streams)."""
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def process_settings(service: str, role: str) -> Settings:
+    """Settings, logging and tracing for one process role (``CRM_SERVICE_NAME``, set by
+    compose and the chart, wins over ``<service>-<role>``)."""
+    settings = Settings(service_name=os.environ.get("CRM_SERVICE_NAME", f"{service}-{role}"))
+    setup_logging(settings.log_level)
+    setup_tracing(settings.service_name, otlp_endpoint=settings.otel_exporter_otlp_endpoint)
+    return settings
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on a fresh loop; SIGTERM or SIGINT sets ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

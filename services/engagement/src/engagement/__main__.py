@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from crm_platform.logs import setup_logging
+from crm_platform.kafka import ensure_topics
+from crm_platform.process import process_settings, run_until_signal
 from crm_platform.settings import Settings
-from crm_platform.telemetry import setup_tracing
 
 cli = typer.Typer(add_completion=False, help="engagement service processes")
 
 
 def _settings(role: str) -> Settings:
-    settings = Settings(service_name=os.environ.get("CRM_SERVICE_NAME", f"engagement-{role}"))
-    setup_logging(settings.log_level)
-    setup_tracing(settings.service_name, otlp_endpoint=settings.otel_exporter_otlp_endpoint)
-    return settings
+    return process_settings("engagement", role)
 
 
 @cli.command()
@@ -42,42 +39,26 @@ def api(host: str | None = None, port: int | None = None) -> None:
 @cli.command()
 def worker() -> None:
     """Run the membership worker: credit purchases and returns from every channel."""
-    import asyncio
-    import signal
-
     from engagement.worker import run_worker
 
     settings = _settings("worker")
 
-    async def main() -> None:
-        from crm_platform.kafka import ensure_topics
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         await run_worker(settings, stop)
 
-    asyncio.run(main())
+    run_until_signal(main)
 
 
 @cli.command()
 def relay() -> None:
     """Publish the membership store's new events to Kafka (exactly one per store)."""
-    import asyncio
-    import signal
-
-    from crm_platform.kafka import EventProducer, ensure_topics
+    from crm_platform.kafka import EventProducer
     from engagement.bootstrap import build_membership, build_relay
 
     settings = _settings("relay")
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         app = build_membership(settings)
         try:
@@ -90,7 +71,7 @@ def relay() -> None:
         finally:
             app.close()
 
-    asyncio.run(main())
+    run_until_signal(main)
 
 
 @cli.command("import")
@@ -102,14 +83,13 @@ def import_(
     restart: Annotated[bool, typer.Option(help="ignore a saved position and start from the top")] = False,
 ) -> None:
     """Import historical transactions from CSV (resumable; rejected rows to <file>.rejected.csv)."""
-    import asyncio
     import time
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from crm_platform.crypto import BlindIndexer
-    from crm_platform.kafka import EventProducer, ensure_topics
+    from crm_platform.kafka import EventProducer
     from engagement.adapters.ledger import open_ledger
     from engagement.importer import import_csv
     from engagement.ingest.pipeline import Ingestor, Source

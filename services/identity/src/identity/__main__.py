@@ -5,26 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 
 import typer
 
 from crm_platform.kafka import EventProducer, ensure_topics
-from crm_platform.logs import setup_logging
-from crm_platform.process import quiet_gc
+from crm_platform.process import process_settings, quiet_gc, run_until_signal
 from crm_platform.settings import Settings
-from crm_platform.telemetry import setup_tracing
 
 cli = typer.Typer(add_completion=False, help="identity service processes")
 log = logging.getLogger("identity")
 
 
 def _settings(role: str) -> Settings:
-    # CRM_SERVICE_NAME (set by compose and the chart) wins over the default name.
-    settings = Settings(service_name=os.environ.get("CRM_SERVICE_NAME", f"identity-{role}"))
-    setup_logging(settings.log_level)
-    setup_tracing(settings.service_name, otlp_endpoint=settings.otel_exporter_otlp_endpoint)
-    return settings
+    return process_settings("identity", role)
 
 
 @cli.command()
@@ -47,16 +40,13 @@ def api(host: str | None = None, port: int | None = None) -> None:
 @cli.command()
 def relay() -> None:
     """Publish the event store's new events to Kafka (exactly one per store)."""
-    asyncio.run(_relay(_settings("relay")))
+    settings = _settings("relay")
+    run_until_signal(lambda stop: _relay(settings, stop))
 
 
-async def _relay(settings: Settings) -> None:
+async def _relay(settings: Settings, stop: asyncio.Event) -> None:
     from identity.bootstrap import build, build_relay
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
     identity = build(settings)
     try:
