@@ -167,7 +167,7 @@ def test_sigkill_mid_stream_creates_no_customer_twice_and_leaves_nothing_unresol
         os.killpg(restarted.pid, signal.SIGTERM)
         restarted.wait(30)
     linked, owners = _linked(settings, people)
-    assert linked == PEOPLE  # nothing left unresolved
+    assert linked == PEOPLE, log.read_text()[-4000:]  # nothing left unresolved
     assert len(owners) == PEOPLE  # one customer per person: nobody created twice
     identity = build(settings)
     try:
