@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import uuid
@@ -21,9 +22,39 @@ from crm_platform.settings import Settings
 ROOT = Path(__file__).resolve().parent
 
 
+_THROWAWAY_TOPIC = re.compile(r"[0-9a-f]{8}")
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 100):
+            await admin.delete_topics(names[start : start + 100])
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The local broker's address; fails (never skips) when no broker answers."""
+def kafka_bootstrap() -> Iterator[str]:
+    """The local broker's address; fails (never skips) when no broker answers.
+
+    The throw-away topics the session created (their names carry a random hex token:
+    per-test prefixes, consumer groups' changelogs) are deleted at the end, so a broker
+    reused run after run does not pile up thousands of partitions."""
     bootstrap = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     host, port = bootstrap.rsplit(":", 1)
     try:
@@ -34,7 +65,14 @@ def kafka_bootstrap() -> str:
     from crm_platform.kafka import ensure_topics
 
     asyncio.run(ensure_topics(bootstrap))
-    return bootstrap
+    before = asyncio.run(_topics(bootstrap))
+    yield bootstrap
+    try:
+        created = sorted(t for t in asyncio.run(_topics(bootstrap)) - before if _THROWAWAY_TOPIC.search(t))
+        if created:
+            asyncio.run(_delete_topics(bootstrap, created))
+    except Exception as exc:  # the broker may have gone: the tests' outcome stands
+        print(f"could not delete the session's test topics: {exc}")
 
 
 @pytest.fixture(scope="session")

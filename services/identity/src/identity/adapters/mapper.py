@@ -8,6 +8,9 @@ store and in every copy made of it, while the rest of the log stays intact.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from eventsourcing.domain import DomainEventProtocol
@@ -18,6 +21,20 @@ from crm_platform.eventstore import TracingMapper
 from identity.adapters.keystore import DataKeyStore, KeyErased
 
 _SEALED = "__sealed__"
+
+#: False while events are read for someone who may not see personal data.
+_opening: ContextVar[bool] = ContextVar("identity_open_personal_data", default=True)
+
+
+@contextmanager
+def personal_data_left_sealed() -> Iterator[None]:
+    """Within: sealed fields read as empty, as if erased, and no data key is fetched nor
+    any value decrypted (a profile read for a key without ``identity:pii``)."""
+    token = _opening.set(False)
+    try:
+        yield
+    finally:
+        _opening.reset(token)
 
 
 class PersonalDataMapper(TracingMapper):
@@ -46,6 +63,9 @@ class PersonalDataMapper(TracingMapper):
         for name in getattr(event_class, "PERSONAL_FIELDS", ()):
             value = state.get(name)
             if isinstance(value, dict) and _SEALED in value:
+                if not _opening.get():
+                    state[name] = {}
+                    continue
                 state[name] = self._open(originator_id, SealedValue.model_validate(value[_SEALED]), name)
         return state
 
