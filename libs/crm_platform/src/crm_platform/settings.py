@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     blind_index_key: SecretStr = SecretStr(DEV_BLIND_INDEX_KEY)
     master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
 
+    # Analytics (ClickHouse)
+    #: A ClickHouse server DSN (``http://user:password@host:8123/crm``); without it,
+    #: the embedded engine (chDB) under ``var/analytics/clickhouse``.
+    clickhouse_url: SecretStr | None = None
+    #: The sink's batches: flushed at this many rows or after this long, whichever first.
+    sink_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    sink_batch_ms: int = Field(default=500, ge=10, le=60_000)
+    #: Budgets of one analytics query: past either it is stopped with a clear error.
+    query_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    query_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)
+
     # Telemetry
     otel_exporter_otlp_endpoint: str | None = None
     log_level: str = "INFO"

@@ -1,0 +1,109 @@
+"""``python -m analytics api|sink|migrate|render-cluster|render-roles``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from crm_platform.process import process_settings, run_until_signal
+from crm_platform.settings import Settings
+
+cli = typer.Typer(add_completion=False, help="analytics service processes")
+
+
+def _settings(role: str) -> Settings:
+    return process_settings("analytics", role)
+
+
+@cli.command()
+def api(
+    host: str | None = None,
+    port: int | None = None,
+    sink: Annotated[
+        bool | None, typer.Option(help="run the sink in this process (default: only with embedded chDB)")
+    ] = None,
+) -> None:
+    """Serve the query API and the dashboard (default 127.0.0.1:8004)."""
+    import uvicorn
+
+    from analytics.entrypoints.api import create
+
+    settings = _settings("api")
+    uvicorn.run(
+        create(settings, embedded_sink=sink),
+        host=host or settings.http_host,
+        port=port or settings.http_port or 8004,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@cli.command("sink")
+def sink_() -> None:
+    """Run the sink alone (a ClickHouse server deployment; chDB runs it inside the API)."""
+    from analytics.sink import Sink
+    from analytics.store.clickhouse import connect
+    from analytics.store.migrations import migrate
+    from crm_platform.kafka import EventProducer, ensure_topics
+
+    settings = _settings("sink")
+
+    async def main(stop: asyncio.Event) -> None:
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        client = connect(settings)
+        await asyncio.to_thread(migrate, client)
+        async with EventProducer(
+            settings.kafka_bootstrap, client_id="analytics-sink-dlq", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
+            sink = Sink(
+                client,
+                bootstrap=settings.kafka_bootstrap,
+                topic_prefix=settings.kafka_topic_prefix,
+                batch_rows=settings.sink_batch_rows,
+                batch_ms=settings.sink_batch_ms,
+                dead_letter=producer,
+            )
+            await sink.start()
+            try:
+                await sink.run(stop)
+            finally:
+                await sink.stop()
+
+    run_until_signal(main)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations that are not applied yet."""
+    from analytics.store.clickhouse import connect
+    from analytics.store.migrations import migrate as apply
+
+    done = apply(connect(_settings("migrate")))
+    typer.echo(
+        f"applied {len(done)} migration(s): {', '.join(f'{m.version:04d}_{m.name}' for m in done) or '-'}"
+    )
+
+
+@cli.command("render-cluster")
+def render_cluster(
+    cluster: Annotated[str, typer.Option(help="the cluster's name in remote_servers")] = "crm",
+    database: str = "crm",
+) -> None:
+    """Print the schema as DDL for a replicated, sharded ClickHouse cluster."""
+    from analytics.store.migrations import render
+
+    typer.echo(render(cluster, database), nl=False)
+
+
+@cli.command("render-roles")
+def render_roles(database: str = "crm", role: str = "bi_reader") -> None:
+    """Print the DDL of the read-only role for BI tools (server deployments)."""
+    from analytics.store.migrations import readonly_role
+
+    typer.echo(readonly_role(database, role), nl=False)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,408 @@
+"""The analytics HTTP API (port 8004) and the dashboard at ``/``.
+
+Every endpoint needs ``analytics:read``; figures are attributed to the current
+customer (see ``analytics.queries``). Each query runs within a time and memory budget
+(``CRM_QUERY_TIMEOUT_S``, ``CRM_QUERY_MAX_MEMORY_BYTES``): past it ClickHouse stops it
+and the caller gets 422 ``query_budget_exceeded`` instead of a slow service.
+
+In embedded mode (chDB) the sink runs in this process — chDB allows one process per
+data directory; with a ClickHouse server it is its own process (``python -m analytics
+sink``) unless ``embedded_sink=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+import queue
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from analytics.queries import CHANNELS, SEGMENTS, Queries, RfmRules
+from analytics.sink import Sink
+from analytics.store.clickhouse import connect, embedded, query_budget
+from analytics.store.migrations import migrate
+from crm_platform.http import ApiError, Principal, create_app, require_scope
+from crm_platform.kafka import EventProducer, ensure_topics
+from crm_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_PERIOD_DAYS = 3_660
+_STEP = re.compile(r"^[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?$")
+T = TypeVar("T")
+
+Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
+ChannelParam = Annotated[Literal["all", "store", "online", "app"], Query(description=f"one of {CHANNELS}")]
+Start = Annotated[date, Query(description="first day of the period (Asia/Tokyo), inclusive")]
+End = Annotated[date, Query(description="day after the period's last, exclusive")]
+
+v1 = APIRouter(prefix="/v1", tags=["analytics"])
+
+
+class ClientPool:
+    """A few ClickHouse clients: a client serialises its calls, so concurrent queries
+    each take their own (chDB runs them side by side in one process)."""
+
+    def __init__(self, factory: Callable[[], Client], size: int) -> None:
+        self._clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        self._all = [factory() for _ in range(size)]
+        for client in self._all:
+            self._clients.put(client)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Client]:
+        client = self._clients.get()
+        try:
+            yield client
+        finally:
+            self._clients.put(client)
+
+    def close(self) -> None:
+        for client in self._all:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+class Analytics:
+    def __init__(self, settings: Settings, pool: ClientPool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.budget = query_budget(settings)
+        self.sink: Sink | None = None
+
+    async def run(self, fn: Callable[[Queries], T]) -> T:
+        def call() -> T:
+            with self.pool.client() as client:
+                return fn(Queries(client, self.budget))
+
+        try:
+            return await asyncio.to_thread(call)
+        except DatabaseError as exc:
+            text = str(exc)
+            if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
+                raise ApiError(
+                    422,
+                    "query_budget_exceeded",
+                    f"the query ran past its {self.settings.query_timeout_s:g} s budget and was stopped;"
+                    " narrow the period or the filter",
+                ) from None
+            if "MEMORY_LIMIT_EXCEEDED" in text or "memory limit exceeded" in text.lower():
+                raise ApiError(
+                    422,
+                    "query_budget_exceeded",
+                    f"the query needed more than its {self.settings.query_max_memory_bytes // 2**20} MiB"
+                    " memory budget and was stopped; narrow the period or the filter",
+                ) from None
+            raise
+
+
+def _analytics(request: Request) -> Analytics:
+    analytics: Analytics = request.app.state.analytics
+    return analytics
+
+
+AnalyticsDep = Annotated[Analytics, Depends(_analytics)]
+
+
+def _period(start: date, end: date) -> None:
+    if end <= start:
+        raise ApiError(422, "invalid_period", f"end ({end}) must be after start ({start})")
+    if (end - start).days > MAX_PERIOD_DAYS:
+        raise ApiError(422, "invalid_period", f"a period is at most {MAX_PERIOD_DAYS} days")
+
+
+@v1.get("/kpis/overview", summary="KPI overview for a period and channel")
+async def kpi_overview(
+    analytics: AnalyticsDep, _: Reader, start: Start, end: End, channel: ChannelParam = "all"
+) -> dict[str, Any]:
+    _period(start, end)
+    return await analytics.run(lambda q: q.kpi_overview(start, end, channel))
+
+
+@v1.get("/kpis/timeseries", summary="A KPI per day, week or month")
+async def kpi_timeseries(
+    analytics: AnalyticsDep,
+    _: Reader,
+    metric: Literal["revenue", "orders", "active_customers", "new_customers", "aov"],
+    start: Start,
+    end: End,
+    interval: Literal["day", "week", "month"] = "day",
+    channel: ChannelParam = "all",
+) -> dict[str, Any]:
+    _period(start, end)
+    points = await analytics.run(lambda q: q.timeseries(metric, start, end, interval, channel))
+    return {"metric": metric, "interval": interval, "channel": channel, "points": points}
+
+
+@v1.get("/cohorts", summary="Retention matrix by first-purchase month or week")
+async def cohorts(
+    analytics: AnalyticsDep,
+    _: Reader,
+    start: Start,
+    end: End,
+    grain: Literal["month", "week"] = "month",
+    channel: ChannelParam = "all",
+) -> dict[str, Any]:
+    _period(start, end)
+    return await analytics.run(lambda q: q.cohorts(start, end, grain, channel))
+
+
+def _rules(
+    dormant_days: Annotated[int, Query(ge=1, le=3650)] = RfmRules.dormant_days,
+    loyal_min_orders: Annotated[int, Query(ge=1, le=10_000)] = RfmRules.loyal_min_orders,
+    loyal_min_revenue: Annotated[int, Query(ge=0, le=10**12)] = RfmRules.loyal_min_revenue,
+) -> RfmRules:
+    return RfmRules(
+        dormant_days=dormant_days, loyal_min_orders=loyal_min_orders, loyal_min_revenue=loyal_min_revenue
+    )
+
+
+Rules = Annotated[RfmRules, Depends(_rules)]
+AsOf = Annotated[date | None, Query(description="the day segments are computed for (default: tomorrow, JST)")]
+
+
+def _as_of(value: date | None) -> date:
+    return value or (datetime.now(UTC) + timedelta(hours=9)).date() + timedelta(days=1)
+
+
+@v1.get("/segments", summary="RFM segments (new / repeat / loyal / dormant) and R-F-M ranks")
+async def segments(
+    analytics: AnalyticsDep, _: Reader, rules: Rules, as_of: AsOf = None, channel: ChannelParam = "all"
+) -> dict[str, Any]:
+    day = _as_of(as_of)
+    return await analytics.run(lambda q: q.segments(day, channel, rules))
+
+
+@v1.get("/segments/{segment}/customers", summary="The customers of a segment, paged; CSV with format=csv")
+async def segment_customers(
+    analytics: AnalyticsDep,
+    _: Reader,
+    segment: str,
+    rules: Rules,
+    as_of: AsOf = None,
+    channel: ChannelParam = "all",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    format: Literal["json", "csv"] = "json",
+) -> Response:
+    if segment not in SEGMENTS:
+        raise ApiError(404, "unknown_segment", f"unknown segment {segment!r}; one of {', '.join(SEGMENTS)}")
+    day = _as_of(as_of)
+    if format == "csv":
+        return StreamingResponse(
+            _csv_pages(analytics, segment, day, channel, rules),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="segment-{segment}-{day}.csv"'},
+        )
+    rows = await analytics.run(lambda q: q.segment_members(segment, day, channel, rules, limit, offset))
+    import orjson
+
+    body = {"segment": segment, "as_of": day.isoformat(), "limit": limit, "offset": offset, "customers": rows}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _csv_pages(
+    analytics: Analytics, segment: str, day: date, channel: str, rules: RfmRules
+) -> AsyncIterator[bytes]:
+    columns = ["customer_id", "rfm", "orders", "revenue", "recency_days", "first_day", "last_day"]
+    page, offset = 10_000, 0
+    out = io.StringIO()
+    csv.writer(out).writerow(columns)
+    yield out.getvalue().encode()
+    while True:
+        rows = await analytics.run(
+            lambda q: q.segment_members(segment, day, channel, rules, page, offset)  # type: ignore[arg-type]  # noqa: B023
+        )
+        out = io.StringIO()
+        writer = csv.writer(out)
+        for row in rows:
+            writer.writerow([row[c] for c in columns])
+        yield out.getvalue().encode()
+        if len(rows) < page:
+            return
+        offset += page
+
+
+@v1.get("/funnels", summary="Customers through ordered steps within a time window")
+async def funnel(
+    analytics: AnalyticsDep,
+    _: Reader,
+    steps: Annotated[
+        str, Query(description="2–10 comma-separated steps: event_type or event_type:kind", max_length=800)
+    ],
+    start: Start,
+    end: End,
+    window_seconds: Annotated[int, Query(ge=1, le=90 * 86400)] = 86_400,
+) -> dict[str, Any]:
+    _period(start, end)
+    parsed: list[tuple[str, str | None]] = []
+    for raw_step in steps.split(","):
+        step = raw_step.strip()
+        if not _STEP.match(step):
+            raise ApiError(422, "invalid_step", f"steps: {step!r} is not event_type or event_type:kind")
+        event_type, _sep, kind = step.partition(":")
+        parsed.append((event_type, kind or None))
+    if not 2 <= len(parsed) <= 10:
+        raise ApiError(422, "invalid_step", "steps: a funnel has 2 to 10 steps")
+    return await analytics.run(lambda q: q.funnel(parsed, start, end, window_seconds))
+
+
+@v1.get("/customers/{customer_id}", summary="The 360 summary of a customer (no personal data)")
+async def customer(analytics: AnalyticsDep, _: Reader, customer_id: uuid.UUID) -> dict[str, Any]:
+    summary = await analytics.run(lambda q: q.customer_summary(str(customer_id)))
+    if summary is None:
+        raise ApiError(404, "customer_not_found", f"no events or profile for customer {customer_id}")
+    return summary
+
+
+@v1.get("/customers/{customer_id}/timeline", summary="A customer's events across channels, newest first")
+async def timeline(
+    analytics: AnalyticsDep,
+    _: Reader,
+    customer_id: uuid.UUID,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[datetime | None, Query(description="only events before this instant (paging)")] = None,
+) -> dict[str, Any]:
+    if before is not None and before.tzinfo is None:
+        raise ApiError(422, "invalid_request", "before: must include a timezone offset")
+    events = await analytics.run(lambda q: q.timeline(str(customer_id), limit, before))
+    return {"customer_id": str(customer_id), "events": events}
+
+
+@v1.get("/status", summary="The sink's progress and the data's freshness")
+async def status(analytics: AnalyticsDep, _: Reader) -> dict[str, Any]:
+    fresh = await analytics.run(lambda q: q.freshness())
+    sink = analytics.sink
+    return {
+        **fresh,
+        "sink": None
+        if sink is None
+        else {
+            "records_in": sink.stats.records_in,
+            "rows_inserted": sink.stats.rows_inserted,
+            "batches": sink.stats.batches,
+            "dead_lettered": sink.stats.dead_lettered,
+            "consumer_lag": sink.stats.total_lag(),
+        },
+    }
+
+
+def _metrics(analytics: Analytics) -> str:
+    sink = analytics.sink
+    lines = []
+    if sink is not None:
+        s = sink.stats
+        for name, kind, value, help_ in (
+            ("crm_sink_records_total", "counter", s.records_in, "records consumed from Kafka"),
+            ("crm_sink_rows_inserted_total", "counter", s.rows_inserted, "rows inserted into ClickHouse"),
+            ("crm_sink_batches_total", "counter", s.batches, "batches flushed"),
+            (
+                "crm_sink_dead_lettered_total",
+                "counter",
+                s.dead_lettered,
+                "records sent to the dead-letter topic",
+            ),
+            ("crm_sink_insert_failures_total", "counter", s.insert_failures, "failed inserts (retried)"),
+            ("crm_sink_last_batch_rows", "gauge", s.last_batch_rows, "rows in the last batch"),
+            ("crm_sink_last_insert_seconds", "gauge", s.last_insert_seconds, "duration of the last insert"),
+        ):
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += [
+            "# HELP crm_sink_consumer_lag records not yet committed",
+            "# TYPE crm_sink_consumer_lag gauge",
+        ]
+        for tp, lag in sorted(s.lag.items()):
+            topic, partition = tp.rsplit("/", 1)
+            lines.append(f'crm_sink_consumer_lag{{topic="{topic}",partition="{partition}"}} {lag}')
+    return "\n".join(lines) + "\n"
+
+
+def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: int = 3) -> FastAPI:
+    run_sink = embedded(settings) if embedded_sink is None else embedded_sink
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await asyncio.to_thread(ClientPool, lambda: connect(settings), pool_size)
+        with pool.client() as client:
+            await asyncio.to_thread(migrate, client)
+        analytics = Analytics(settings, pool)
+        app.state.analytics = analytics
+        stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        producer: EventProducer | None = None
+        sink_client: Client | None = None
+        if run_sink:
+            await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+            producer = EventProducer(
+                settings.kafka_bootstrap,
+                client_id="analytics-sink-dlq",
+                topic_prefix=settings.kafka_topic_prefix,
+            )
+            await producer.start()
+            sink_client = await asyncio.to_thread(connect, settings)
+            sink = Sink(
+                sink_client,
+                bootstrap=settings.kafka_bootstrap,
+                topic_prefix=settings.kafka_topic_prefix,
+                batch_rows=settings.sink_batch_rows,
+                batch_ms=settings.sink_batch_ms,
+                dead_letter=producer,
+            )
+            await sink.start()
+            analytics.sink = sink
+            task = asyncio.create_task(sink.run(stop), name="analytics-sink")
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, timeout=15)
+            if analytics.sink is not None:
+                await analytics.sink.stop()
+            if producer is not None:
+                await producer.stop()
+            if sink_client is not None:
+                sink_client.close()
+            # chDB: one data directory per process while a client is open on it
+            pool.close()
+
+    async def clickhouse_ready() -> None:
+        await app.state.analytics.run(lambda q: q.freshness())
+
+    app = create_app(
+        settings=settings,
+        title="CRM analytics",
+        description="KPIs, cohorts, RFM segments, funnels and the customer timeline, from ClickHouse.",
+        readiness_checks={"clickhouse": clickhouse_ready},
+        lifespan=lifespan,
+    )
+    app.include_router(v1)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(
+            _metrics(request.app.state.analytics), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

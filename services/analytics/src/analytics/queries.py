@@ -1,0 +1,506 @@
+"""The analytics queries: every one a parameterised SQL statement (values are bound by
+the server, never spliced into the text), every figure attributed to the customer an
+event belongs to *now* through ``identity_current``.
+
+Definitions (docs/analytics.md says the same):
+
+* Days are business days in Japan (Asia/Tokyo). A period is ``[start, end)`` in days.
+* Facts are ``orders``: purchases (``kind = 'order'``) and returns/cancellations
+  (negative amounts). Anonymous sales (no identifier) count in revenue, not in any
+  per-customer figure.
+* A customer is *active* in a period when they made a purchase in it; *new* when their
+  first purchase ever (in the channel filter) is in it; *retained* when active in the
+  previous period of the same length and in this one. Churn = 1 − retention.
+* Repeat-purchase rate: active customers with ≥2 purchases in the period / active.
+  Purchase frequency: purchases / active. AOV: gross purchase value / purchases.
+  Revenue: purchases minus refunds. Historical LTV: net revenue of all time up to the
+  period's end / customers who ever purchased by then.
+* Cross-sell rate: active customers who bought in ≥2 categories in the period / active.
+  Up-sell rate: customers active in both periods whose highest price band rose / those.
+  Omnichannel share: active customers who bought in ≥2 channels (store/online/app).
+
+Two stages keep the join small: facts are first aggregated per ``person_key``, then
+the (much smaller) per-key result is joined to the identity map and folded per
+customer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from clickhouse_connect.driver.client import Client
+
+Channel = Literal["all", "store", "online", "app"]
+CHANNELS: tuple[str, ...] = ("all", "store", "online", "app")
+SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
+#: Upper bounds (yen, exclusive) of the price bands of up-sell; beyond the last, the top band.
+PRICE_BANDS: tuple[int, ...] = (3_000, 10_000, 30_000)
+
+# The person_key of a fact folded to its current customer (a key nobody claims stands
+# for itself: an identified purchase the resolver has not linked yet still counts).
+_ATTRIBUTE = "if(m.person_key = '', k.person_key, toString(m.customer_id))"
+_CHANNEL_OK = "({channel:String} = 'all' OR channel = {channel:String})"
+
+
+@dataclass(frozen=True)
+class RfmRules:
+    """What makes a segment, as of a day. Ranks R/F/M 1–5 by these thresholds."""
+
+    dormant_days: int = 180
+    loyal_min_orders: int = 5
+    loyal_min_revenue: int = 50_000
+    recency_days: tuple[int, int, int, int] = (30, 90, 180, 365)
+    frequency: tuple[int, int, int, int] = (2, 3, 5, 10)
+    monetary: tuple[int, int, int, int] = (10_000, 30_000, 100_000, 300_000)
+
+
+class Queries:
+    def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
+        self._client = client
+        self._budget = budget or {}
+
+    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        result = self._client.query(sql, parameters=params, settings=self._budget)
+        return list(result.named_results())
+
+    # -- KPI overview -----------------------------------------------------------------
+
+    def kpi_overview(self, start: date, end: date, channel: Channel = "all") -> dict[str, Any]:
+        days = (end - start).days
+        prev_start = start - timedelta(days=days)
+        sql = f"""
+        WITH per_key AS (
+            SELECT
+                person_key,
+                minIfOrNull(day, kind = 'order' AND {_CHANNEL_OK}) AS first_day,
+                countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS orders,
+                sumIf(amount, {_CHANNEL_OK} AND day >= {{start:Date}}) AS revenue,
+                sumIf(amount, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS gross,
+                countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}} AND day < {{start:Date}})
+                    AS prev_orders,
+                groupUniqArrayArrayIf(categories, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}})
+                    AS categories,
+                groupUniqArrayIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channels,
+                maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS top_price,
+                maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}}
+                      AND day < {{start:Date}}) AS prev_top_price,
+                sumIf(amount, {_CHANNEL_OK}) AS lifetime
+            FROM orders FINAL
+            WHERE day < {{end:Date}} AND NOT startsWith(person_key, 'anonymous:')
+            GROUP BY person_key
+        ),
+        per_customer AS (
+            SELECT
+                {_ATTRIBUTE} AS customer,
+                min(k.first_day) AS first_day,
+                sum(k.orders) AS orders,
+                sum(k.revenue) AS revenue,
+                sum(k.gross) AS gross,
+                sum(k.prev_orders) AS prev_orders,
+                length(groupUniqArrayArray(k.categories)) AS category_count,
+                length(groupUniqArrayArray(k.channels)) AS channel_count,
+                max(k.top_price) AS top_price,
+                max(k.prev_top_price) AS prev_top_price,
+                sum(k.lifetime) AS lifetime,
+                countIf(k.first_day IS NOT NULL) > 0 AS ever
+            FROM per_key AS k
+            LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            GROUP BY customer
+        )
+        SELECT
+            countIf(orders > 0) AS active_customers,
+            countIf(orders > 0 AND first_day >= {{start:Date}}) AS new_customers,
+            countIf(orders >= 2) AS repeat_customers,
+            sum(orders) AS purchases,
+            sum(revenue) AS customer_revenue,
+            sum(gross) AS gross_total,
+            countIf(prev_orders > 0) AS previous_active,
+            countIf(prev_orders > 0 AND orders > 0) AS retained,
+            countIf(orders > 0 AND category_count >= 2) AS cross_sell_customers,
+            countIf(orders > 0 AND prev_orders > 0
+                    AND {_band("top_price")} > {_band("prev_top_price")}) AS up_sell_customers,
+            countIf(orders > 0 AND channel_count >= 2) AS omnichannel_customers,
+            sum(lifetime) AS lifetime_revenue,
+            countIf(ever AND first_day < {{end:Date}}) AS lifetime_customers
+        FROM per_customer
+        SETTINGS join_use_nulls = 0
+        """
+        params = {"start": start, "end": end, "prev": prev_start, "channel": channel}
+        row = self._rows(sql, **params)[0]
+        anonymous = self._rows(
+            f"""SELECT sum(amount) AS revenue, countIf(kind = 'order') AS orders FROM orders FINAL
+            WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
+              AND startsWith(person_key, 'anonymous:')""",
+            **params,
+        )[0]
+        active = row["active_customers"]
+        orders = row["purchases"] + anonymous["orders"]
+        revenue = row["customer_revenue"] + (anonymous["revenue"] or 0)
+        return {
+            "period": {"start": start.isoformat(), "end": end.isoformat(), "days": days},
+            "previous_period": {"start": prev_start.isoformat(), "end": start.isoformat()},
+            "channel": channel,
+            "active_customers": active,
+            "new_customers": row["new_customers"],
+            "repeat_customers": row["repeat_customers"],
+            "repeat_purchase_rate": _ratio(row["repeat_customers"], active),
+            "retention_rate": _ratio(row["retained"], row["previous_active"]),
+            "churn_rate": None
+            if row["previous_active"] == 0
+            else round(1 - row["retained"] / row["previous_active"], 6),
+            "purchase_frequency": _ratio(row["purchases"], active),
+            "orders": orders,
+            "revenue": revenue,
+            "anonymous_revenue": anonymous["revenue"] or 0,
+            "aov": _ratio(row["gross_total"], row["purchases"]),
+            "historical_ltv": _ratio(row["lifetime_revenue"], row["lifetime_customers"]),
+            "cross_sell_rate": _ratio(row["cross_sell_customers"], active),
+            "up_sell_rate": _ratio(row["up_sell_customers"], row["retained"]),
+            "omnichannel_share": _ratio(row["omnichannel_customers"], active),
+        }
+
+    # -- time series ------------------------------------------------------------------
+
+    def timeseries(
+        self, metric: str, start: date, end: date, interval: str = "day", channel: Channel = "all"
+    ) -> list[dict[str, Any]]:
+        bucket = {"day": "day", "week": "toMonday(day)", "month": "toStartOfMonth(day)"}[interval]
+        if metric == "new_customers":
+            # Customers by the bucket of their first purchase ever (in the channel filter).
+            sql = f"""
+            SELECT {bucket.replace("day", "first_day")} AS bucket, count() AS value FROM (
+                SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day
+                FROM (
+                    SELECT person_key, min(day) AS first_day FROM orders FINAL
+                    WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}}
+                      AND NOT startsWith(person_key, 'anonymous:')
+                    GROUP BY person_key
+                ) AS k
+                LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+                GROUP BY customer
+            )
+            WHERE first_day >= {{start:Date}}
+            GROUP BY bucket ORDER BY bucket
+            SETTINGS join_use_nulls = 0
+            """
+        else:
+            value = {
+                "revenue": "sum(revenue)",
+                "orders": "sum(orders)",
+                "active_customers": "countIf(orders > 0 AND NOT startsWith(customer, 'anonymous:'))",
+                "aov": "if(sum(orders) = 0, 0, sum(gross) / sum(orders))",
+            }[metric]
+            sql = f"""
+            WITH per_key AS (
+                SELECT person_key, {bucket} AS bucket,
+                       countIf(kind = 'order') AS orders, sum(amount) AS revenue,
+                       sumIf(amount, kind = 'order') AS gross
+                FROM orders FINAL
+                WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
+                GROUP BY person_key, bucket
+            )
+            SELECT bucket, {value} AS value FROM (
+                SELECT {_ATTRIBUTE} AS customer, k.bucket AS bucket,
+                       sum(k.orders) AS orders, sum(k.revenue) AS revenue, sum(k.gross) AS gross
+                FROM per_key AS k
+                LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+                GROUP BY customer, bucket
+            )
+            GROUP BY bucket ORDER BY bucket
+            SETTINGS join_use_nulls = 0
+            """
+        rows = self._rows(sql, start=start, end=end, channel=channel)
+        return [{"bucket": r["bucket"].isoformat(), "value": _num(r["value"])} for r in rows]
+
+    # -- cohorts ----------------------------------------------------------------------
+
+    def cohorts(
+        self, start: date, end: date, grain: str = "month", channel: Channel = "all"
+    ) -> dict[str, Any]:
+        """Customers by the month (week) of their first purchase, and how many of them
+        bought again k months (weeks) later. Cohorts start in ``[start, end)``."""
+        trunc = "toStartOfMonth" if grain == "month" else "toMonday"
+        unit = "month" if grain == "month" else "week"
+        sql = f"""
+        WITH per_key AS (
+            SELECT person_key, groupUniqArray({trunc}(day)) AS periods
+            FROM orders FINAL
+            WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}}
+              AND NOT startsWith(person_key, 'anonymous:')
+            GROUP BY person_key
+        ),
+        per_customer AS (
+            SELECT {_ATTRIBUTE} AS customer, groupUniqArrayArray(k.periods) AS periods
+            FROM per_key AS k LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            GROUP BY customer
+        )
+        SELECT cohort, dateDiff('{unit}', cohort, period) AS offset, count() AS customers
+        FROM (SELECT customer, arrayMin(periods) AS cohort, periods FROM per_customer)
+        ARRAY JOIN periods AS period
+        WHERE cohort >= {trunc}({{start:Date}}) AND cohort < {{end:Date}}
+        GROUP BY cohort, offset
+        ORDER BY cohort, offset
+        SETTINGS join_use_nulls = 0
+        """
+        rows = self._rows(sql, start=start, end=end, channel=channel)
+        cohorts: dict[str, dict[int, int]] = {}
+        for r in rows:
+            cohorts.setdefault(r["cohort"].isoformat(), {})[int(r["offset"])] = int(r["customers"])
+        width = max((max(v) for v in cohorts.values()), default=-1) + 1
+        matrix = []
+        for cohort, counts in cohorts.items():
+            size = counts.get(0, 0)
+            row = [counts.get(k, 0) for k in range(width)]
+            matrix.append(
+                {
+                    "cohort": cohort,
+                    "size": size,
+                    "counts": row,
+                    "rates": [round(c / size, 6) if size else None for c in row],
+                }
+            )
+        return {"grain": grain, "channel": channel, "offsets": list(range(width)), "cohorts": matrix}
+
+    # -- RFM segments -----------------------------------------------------------------
+
+    def _rfm_sql(self, rules: RfmRules) -> str:
+        r, f, m = rules.recency_days, rules.frequency, rules.monetary
+        return f"""
+        WITH per_key AS (
+            SELECT person_key, min(day) AS first_day, max(day) AS last_day,
+                   countIf(kind = 'order') AS orders, sum(amount) AS revenue
+            FROM orders FINAL
+            WHERE day < {{as_of:Date}} AND {_CHANNEL_OK} AND NOT startsWith(person_key, 'anonymous:')
+            GROUP BY person_key
+        ),
+        per_customer AS (
+            SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day, max(k.last_day) AS last_day,
+                   sum(k.orders) AS orders, sum(k.revenue) AS revenue
+            FROM per_key AS k LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            GROUP BY customer
+            HAVING orders > 0
+        ),
+        scored AS (
+            SELECT customer, first_day, last_day, orders, revenue,
+                   dateDiff('day', last_day, {{as_of:Date}}) AS recency_days,
+                   multiIf(recency_days <= {r[0]}, 5, recency_days <= {r[1]}, 4, recency_days <= {r[2]}, 3,
+                           recency_days <= {r[3]}, 2, 1) AS r,
+                   multiIf(orders >= {f[3]}, 5, orders >= {f[2]}, 4, orders >= {f[1]}, 3, orders >= {f[0]}, 2, 1) AS f,
+                   multiIf(revenue >= {m[3]}, 5, revenue >= {m[2]}, 4, revenue >= {m[1]}, 3,
+                           revenue >= {m[0]}, 2, 1) AS m,
+                   multiIf(recency_days > {rules.dormant_days}, 'dormant',
+                           orders >= {rules.loyal_min_orders} AND revenue >= {rules.loyal_min_revenue}, 'loyal',
+                           orders >= 2, 'repeat', 'new') AS segment
+            FROM per_customer
+        )
+        """
+
+    def segments(self, as_of: date, channel: Channel = "all", rules: RfmRules = RfmRules()) -> dict[str, Any]:
+        sql = (
+            self._rfm_sql(rules)
+            + """
+        SELECT segment, count() AS customers, sum(revenue) AS revenue, avg(orders) AS avg_orders,
+               avg(recency_days) AS avg_recency_days
+        FROM scored GROUP BY segment SETTINGS join_use_nulls = 0"""
+        )
+        rows = {r["segment"]: r for r in self._rows(sql, as_of=as_of, channel=channel)}
+        ranks = self._rows(
+            self._rfm_sql(rules)
+            + " SELECT r, f, m, count() AS customers FROM scored GROUP BY r, f, m ORDER BY r DESC, f DESC, m DESC"
+            " SETTINGS join_use_nulls = 0",
+            as_of=as_of,
+            channel=channel,
+        )
+        return {
+            "as_of": as_of.isoformat(),
+            "channel": channel,
+            "rules": rules.__dict__,
+            "segments": [
+                {
+                    "segment": name,
+                    "customers": int(rows[name]["customers"]) if name in rows else 0,
+                    "revenue": int(rows[name]["revenue"]) if name in rows else 0,
+                    "avg_orders": _num(rows[name]["avg_orders"]) if name in rows else 0,
+                    "avg_recency_days": _num(rows[name]["avg_recency_days"]) if name in rows else 0,
+                }
+                for name in SEGMENTS
+            ],
+            "rfm": [{"rfm": f"R{x['r']}F{x['f']}M{x['m']}", "customers": int(x["customers"])} for x in ranks],
+        }
+
+    def segment_members(
+        self,
+        segment: str,
+        as_of: date,
+        channel: Channel = "all",
+        rules: RfmRules = RfmRules(),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        sql = (
+            self._rfm_sql(rules)
+            + """
+        SELECT customer AS customer_id, first_day, last_day, orders, revenue, recency_days,
+               concat('R', toString(r), 'F', toString(f), 'M', toString(m)) AS rfm
+        FROM scored WHERE segment = {segment:String}
+        ORDER BY revenue DESC, customer LIMIT {limit:UInt32} OFFSET {offset:UInt64}
+        SETTINGS join_use_nulls = 0"""
+        )
+        rows = self._rows(sql, as_of=as_of, channel=channel, segment=segment, limit=limit, offset=offset)
+        return [
+            {**r, "first_day": r["first_day"].isoformat(), "last_day": r["last_day"].isoformat()}
+            for r in rows
+        ]
+
+    # -- funnels ----------------------------------------------------------------------
+
+    def funnel(
+        self, steps: list[tuple[str, str | None]], start: date, end: date, window_s: int
+    ) -> dict[str, Any]:
+        """Customers reaching each step in order within ``window_s`` of the first."""
+        conditions = []
+        params: dict[str, Any] = {"start": start, "end": end, "window": window_s}
+        for i, (event_type, kind) in enumerate(steps):
+            params[f"t{i}"] = event_type
+            cond = f"event_type = {{t{i}:String}}"
+            if kind:
+                params[f"k{i}"] = kind
+                cond += f" AND kind = {{k{i}:String}}"
+            conditions.append(f"({cond})")
+        types = ", ".join(f"{{t{i}:String}}" for i in range(len(steps)))
+        sql = f"""
+        SELECT level, count() AS customers FROM (
+            SELECT {_ATTRIBUTE} AS customer,
+                   windowFunnel({{window:UInt64}})(toDateTime(k.occurred_at), {", ".join(conditions)}) AS level
+            FROM (
+                SELECT person_key, occurred_at, event_type, kind FROM events FINAL
+                WHERE occurred_at >= toDateTime({{start:Date}}, 'Asia/Tokyo')
+                  AND occurred_at < toDateTime({{end:Date}}, 'Asia/Tokyo')
+                  AND event_type IN ({types}) AND NOT startsWith(person_key, 'anonymous:')
+            ) AS k
+            LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            GROUP BY customer
+        )
+        GROUP BY level ORDER BY level
+        SETTINGS join_use_nulls = 0
+        """
+        counts = {int(r["level"]): int(r["customers"]) for r in self._rows(sql, **params)}
+        reached = [sum(c for level, c in counts.items() if level >= i + 1) for i in range(len(steps))]
+        return {
+            "window_seconds": window_s,
+            "steps": [
+                {
+                    "step": t if k is None else f"{t}:{k}",
+                    "customers": n,
+                    "conversion_from_first": _ratio(n, reached[0]),
+                    "conversion_from_previous": _ratio(n, reached[i - 1]) if i else 1.0 if n else None,
+                }
+                for i, ((t, k), n) in enumerate(zip(steps, reached, strict=True))
+            ],
+        }
+
+    # -- the 360 view -----------------------------------------------------------------
+
+    def customer_keys(self, customer_id: str) -> list[str]:
+        """Every key that belongs to the customer now (its identifiers, its own id and
+        those of customers merged into it)."""
+        sql = """
+        SELECT person_key FROM identity_map
+        WHERE person_key IN (SELECT person_key FROM identity_map WHERE customer_id = {cid:UUID})
+        GROUP BY person_key
+        HAVING argMax(customer_id, version) = {cid:UUID} AND argMax(is_deleted, version) = 0
+        """
+        keys = [r["person_key"] for r in self._rows(sql, cid=customer_id)]
+        return sorted({*keys, customer_id})
+
+    def timeline(self, customer_id: str, limit: int = 100, before: Any = None) -> list[dict[str, Any]]:
+        keys = self.customer_keys(customer_id)
+        sql = """
+        SELECT event_id, event_type, occurred_at, topic, channel, kind, store_id, order_id, amount, payload
+        FROM events FINAL
+        WHERE person_key IN {keys:Array(String)}
+          AND ({before:Nullable(DateTime64(3, 'UTC'))} IS NULL OR occurred_at < {before:Nullable(DateTime64(3, 'UTC'))})
+        ORDER BY occurred_at DESC, event_id DESC
+        LIMIT {limit:UInt32}
+        """
+        rows = self._rows(sql, keys=keys, before=before, limit=limit)
+        return [{**r, "event_id": str(r["event_id"]), "occurred_at": _iso(r["occurred_at"])} for r in rows]
+
+    def customer_summary(self, customer_id: str) -> dict[str, Any] | None:
+        keys = self.customer_keys(customer_id)
+        profile = self._rows(
+            """SELECT customer_id, status, merged_into, gender, birth_year, prefecture, tags,
+                      consent_email, consent_sms, consent_line, consent_app_push, consent_postal,
+                      channels, first_seen, last_seen
+               FROM customers FINAL WHERE customer_id = {cid:UUID}""",
+            cid=customer_id,
+        )
+        facts = self._rows(
+            """SELECT countIf(event_type IN ('order.store_completed', 'order.online_completed')) AS orders,
+                      sumIf(amount, topic = 'crm.commerce.order') AS revenue,
+                      sumIf(amount, event_type = 'member.points_changed') AS points,
+                      argMaxIf(kind, occurred_at, event_type = 'member.rank_changed') AS rank_changed_to,
+                      argMaxIf(JSONExtractString(payload, 'rank'), occurred_at, event_type = 'member.enrolled')
+                          AS enrolled_rank,
+                      groupUniqArrayIf(channel, channel != '') AS channels,
+                      min(occurred_at) AS first_event, max(occurred_at) AS last_event, count() AS events
+               FROM events FINAL WHERE person_key IN {keys:Array(String)}""",
+            keys=keys,
+        )[0]
+        if not profile and facts["events"] == 0:
+            return None
+        p = profile[0] if profile else {}
+        return {
+            "customer_id": customer_id,
+            "status": p.get("status", "unknown"),
+            "merged_into": str(p["merged_into"]) if p.get("merged_into") else None,
+            "attributes": {
+                "gender": p.get("gender") or "unknown",
+                "birth_year": p.get("birth_year"),
+                "prefecture": p.get("prefecture") or None,
+                "tags": p.get("tags", []),
+            },
+            "consents": {
+                c: bool(p.get(f"consent_{c}")) for c in ("email", "sms", "line", "app_push", "postal")
+            },
+            "rank": facts["rank_changed_to"] or facts["enrolled_rank"] or None,
+            "orders": int(facts["orders"]),
+            "revenue": int(facts["revenue"]),
+            "points": int(facts["points"]),
+            "channels": sorted(facts["channels"]),
+            "events": int(facts["events"]),
+            "first_event": _iso(facts["first_event"]) if facts["events"] else None,
+            "last_event": _iso(facts["last_event"]) if facts["events"] else None,
+            "keys": len(keys),
+        }
+
+    def freshness(self) -> dict[str, Any]:
+        row = self._rows("SELECT count() AS events, max(ingested_at) AS last_ingested FROM events")[0]
+        return {
+            "events": int(row["events"]),
+            "last_ingested": _iso(row["last_ingested"]) if row["events"] else None,
+        }
+
+
+def _iso(value: datetime) -> str:
+    """An instant as ISO 8601 in UTC with ``Z`` (ClickHouse hands back naive UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _band(column: str) -> str:
+    bounds = ", ".join(str(b) for b in PRICE_BANDS)
+    return f"arrayCount(b -> {column} >= b, [{bounds}])"
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return None if not denominator else round(numerator / denominator, 6)
+
+
+def _num(value: Any) -> float | int:
+    if isinstance(value, int):
+        return value
+    return round(float(value), 6)

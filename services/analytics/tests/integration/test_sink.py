@@ -1,0 +1,183 @@
+"""The sink against a real Kafka broker and chDB, and the API end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import clickhouse_connect
+import factory as f
+import pytest
+from fastapi.testclient import TestClient
+
+from analytics.entrypoints.api import create
+from analytics.sink import Sink
+from analytics.store.migrations import migrate
+from crm_contracts.registry import encode
+from crm_contracts.topics import COMMERCE_ORDER, DEAD_LETTER
+from crm_platform.kafka import EventProducer, ensure_topics
+from crm_platform.settings import Settings
+from crm_platform.testing import read_topic
+
+pytestmark = pytest.mark.integration
+READ = {"X-API-Key": "dev-read-key"}
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+async def _produce(bootstrap: str, prefix: str, raws: list[tuple[str, bytes | None, bytes]]) -> None:
+    async with EventProducer(bootstrap, client_id="test", topic_prefix=prefix) as producer:
+        for topic, value, key in raws:
+            await producer.publish_raw(topic, value, key=key, headers=[])  # type: ignore[arg-type]
+
+
+def test_sink_inserts_batches_dead_letters_the_invalid_and_commits_only_after(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))
+    orders = [f.store_order(f"m{i}", "2026-02-01", f"o{i}", ("tops", 1, 1_000 + i)) for i in range(50)]
+    raws: list[tuple[str, bytes | None, bytes]] = [
+        (COMMERCE_ORDER.name, encode(e), e.customer_key.encode()) for e in orders
+    ]
+    raws.append((COMMERCE_ORDER.name, b"{not json", b"k"))
+    bad_total = encode(orders[0]).replace(b'"total":1000', b'"total":"lots"')
+    raws.append((COMMERCE_ORDER.name, bad_total, b"k"))
+    raws.append((COMMERCE_ORDER.name, encode(orders[1]), orders[1].customer_key.encode()))  # a duplicate
+    asyncio.run(_produce(kafka_bootstrap, prefix, raws))
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    migrate(client)
+
+    async def run_sink() -> tuple[int, dict[str, int], int]:
+        async with EventProducer(kafka_bootstrap, client_id="dlq", topic_prefix=prefix) as dlq:
+            sink = Sink(
+                client,
+                bootstrap=kafka_bootstrap,
+                topic_prefix=prefix,
+                batch_rows=20,
+                dead_letter=dlq,
+                group_id=f"sink-{prefix}",
+            )
+            await sink.start()
+            try:
+                handled = await sink.drain(timeout_s=30)
+            finally:
+                await sink.stop()
+            return handled, dict(sink.stats.lag), sink.stats.batches
+
+    handled, lag, batches = asyncio.run(run_sink())
+    assert handled == 53
+    assert batches >= 3  # batched by size (20 rows)
+    assert sum(lag.values()) == 0
+    assert client.query("SELECT count() FROM orders FINAL").result_rows == [(50,)]
+    assert client.query("SELECT sum(amount) FROM orders FINAL").result_rows == [
+        (sum(1_000 + i for i in range(50)),)
+    ]
+
+    dead = asyncio.run(read_topic(kafka_bootstrap, prefix + DEAD_LETTER.name, 2, timeout=10))
+    reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dead)
+    assert "Invalid JSON" in reasons[0] or "Invalid JSON" in reasons[1]
+    assert any("payload.total" in r for r in reasons), reasons
+
+    # Offsets were committed after the insert: a new sink in the same group sees nothing.
+    handled_again, _, _ = asyncio.run(run_sink())
+    assert handled_again == 0
+    assert client.query("SELECT count() FROM events FINAL").result_rows == [(50,)]  # the duplicate collapsed
+    client.close()
+
+
+def test_an_order_on_kafka_reaches_the_kpi_api_within_two_seconds(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    settings = Settings(var_dir=tmp_path / "var", kafka_bootstrap=kafka_bootstrap, kafka_topic_prefix=prefix)
+    today = (datetime.now(UTC) + timedelta(hours=9)).date()
+    order = f.store_order("late-shopper", today.isoformat(), "o-fresh", ("shoes", 1, 12_345))
+    order = order.model_copy(update={"occurred_at": datetime.now(UTC)})
+    params = {"start": today.isoformat(), "end": (today + timedelta(days=1)).isoformat()}
+    with TestClient(create(settings)) as api:
+        assert api.get("/v1/kpis/overview", params=params, headers=READ).json()["revenue"] == 0
+        # the sink is consuming (its group has its partitions) before the clock starts
+        deadline = time.monotonic() + 20
+        while not api.get("/metrics").text.count("crm_sink_consumer_lag{") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        asyncio.run(_produce(kafka_bootstrap, prefix, [(COMMERCE_ORDER.name, encode(order), b"k")]))
+        produced = time.monotonic()
+        revenue = 0
+        while time.monotonic() - produced < 2.0:
+            revenue = api.get("/v1/kpis/overview", params=params, headers=READ).json()["revenue"]
+            if revenue:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - produced
+        assert revenue == 12_345, f"not visible after {elapsed:.2f}s"
+        metrics = api.get("/metrics").text
+        assert "crm_sink_rows_inserted_total 1" in metrics
+        status = api.get("/v1/status", headers=READ).json()
+        assert status["events"] == 1 and status["sink"]["consumer_lag"] == 0
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> TestClient:
+    settings = Settings(var_dir=tmp_path / "var", query_timeout_s=0.5)
+    return TestClient(create(settings, embedded_sink=False))
+
+
+def test_bad_requests_get_a_clear_4xx(api: TestClient) -> None:
+    with api:
+        r = api.get("/v1/kpis/overview", params={"start": "2026-03-01", "end": "2026-02-01"}, headers=READ)
+        assert r.status_code == 422 and "end" in r.json()["error"]["message"]
+        r = api.get("/v1/kpis/overview", params={"start": "2026-13-01", "end": "2026-02-01"}, headers=READ)
+        assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "query.start"
+        r = api.get(
+            "/v1/kpis/overview",
+            params={"start": "2026-01-01", "end": "2026-02-01", "channel": "fax"},
+            headers=READ,
+        )
+        assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "query.channel"
+        r = api.get("/v1/segments/vip/customers", headers=READ)
+        assert r.status_code == 404 and "unknown segment" in r.json()["error"]["message"]
+        r = api.get(
+            "/v1/funnels", params={"steps": "a;b", "start": "2026-01-01", "end": "2026-02-01"}, headers=READ
+        )
+        assert r.status_code == 422 and "steps" in r.json()["error"]["message"]
+        r = api.get("/v1/kpis/overview", params={"start": "2026-01-01", "end": "2026-02-01"})
+        assert r.status_code == 401
+        r = api.get("/v1/customers/not-a-uuid", headers=READ)
+        assert r.status_code == 422
+        r = api.get(f"/v1/customers/{uuid.uuid4()}", headers=READ)
+        assert r.status_code == 404
+
+
+def test_a_query_past_its_budget_is_stopped_with_a_clear_error(api: TestClient) -> None:
+    from crm_platform.http import ApiError
+
+    with api:
+        analytics = api.app.state.analytics  # type: ignore[attr-defined]
+        started = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            asyncio.run(
+                analytics.run(
+                    lambda q: q._rows("SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 0")
+                )
+            )
+        assert caught.value.status_code == 422 and caught.value.code == "query_budget_exceeded"
+        assert time.monotonic() - started < 5
+        assert api.get("/healthz").status_code == 200  # and the service goes on
+
+
+def test_segment_csv_export_and_dates(api: TestClient) -> None:
+    with api:
+        r = api.get(
+            "/v1/segments/new/customers",
+            params={"format": "csv", "as_of": date(2026, 1, 1).isoformat()},
+            headers=READ,
+        )
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        assert r.text.splitlines()[0] == "customer_id,rfm,orders,revenue,recency_days,first_day,last_day"
