@@ -192,6 +192,8 @@ def _print_where_to_look(bootstrap: str) -> None:
     table.add_row("identity health", "http://127.0.0.1:8001/readyz")
     table.add_row("engagement API docs (ingestion, membership)", "http://127.0.0.1:8002/docs")
     table.add_row("ingestion keys (development)", "X-API-Key: dev-pos-key / dev-shop-key")
+    table.add_row("dashboard (KPIs, cohorts, segments, customer 360)", "http://127.0.0.1:8004/")
+    table.add_row("analytics API docs", "http://127.0.0.1:8004/docs")
     table.add_row("Kafka", bootstrap)
     table.add_row("API key (development)", "X-API-Key: dev-admin-key")
     table.add_row("stop", "Ctrl-C")

@@ -49,6 +49,10 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
         ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),
+        # With chDB (local mode) the sink runs inside the analytics API's process.
+        ProcessSpec(
+            "analytics-api", (py, "-m", "analytics", "api"), health_url="http://127.0.0.1:8004/healthz"
+        ),
     ]
 
 
