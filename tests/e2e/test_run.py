@@ -49,6 +49,15 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
         assert status == 200 and b'"clickhouse":"ok"' in body
         status, body = _get("http://127.0.0.1:8004/")
         assert status == 200 and b"<html" in body.lower()
+        kpi = subprocess.run(
+            [sys.executable, "-m", "crm_cli.main", "kpi", "--channel", "store"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert kpi.returncode == 0, kpi.stderr
+        assert "active customers" in kpi.stdout and "(store)" in kpi.stdout
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)

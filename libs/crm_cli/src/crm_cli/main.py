@@ -150,6 +150,63 @@ def import_csv(ctx: typer.Context) -> None:
     raise typer.Exit(result.returncode)
 
 
+_KPI_ROWS = (
+    ("active_customers", "active customers", "{:,}"),
+    ("new_customers", "new customers", "{:,}"),
+    ("orders", "orders", "{:,}"),
+    ("revenue", "revenue", "¥{:,}"),
+    ("aov", "AOV", "¥{:,.0f}"),
+    ("repeat_purchase_rate", "repeat-purchase rate", "{:.1%}"),
+    ("retention_rate", "retention", "{:.1%}"),
+    ("churn_rate", "churn", "{:.1%}"),
+    ("purchase_frequency", "purchase frequency", "{:.2f}"),
+    ("historical_ltv", "historical LTV", "¥{:,.0f}"),
+    ("cross_sell_rate", "cross-sell rate", "{:.1%}"),
+    ("up_sell_rate", "up-sell rate", "{:.1%}"),
+    ("omnichannel_share", "omnichannel share", "{:.1%}"),
+)
+
+
+@app.command("kpi")
+def kpi(
+    start: str = typer.Option(None, help="first day (YYYY-MM-DD, JST); default: 30 days ago"),
+    end: str = typer.Option(None, help="day after the last; default: tomorrow"),
+    channel: str = typer.Option("all", help="all, store, online or app"),
+    url: str = typer.Option("http://127.0.0.1:8004", envvar="CRM_ANALYTICS_URL", help="the analytics API"),
+    api_key: str = typer.Option("dev-read-key", envvar="CRM_API_KEY", help="a key with analytics:read"),
+) -> None:
+    """The KPI overview of a period, from the analytics API."""
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    today = (datetime.now(UTC) + timedelta(hours=9)).date()
+    params = {
+        "start": start or (today - timedelta(days=29)).isoformat(),
+        "end": end or (today + timedelta(days=1)).isoformat(),
+        "channel": channel,
+    }
+    try:
+        response = httpx.get(
+            f"{url}/v1/kpis/overview", params=params, headers={"X-API-Key": api_key}, timeout=30
+        )
+    except httpx.HTTPError as exc:
+        reason = escape(str(exc))
+        err_console.print(f"[bold red]analytics API unreachable at {escape(url)}:[/bold red] {reason}")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        err_console.print(f"[bold red]{response.status_code}:[/bold red] {escape(response.text[:500])}")
+        raise typer.Exit(1)
+    data = response.json()
+    table = Table(title=f"KPIs {data['period']['start']} – {data['period']['end']} ({channel})")
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    for key, label, fmt in _KPI_ROWS:
+        value = data.get(key)
+        table.add_row(label, "–" if value is None else fmt.format(value))
+    console.print(table)
+
+
 @app.command("run")
 def run(
     stop_kafka: bool = typer.Option(True, help="Stop the broker on exit if this command started it."),
