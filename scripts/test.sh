@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="${PYTHON:-python3} -m uv"
 
-./scripts/bootstrap.sh --with-postgres
+./scripts/bootstrap.sh --with-postgres --with-chromium
 
 started_kafka=0
 if ! $UV run --frozen crm kafka status --check; then

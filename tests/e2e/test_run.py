@@ -24,7 +24,7 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path) -> None:
     env = {**os.environ, "CRM_VAR_DIR": str(tmp_path / "var")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_cli.main", "run"],
+        [sys.executable, "-m", "crm_cli.main", "run", "--no-load"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -44,7 +44,7 @@ def api(
 def sink_() -> None:
     """Run the sink alone (a ClickHouse server deployment; chDB runs it inside the API)."""
     from analytics.sink import Sink
-    from analytics.store.clickhouse import connect
+    from analytics.store.clickhouse import connect, sink_group
     from analytics.store.migrations import migrate
     from crm_platform.kafka import EventProducer, ensure_topics
 
@@ -60,6 +60,7 @@ def sink_() -> None:
             sink = Sink(
                 client,
                 bootstrap=settings.kafka_bootstrap,
+                group_id=sink_group(settings),
                 topic_prefix=settings.kafka_topic_prefix,
                 batch_rows=settings.sink_batch_rows,
                 batch_ms=settings.sink_batch_ms,

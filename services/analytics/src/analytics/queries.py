@@ -166,11 +166,12 @@ class Queries:
     def timeseries(
         self, metric: str, start: date, end: date, interval: str = "day", channel: Channel = "all"
     ) -> list[dict[str, Any]]:
-        bucket = {"day": "day", "week": "toMonday(day)", "month": "toStartOfMonth(day)"}[interval]
+        truncate = {"day": "", "week": "toMonday", "month": "toStartOfMonth"}[interval]
+        bucket = f"{truncate}(day)"
         if metric == "new_customers":
             # Customers by the bucket of their first purchase ever (in the channel filter).
             sql = f"""
-            SELECT {bucket.replace("day", "first_day")} AS bucket, count() AS value FROM (
+            SELECT {truncate}(first_day) AS bucket, count() AS value FROM (
                 SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day
                 FROM (
                     SELECT person_key, min(day) AS first_day FROM orders FINAL
@@ -415,17 +416,23 @@ class Queries:
         keys = [r["person_key"] for r in self._rows(sql, cid=customer_id)]
         return sorted({*keys, customer_id})
 
-    def timeline(self, customer_id: str, limit: int = 100, before: Any = None) -> list[dict[str, Any]]:
+    def timeline(
+        self, customer_id: str, limit: int = 100, before: Any = None, before_event: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first. Paging: pass the last row's ``occurred_at`` as ``before`` and its
+        ``event_id`` as ``before_event`` (events at the same instant are not skipped)."""
         keys = self.customer_keys(customer_id)
         sql = """
         SELECT event_id, event_type, occurred_at, topic, channel, kind, store_id, order_id, amount, payload
         FROM events FINAL
         WHERE person_key IN {keys:Array(String)}
-          AND ({before:Nullable(DateTime64(3, 'UTC'))} IS NULL OR occurred_at < {before:Nullable(DateTime64(3, 'UTC'))})
+          AND ({before:Nullable(DateTime64(3, 'UTC'))} IS NULL
+               OR (occurred_at, event_id) < ({before:Nullable(DateTime64(3, 'UTC'))},
+                                            ifNull({before_event:Nullable(UUID)}, toUUID('00000000-0000-0000-0000-000000000000'))))
         ORDER BY occurred_at DESC, event_id DESC
         LIMIT {limit:UInt32}
         """
-        rows = self._rows(sql, keys=keys, before=before, limit=limit)
+        rows = self._rows(sql, keys=keys, before=before, before_event=before_event, limit=limit)
         return [{**r, "event_id": str(r["event_id"]), "occurred_at": _iso(r["occurred_at"])} for r in rows]
 
     def customer_summary(self, customer_id: str) -> dict[str, Any] | None:

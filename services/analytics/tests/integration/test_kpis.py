@@ -330,3 +330,37 @@ def test_timeline_follows_the_customer_across_channels(client: Client) -> None:
     assert sum(k.startswith("order.") for k in kinds) == len(owned)
     assert [e["occurred_at"] for e in timeline] == sorted((e["occurred_at"] for e in timeline), reverse=True)
     assert queries.timeline(str(world.customers["c5"]), limit=2) == timeline[:2]
+
+
+def test_timeline_pages_without_skipping_events_at_the_same_instant(client: Client) -> None:
+    same = datetime(2026, 3, 30, 3, tzinfo=UTC)
+    views = [f.viewed("twin@example.jp", same) for _ in range(5)]
+    profile = f.profile(uuid.uuid4(), [f.ident("twin@example.jp")])
+    _deliver(client, [*views, profile])
+    queries = Queries(client)
+    cid = str(profile.payload.customer_id)
+    seen: list[str] = []
+    before: datetime | None = None
+    before_event: str | None = None
+    for _ in range(5):
+        page = queries.timeline(cid, limit=2, before=before, before_event=before_event)
+        if not page:
+            break
+        seen += [e["event_id"] for e in page]
+        before = datetime.fromisoformat(page[-1]["occurred_at"])
+        before_event = page[-1]["event_id"]
+    assert sorted(seen) == sorted(str(v.event_id) for v in views)
+
+
+def test_weekly_and_monthly_series_of_new_customers(client: Client) -> None:
+    world = _world()
+    _deliver(client, world.events)
+    queries = Queries(client)
+    weekly = queries.timeseries("new_customers", date(2025, 10, 1), date(2026, 4, 1), "week")
+    monthly = queries.timeseries("new_customers", date(2025, 10, 1), date(2026, 4, 1), "month")
+    firsts: dict[str, date] = {}
+    for x in world.facts:
+        if x.owner != "anon" and x.kind == "order":
+            firsts[x.owner] = min(firsts.get(x.owner, x.day), x.day)
+    assert sum(p["value"] for p in weekly) == sum(p["value"] for p in monthly) == len(firsts)
+    assert all(date.fromisoformat(p["bucket"]).weekday() == 0 for p in weekly)

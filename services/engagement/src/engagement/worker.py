@@ -38,7 +38,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str = GR
         credits = await asyncio.to_thread(attribution.apply, event)
         for credit in credits:
             if credit.kind in ("credited", "reversed"):
-                log.info("%s %s for member %s…", credit.kind, credit.order_key, credit.member_no_hash[:8])
+                log.debug("%s %s for member %s…", credit.kind, credit.order_key, credit.member_no_hash[:8])
 
     prefix = settings.kafka_topic_prefix
     async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:

@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 
 from analytics.queries import CHANNELS, SEGMENTS, Queries, RfmRules
 from analytics.sink import Sink
-from analytics.store.clickhouse import connect, embedded, query_budget
+from analytics.store.clickhouse import connect, embedded, query_budget, sink_group
 from analytics.store.migrations import migrate
 from crm_platform.http import ApiError, Principal, create_app, require_scope
 from crm_platform.kafka import EventProducer, ensure_topics
@@ -276,11 +276,15 @@ async def timeline(
     _: Reader,
     customer_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[datetime | None, Query(description="only events before this instant (paging)")] = None,
+    before: Annotated[datetime | None, Query(description="paging: the last row's occurred_at")] = None,
+    before_event: Annotated[
+        uuid.UUID | None, Query(description="paging: the last row's event_id (with before)")
+    ] = None,
 ) -> dict[str, Any]:
     if before is not None and before.tzinfo is None:
         raise ApiError(422, "invalid_request", "before: must include a timezone offset")
-    events = await analytics.run(lambda q: q.timeline(str(customer_id), limit, before))
+    after_id = str(before_event) if before_event else None
+    events = await analytics.run(lambda q: q.timeline(str(customer_id), limit, before, after_id))
     return {"customer_id": str(customer_id), "events": events}
 
 
@@ -358,6 +362,7 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
             sink = Sink(
                 sink_client,
                 bootstrap=settings.kafka_bootstrap,
+                group_id=sink_group(settings),
                 topic_prefix=settings.kafka_topic_prefix,
                 batch_rows=settings.sink_batch_rows,
                 batch_ms=settings.sink_batch_ms,

@@ -27,6 +27,17 @@ def embedded(settings: Settings) -> bool:
     return settings.clickhouse_url is None
 
 
+def sink_group(settings: Settings) -> str:
+    """The sink's consumer group. Its committed offsets describe what one ClickHouse
+    holds, so an embedded data directory gets a group of its own: a fresh ``var/``
+    (or a test's) is filled from the start of the log, not from another's offsets."""
+    if settings.clickhouse_url is not None:
+        return "analytics-sink"
+    import hashlib
+
+    return "analytics-sink-" + hashlib.sha256(dsn(settings).encode()).hexdigest()[:10]
+
+
 def connect(settings: Settings, **client_settings: Any) -> Client:
     """A client; ``client_settings`` are ClickHouse settings applied to every query."""
     return clickhouse_connect.get_client(dsn=dsn(settings), settings=client_settings or None)
