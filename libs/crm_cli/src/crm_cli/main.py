@@ -7,6 +7,10 @@ such as `crm_cli.kafka_local` so it can be tested and reused without the CLI.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -176,7 +180,6 @@ def kpi(
     api_key: str = typer.Option("dev-read-key", envvar="CRM_API_KEY", help="a key with analytics:read"),
 ) -> None:
     """The KPI overview of a period, from the analytics API."""
-    from datetime import UTC, datetime, timedelta
 
     import httpx
 
@@ -207,11 +210,131 @@ def kpi(
     console.print(table)
 
 
+def _var_dir() -> Path:
+    from crm_platform.settings import Settings
+
+    return Settings().var_dir
+
+
+def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, Any]:
+    """Load the demo retailer into the running platform (once per var/), wait until
+    analytics counted every purchase, print the report; returns the report's figures."""
+    import asyncio
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from crm_cli import demo
+
+    endpoints = demo.Endpoints()
+    state_path = _var_dir() / "demo" / "state.json"
+    truth_path = _var_dir() / "demo" / "truth.json"
+    wanted = {"customers": customers, "seed": seed}
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(label, total=total)
+            bars.update(tasks[label], completed=done, total=total)
+
+        if state and {k: state.get(k) for k in wanted} == wanted and truth_path.exists() and not reload:
+            console.print(
+                f"[dim]demo retailer already loaded ({customers:,} people, seed {seed}): resuming[/dim]"
+            )
+            truth = json.loads(truth_path.read_text())
+        else:
+            console.print(f"[bold]loading the demo retailer:[/bold] {customers:,} people, seed {seed}")
+            plan = demo.plan(customers, seed)
+            report = asyncio.run(demo.load(plan, endpoints, progress))
+            demo.write_truth(truth_path, plan, report)
+            state_path.write_text(json.dumps({**wanted, "seconds": round(report.seconds, 1)}))
+            truth = json.loads(truth_path.read_text())
+        counted = asyncio.run(demo.wait_until_counted(endpoints, truth, progress=progress))
+    current = asyncio.run(
+        demo.current_customers(endpoints, {r["customer_id"] for r in truth["registrations"]})
+    )
+    quality = demo.resolution_quality(truth, current)
+    segments = asyncio.run(demo.segments(endpoints))
+    end = (datetime.now(UTC) + timedelta(hours=9)).date() + timedelta(days=1)
+    overview = asyncio.run(demo.overview(endpoints, end - timedelta(days=365), end))
+    expected = demo.expected_totals(truth)
+    _print_report(quality, overview, segments, expected, counted)
+    return {
+        "quality": quality,
+        "overview": overview,
+        "all_time": counted,
+        "segments": segments,
+        "expected": expected,
+    }
+
+
+def _print_report(
+    quality: dict[str, Any],
+    overview: dict[str, Any],
+    segments: dict[str, Any],
+    expected: dict[str, int],
+    counted: dict[str, Any],
+) -> None:
+    who = Table(title="Identity resolution (名寄せ)", header_style="bold")
+    who.add_column("")
+    who.add_column("", justify="right")
+    who.add_row("channel registrations (before)", f"{quality['registrations']:,}")
+    who.add_row("customers after resolution", f"{quality['customers']:,}")
+    who.add_row("real people (ground truth)", f"{quality['people']:,}")
+    who.add_row(
+        "precision / recall / F1",
+        f"{quality['precision']:.3f} / {quality['recall']:.3f} / {quality['f1']:.3f}",
+    )
+    console.print(who)
+    kpis = Table(
+        title=f"KPIs of the last 12 months, {overview['period']['start']} – {overview['period']['end']}"
+    )
+    kpis.add_column("KPI")
+    kpis.add_column("value", justify="right")
+    for key, label, fmt in _KPI_ROWS:
+        value = overview.get(key)
+        kpis.add_row(label, "–" if value is None else fmt.format(value))
+    kpis.add_row("all-time purchases generated / counted", f"{expected['orders']:,} / {counted['orders']:,}")
+    kpis.add_row(
+        "all-time revenue generated / counted", f"¥{expected['revenue']:,} / ¥{counted['revenue']:,}"
+    )
+    console.print(kpis)
+    segs = Table(title=f"Segments as of {segments['as_of']}")
+    segs.add_column("segment")
+    segs.add_column("customers", justify="right")
+    names = {"new": "新規 new", "repeat": "リピート repeat", "loyal": "優良 loyal", "dormant": "休眠 dormant"}
+    for seg in segments["segments"]:
+        segs.add_row(names.get(seg["segment"], seg["segment"]), f"{seg['customers']:,}")
+    console.print(segs)
+
+
+@app.command("demo")
+def demo_command(
+    customers: int = typer.Option(2_000, min=10, max=2_000_000, help="people in the demo retailer"),
+    seed: int = typer.Option(7, help="the generator's seed (same seed, same retailer)"),
+    reload: bool = typer.Option(False, help="load again even if var/ holds this demo already"),
+) -> None:
+    """Load the demo retailer into the running platform and print the report."""
+    load_demo(customers, seed, reload=reload)
+
+
 @app.command("run")
 def run(
     stop_kafka: bool = typer.Option(True, help="Stop the broker on exit if this command started it."),
+    customers: int = typer.Option(2_000, min=10, max=2_000_000, help="people in the demo retailer"),
+    seed: int = typer.Option(7, help="the demo generator's seed"),
+    load: bool = typer.Option(True, help="load the demo retailer (once per var/); --no-load skips it"),
 ) -> None:
-    """Start Kafka and every service process; print where to look; Ctrl-C stops all."""
+    """Start Kafka and every service process, load the demo retailer, print the report
+    and where to look; Ctrl-C stops all."""
     from crm_cli.supervisor import Supervisor, platform_processes
 
     broker = _broker()
@@ -228,6 +351,22 @@ def run(
         if slow and not supervisor.stopping:
             err_console.print(f"[bold red]not healthy in time:[/bold red] {', '.join(slow)}")
             raise typer.Exit(1)
+        if not supervisor.stopping and load:
+            import signal
+
+            def interrupt(signum: int, frame: Any) -> None:
+                supervisor.request_stop(signum, frame)
+                raise KeyboardInterrupt  # Ctrl-C during the load: stop it, then everything
+
+            previous = signal.signal(signal.SIGINT, interrupt)
+            try:
+                load_demo(customers, seed)
+            except KeyboardInterrupt:
+                pass
+            except Exception as exc:  # the platform stays up: say what failed
+                err_console.print(f"[bold red]demo load failed:[/bold red] {escape(str(exc))}")
+            finally:
+                signal.signal(signal.SIGINT, previous)
         if not supervisor.stopping:
             _print_where_to_look(broker.bootstrap)
             supervisor.watch()
