@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -321,9 +321,16 @@ def demo_command(
     customers: int = typer.Option(2_000, min=10, max=2_000_000, help="people in the demo retailer"),
     seed: int = typer.Option(7, help="the generator's seed (same seed, same retailer)"),
     reload: bool = typer.Option(False, help="load again even if var/ holds this demo already"),
+    report_json: Annotated[
+        Path | None, typer.Option(help="also write the report's figures to this file")
+    ] = None,
 ) -> None:
     """Load the demo retailer into the running platform and print the report."""
-    load_demo(customers, seed, reload=reload)
+    import json
+
+    figures = load_demo(customers, seed, reload=reload)
+    if report_json is not None:
+        report_json.write_text(json.dumps(figures, ensure_ascii=False, indent=1))
 
 
 @app.command("run")

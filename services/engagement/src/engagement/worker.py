@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 GROUP = "engagement-membership"
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str = GROUP) -> None:
+async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | None = None) -> None:
+    # A topic prefix (a namespace on a shared cluster) names a group of its own.
+    group_id = group_id or settings.kafka_topic_prefix + GROUP
     app = build_membership(settings)
     attribution = build_attribution(settings, app)
     dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")

@@ -74,11 +74,12 @@ def resolver() -> None:
     from identity.resolver.app import create_app
 
     identity = build(settings)
-    # CRM_RESOLVER_APP_ID gives a separate consumer group and tables (tests, re-resolution).
+    # CRM_RESOLVER_APP_ID gives a separate consumer group and tables (tests, re-resolution);
+    # a topic prefix (a namespace on a shared cluster) prefixes them too.
     app = create_app(
         settings,
         identity,
-        app_id=os.environ.get("CRM_RESOLVER_APP_ID", "identity-resolver"),
+        app_id=os.environ.get("CRM_RESOLVER_APP_ID", settings.kafka_topic_prefix + "identity-resolver"),
         offset_reset=os.environ.get("CRM_RESOLVER_OFFSET_RESET", "earliest"),
     )
     # override_logging=False keeps our log format; without it Faust's terminal spinner
