@@ -7,6 +7,8 @@ such as `crm_cli.kafka_local` so it can be tested and reused without the CLI.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -147,8 +149,6 @@ def import_csv(ctx: typer.Context) -> None:
     Runs the engagement service's importer (``python -m engagement import``), which
     validates every order like the ingestion API, shows progress, resumes where an
     interrupted run stopped and writes rejected rows to ``FILE.rejected.csv``."""
-    import subprocess
-    import sys
 
     result = subprocess.run([sys.executable, "-m", "engagement", "import", *ctx.args], check=False)
     raise typer.Exit(result.returncode)
@@ -385,6 +385,151 @@ def run(
         console.print("[bold]stopped[/bold]")
     if supervisor.failed:
         raise typer.Exit(1)
+
+
+@app.command("up")
+def up(
+    stop_kafka: bool = typer.Option(True, help="Stop the broker on exit if this command started it."),
+) -> None:
+    """Start Kafka and every service process without loading the demo (`crm run --no-load`)."""
+    run(stop_kafka=stop_kafka, customers=2_000, seed=7, load=False)
+
+
+@app.command("status")
+def status(
+    api_key: str = typer.Option("dev-admin-key", envvar="CRM_API_KEY", help="a key that may read every API"),
+) -> None:
+    """Processes, topics (events on each), consumer lag, and what analytics holds."""
+    import asyncio
+
+    import httpx
+
+    from crm_cli.status import kafka_overview
+    from crm_cli.supervisor import platform_processes
+
+    procs = Table(title="Processes", header_style="bold")
+    procs.add_column("process")
+    procs.add_column("health")
+    for spec in platform_processes():
+        if spec.health_url is None:
+            procs.add_row(spec.name, "[dim]no HTTP port: see lag below[/dim]")
+            continue
+        try:
+            ok = httpx.get(spec.health_url.replace("healthz", "readyz"), timeout=3).status_code == 200
+            procs.add_row(spec.name, "[green]ready[/green]" if ok else "[yellow]not ready[/yellow]")
+        except httpx.HTTPError:
+            procs.add_row(spec.name, "[red]down[/red]")
+    console.print(procs)
+    from crm_platform.settings import Settings
+
+    settings = Settings()
+    try:
+        topics, groups = asyncio.run(kafka_overview(settings.kafka_bootstrap, settings.kafka_topic_prefix))
+    except Exception as exc:
+        err_console.print(
+            f"[bold red]Kafka unreachable at {settings.kafka_bootstrap}:[/bold red] {escape(str(exc))}"
+        )
+        raise typer.Exit(1) from None
+    table = Table(title="Topics", header_style="bold")
+    table.add_column("topic")
+    table.add_column("partitions", justify="right")
+    table.add_column("events", justify="right")
+    for name, (partitions, events) in sorted(topics.items()):
+        table.add_row(name, str(partitions), f"{events:,}")
+    console.print(table)
+    lag = Table(title="Consumer groups", header_style="bold")
+    lag.add_column("group")
+    lag.add_column("lag", justify="right")
+    for group, behind in sorted(groups.items()):
+        lag.add_row(group, f"{behind:,}")
+    console.print(lag)
+    try:
+        fresh = httpx.get(
+            "http://127.0.0.1:8004/v1/status", headers={"X-API-Key": api_key}, timeout=10
+        ).json()
+        console.print(
+            f"analytics: {fresh['events']:,} events in ClickHouse, last ingested {fresh['last_ingested']}"
+        )
+    except (httpx.HTTPError, KeyError, ValueError):
+        console.print("[yellow]analytics API not answering on 8004[/yellow]")
+
+
+@app.command("customer")
+def customer(
+    query: str = typer.Argument(help="a name (kanji, kana, romaji), e-mail, phone or member number"),
+    api_key: str = typer.Option("dev-admin-key", envvar="CRM_API_KEY", help="a key with identity:read"),
+) -> None:
+    """Find a customer and show their profile with the analytics 360 summary."""
+    import httpx
+
+    headers = {"X-API-Key": api_key}
+    try:
+        found = httpx.get(
+            "http://127.0.0.1:8001/customers/search", params={"q": query}, headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        err_console.print(f"[bold red]identity API unreachable:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if found.status_code != 200:
+        err_console.print(f"[bold red]{found.status_code}:[/bold red] {escape(found.text[:400])}")
+        raise typer.Exit(1)
+    matches = found.json()
+    if not matches:
+        console.print("no customer found")
+        raise typer.Exit(1)
+    table = Table(title=f"{len(matches)} match(es) for {query!r}", header_style="bold")
+    for column in ("customer_id", "matched on", "name (key)", "prefecture"):
+        table.add_column(column)
+    for m in matches:
+        table.add_row(m["customer_id"], m["matched_on"], m["name_kanji_key"] or "", m["prefecture"] or "")
+    console.print(table)
+    cid = matches[0]["customer_id"]
+    profile = httpx.get(f"http://127.0.0.1:8001/customers/{cid}", headers=headers, timeout=10)
+    if profile.status_code == 200:
+        console.print_json(data=profile.json())
+    summary = httpx.get(f"http://127.0.0.1:8004/v1/customers/{cid}", headers=headers, timeout=10)
+    if summary.status_code == 200:
+        console.print_json(data=summary.json())
+    console.print(f"customer 360: http://127.0.0.1:8004/#/customer/{cid}")
+
+
+@app.command("replay")
+def replay(
+    projection: str = typer.Argument(help="what to rebuild from the log: analytics or identity"),
+) -> None:
+    """Rebuild a projection from its log, with the rate reached.
+
+    ``analytics``: every ClickHouse table from the Kafka log (with chDB, stop the platform
+    first); ``identity``: identity's match and search projection from its event store."""
+    import socket
+
+    if projection not in ("analytics", "identity"):
+        err_console.print(f"[bold red]unknown projection {projection!r}:[/bold red] analytics or identity")
+        raise typer.Exit(2)
+    if projection == "identity":
+        result = subprocess.run([sys.executable, "-m", "identity", "replay"], check=False)
+        raise typer.Exit(result.returncode)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8004)) == 0:
+            err_console.print(
+                "[bold red]the analytics API runs on 8004:[/bold red] stop the platform first (chDB)"
+            )
+            raise typer.Exit(1)
+    result = subprocess.run([sys.executable, "-m", "analytics", "replay"], check=False)
+    raise typer.Exit(result.returncode)
+
+
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run benchmarks (``bench/run.py``): `crm bench ingest analytics`; figures in bench/results/."""
+    from crm_platform.settings import find_project_root
+
+    runner = find_project_root() / "bench" / "run.py"
+    if not runner.exists():
+        err_console.print("[bold red]bench/run.py not found:[/bold red] run it from the project checkout")
+        raise typer.Exit(1)
+    result = subprocess.run([sys.executable, str(runner), *ctx.args], check=False)
+    raise typer.Exit(result.returncode)
 
 
 def _print_where_to_look(bootstrap: str) -> None:

@@ -76,6 +76,39 @@ def sink_() -> None:
 
 
 @cli.command()
+def replay() -> None:
+    """Rebuild every ClickHouse table from the Kafka log (stop the API/sink first)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from analytics.replay import replay as run_replay
+    from analytics.store.clickhouse import connect, sink_group
+
+    settings = _settings("replay")
+    client = connect(settings)
+    with Progress(
+        TextColumn("replaying the log"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    ) as bars:
+        task = bars.add_task("replay", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bars.update(task, completed=done, total=total)
+
+        result = asyncio.run(
+            run_replay(
+                client,
+                bootstrap=settings.kafka_bootstrap,
+                group_id=sink_group(settings),
+                topic_prefix=settings.kafka_topic_prefix,
+                progress=progress,
+            )
+        )
+    client.close()
+    typer.echo(
+        f"rebuilt from {result.records:,} records in {result.seconds:.1f}s: {result.rate:,.0f} events/s"
+    )
+
+
+@cli.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations that are not applied yet."""
     from analytics.store.clickhouse import connect

@@ -61,6 +61,28 @@ async def _relay(settings: Settings, stop: asyncio.Event) -> None:
 
 
 @cli.command()
+def replay() -> None:
+    """Rebuild identity's match and search projection from its event log."""
+    import time
+
+    from identity.bootstrap import build
+
+    settings = _settings("replay")
+    identity = build(settings)
+    try:
+        events = identity.app.recorder.max_notification_id() or 0
+        started = time.perf_counter()
+        customers = identity.app.rebuild_index()
+        seconds = time.perf_counter() - started
+    finally:
+        identity.close()
+    typer.echo(
+        f"rebuilt the projection of {customers:,} customers from {events:,} events in {seconds:.1f}s:"
+        f" {events / seconds if seconds else 0:,.0f} events/s"
+    )
+
+
+@cli.command()
 def resolver() -> None:
     """Run the identity resolver stream processor (Faust worker; scales by partitions)."""
     settings = _settings("resolver")

@@ -1,0 +1,48 @@
+"""What ``crm status`` reads from Kafka: events per topic and lag per consumer group."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from crm_contracts.topics import ALL_TOPICS
+
+
+async def kafka_overview(
+    bootstrap: str, prefix: str = ""
+) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """``{topic: (partitions, events)}`` for the platform's topics (events = end offsets
+    minus start offsets: what the log holds now) and ``{group: lag}`` for every group
+    that committed offsets on them."""
+    names = [prefix + t.name for t in ALL_TOPICS]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+        partitions = [
+            TopicPartition(d["topic"], p["partition"])
+            for d in described
+            if not d.get("error_code")
+            for p in d.get("partitions", ())
+        ]
+        groups = [g[0] if isinstance(g, tuple) else g["group_id"] for g in await admin.list_consumer_groups()]
+        committed = {group: await admin.list_consumer_group_offsets(group) for group in groups}
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        starts = await consumer.beginning_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+    topics: dict[str, tuple[int, int]] = {}
+    for tp in partitions:
+        count, events = topics.get(tp.topic, (0, 0))
+        topics[tp.topic] = (count + 1, events + ends[tp] - starts[tp])
+    lag: dict[str, int] = {}
+    for group, offsets in committed.items():
+        mine = {tp: meta.offset for tp, meta in offsets.items() if tp in ends}
+        if mine:
+            lag[group] = sum(max(0, ends[tp] - offset) for tp, offset in mine.items())
+    return topics, lag

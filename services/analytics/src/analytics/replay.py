@@ -1,0 +1,109 @@
+"""Rebuild ClickHouse from the log: drop every table, apply the migrations, consume every
+topic from its start (the log is the source of truth), then hand the sink's consumer
+group the positions reached, so the sink goes on from there and nothing counts twice.
+
+Embedded (chDB) mode: run it with the analytics API stopped (one process per data
+directory). With a server, stop the sink first (``analytics-sink`` replicas to 0).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from clickhouse_connect.driver.client import Client
+
+from analytics.sink import SINK_TOPICS, Sink
+from analytics.store.migrations import migrate
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def reset(client: Client) -> list[str]:
+    """Drop every table and view of the current database (views first); returns them."""
+    rows = client.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
+    ).result_rows
+    ordered = sorted(rows, key=lambda r: (r[1] not in ("MaterializedView", "View"), r[0]))
+    for name, _ in ordered:
+        client.command(f"DROP TABLE IF EXISTS `{name}` SYNC")
+    return [name for name, _ in ordered]
+
+
+async def replay(
+    client: Client,
+    *,
+    bootstrap: str,
+    group_id: str,
+    topic_prefix: str = "",
+    batch_rows: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    reset(client)
+    migrate(client)
+    ends = await _end_offsets(bootstrap, [topic_prefix + t for t in SINK_TOPICS])
+    total = sum(ends.values())
+    scratch = f"{group_id}-replay-{uuid.uuid4().hex[:8]}"
+    sink = Sink(
+        client, bootstrap=bootstrap, group_id=scratch, topic_prefix=topic_prefix, batch_rows=batch_rows
+    )
+    started = time.perf_counter()
+    await sink.start()
+    try:
+        done = 0
+        while done < total:
+            handled = await sink.drain(timeout_s=5)
+            done += handled
+            if progress:
+                progress(done, total)
+            if handled == 0 and sink.stats.total_lag() == 0:
+                break
+    finally:
+        await sink.stop()
+    seconds = time.perf_counter() - started
+    await _commit(bootstrap, group_id, ends)
+    return ReplayResult(records=sink.stats.records_in, seconds=seconds)
+
+
+async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(d["topic"], p["partition"]) for d in described for p in d.get("partitions", ())
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+    finally:
+        await consumer.stop()
+
+
+async def _commit(bootstrap: str, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+    """The sink's group continues where the replay stopped."""
+    if not offsets:
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
