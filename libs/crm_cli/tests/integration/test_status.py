@@ -20,7 +20,7 @@ def test_counts_events_per_topic_and_lag_per_group(kafka_bootstrap: str) -> None
     async def scenario() -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         await ensure_topics(kafka_bootstrap, prefix=prefix)
         async with EventProducer(kafka_bootstrap, client_id="status-test", topic_prefix=prefix) as producer:
-            for i in range(5):
+            for _ in range(5):
                 await producer.publish_raw(COMMERCE_ORDER.name, b"{}", key=b"k", headers=[])
         partition = [TopicPartition(topic, p) for p in range(COMMERCE_ORDER.partitions)]
         consumer = AIOKafkaConsumer(
