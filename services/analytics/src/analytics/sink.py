@@ -12,7 +12,8 @@
   the reason in its headers, before the batch's offsets are committed, and the pipeline
   goes on.
 * **Parsing happens in ClickHouse.** Valid records are written as they came off Kafka
-  (RowBinary: topic, partition, offset, raw JSON) into the ``events_queue`` Null table;
+  (their JSON, one per line, with ``_topic`` put in front) into the ``events_queue``
+  Null table, which ClickHouse parses natively;
   materialised views turn them into ``events``, ``orders``, ``identity_map`` and
   ``customers`` (see ``store/sql``). The one thing done here is re-pointing, after a
   merge, the keys that pointed at the merged customer (a merge chain).
@@ -25,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
@@ -117,18 +118,18 @@ def _reason(exc: ValidationError, inner: Exception) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or '<event>'}: {e['msg']}" for e in errors)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+#: How ClickHouse reads the queue's JSON lines: objects (the payload) as their text,
+#: ISO 8601 instants with a zone, unknown envelope fields (trace, …) skipped.
+_INSERT_SETTINGS = {
+    "input_format_json_read_objects_as_strings": 1,
+    "date_time_input_format": "best_effort",
+    "input_format_skip_unknown_fields": 1,
+}
 
 
-def _row(topic: bytes, partition: int, offset: int, raw: bytes) -> bytes:
-    """One ``events_queue`` row in RowBinary: String, UInt32, UInt64, String."""
-    return b"".join((topic, struct.pack("<IQ", partition, offset), _varint(len(raw)), raw))
+def _row(topic_head: bytes, raw: bytes) -> bytes:
+    """One ``events_queue`` row: the record's own JSON with ``_topic`` put in front."""
+    return topic_head + raw.lstrip()[1:].rstrip() + b"\n"
 
 
 class Sink:
@@ -163,7 +164,7 @@ class Sink:
         self._dead_letter = dead_letter
         self._validate = EventValidator()
         self._clock = clock
-        self._topic_cells: dict[str, bytes] = {}
+        self._topic_heads: dict[str, bytes] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}
         self.stats = SinkStats()
@@ -177,47 +178,64 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, batch, insert, commit — until ``stop`` is set. What is pending when
         it is set is flushed first (a clean shutdown leaves nothing to re-deliver)."""
-        pending = _Pending(started=self._clock())
-        while not stop.is_set():
-            remaining = (
-                max(0.0, pending.started + self._batch_s - self._clock()) if pending.count else self._batch_s
-            )
-            batches = await self._consumer.getmany(
-                timeout_ms=max(1, int(remaining * 1000)), max_records=max(1, self._batch_rows - pending.count)
-            )
-            if not pending.count:
-                pending.started = self._clock()
-            for tp, records in batches.items():
-                self._take(pending, tp, records)
-            self._update_lag()
-            if pending.count and (
-                pending.count >= self._batch_rows or self._clock() - pending.started >= self._batch_s
-            ):
-                await self._flush(pending, stop)
-                pending = _Pending(started=self._clock())
-        if pending.count:
-            await self._flush(pending, stop)
+        await self._pump(stop, until_caught_up=False)
 
     async def drain(self, timeout_s: float = 30.0) -> int:
         """Consume and flush until caught up with the broker (tests, the bench, replays);
         returns the records handled."""
+        return await self._pump(asyncio.Event(), until_caught_up=True, timeout_s=timeout_s)
+
+    async def _pump(
+        self, stop: asyncio.Event, *, until_caught_up: bool, timeout_s: float | None = None
+    ) -> int:
+        """The loop. One batch is inserted (in a thread: ClickHouse works outside the
+        GIL) while the next is consumed and validated; batches are committed in order,
+        each only after its own insert."""
         handled = 0
-        deadline = self._clock() + timeout_s
-        idle_polls = 0
-        while self._clock() < deadline:
-            pending = _Pending(started=self._clock())
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_rows)
-            for tp, records in batches.items():
-                self._take(pending, tp, records)
-            self._update_lag()
+        inflight: asyncio.Task[None] | None = None
+        pending = _Pending(started=self._clock())
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        idle = 0
+
+        async def hand_off(batch: _Pending) -> None:
+            nonlocal inflight, handled
+            if inflight is not None:
+                await inflight
+            handled += batch.count
+            inflight = asyncio.create_task(self._flush(batch, stop))
+
+        try:
+            while not stop.is_set() and (deadline is None or self._clock() < deadline):
+                age = self._clock() - pending.started if pending.count else 0.0
+                batches = await self._consumer.getmany(
+                    timeout_ms=max(1, int((self._batch_s - age) * 1000)) if not until_caught_up else 200,
+                    max_records=max(1, self._batch_rows - pending.count),
+                )
+                if not pending.count:
+                    pending.started = self._clock()
+                got = 0
+                for tp, records in batches.items():
+                    self._take(pending, tp, records)
+                    got += len(records)
+                self._update_lag()
+                full = pending.count >= self._batch_rows
+                if pending.count and (full or self._clock() - pending.started >= self._batch_s or not got):
+                    await hand_off(pending)
+                    pending = _Pending(started=self._clock())
+                if until_caught_up and not got and not pending.count:
+                    if inflight is not None:
+                        await inflight
+                        inflight = None
+                    self._update_lag()
+                    caught_up = self._consumer.assignment() and self.stats.total_lag() == 0
+                    idle = idle + 1 if caught_up else 0
+                    if idle >= 2:
+                        break
             if pending.count:
-                await self._flush(pending, asyncio.Event())
-                handled += pending.count
-                idle_polls = 0
-            elif self._consumer.assignment() and self.stats.total_lag() == 0:
-                idle_polls += 1
-                if idle_polls >= 2:
-                    return handled
+                await hand_off(pending)
+        finally:
+            if inflight is not None:
+                await inflight
         return handled
 
     # -- batching --------------------------------------------------------------------
@@ -228,10 +246,9 @@ class Sink:
         topic = (
             tp.topic[len(self._prefix) :] if self._prefix and tp.topic.startswith(self._prefix) else tp.topic
         )
-        cell = self._topic_cells.get(topic)
-        if cell is None:
-            encoded = topic.encode()
-            cell = self._topic_cells[topic] = _varint(len(encoded)) + encoded
+        head = self._topic_heads.get(topic)
+        if head is None:
+            head = self._topic_heads[topic] = _topic_head(topic)
         for record in records:
             pending.count += 1
             pending.offsets[tp] = self._taken[tp] = record.offset + 1
@@ -244,7 +261,7 @@ class Sink:
             except InvalidEvent as exc:
                 pending.dead.append((record, str(exc)))
                 continue
-            pending.rows.append(_row(cell, tp.partition, record.offset, raw))
+            pending.rows.append(_row(head, raw))
             if isinstance(event, CustomersMerged):
                 pending.merges.append(event)
             if len(pending.links) < _MAX_LINKS and record.headers:
@@ -329,15 +346,20 @@ class Sink:
 
 
 def insert_rows(client: Client, rows: Sequence[bytes]) -> None:
-    """One insert of ``events_queue`` rows (RowBinary, see :func:`encode_row`)."""
+    """One insert of ``events_queue`` rows (JSON lines, see :func:`encode_row`)."""
     client.raw_insert(
-        "events_queue", ["topic", "partition", "offset", "raw"], insert_block=b"".join(rows), fmt="RowBinary"
+        "events_queue", None, insert_block=b"".join(rows), fmt="JSONEachRow", settings=_INSERT_SETTINGS
     )
 
 
+def _topic_head(topic: str) -> bytes:
+    return b'{"_topic":' + orjson.dumps(topic) + b","
+
+
 def encode_row(topic: str, partition: int, offset: int, raw: bytes) -> bytes:
-    encoded = topic.encode()
-    return _row(_varint(len(encoded)) + encoded, partition, offset, raw)
+    """A record as the sink writes it (``partition``/``offset`` are not stored)."""
+    del partition, offset
+    return _row(_topic_head(topic), raw)
 
 
 def repoint_merged(client: Client, merge: CustomersMerged) -> None:

@@ -22,62 +22,61 @@ ENGINE = ReplacingMergeTree(version)
 ORDER BY person_key;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS identity_map_profile_mv TO identity_map AS
-WITH
-    JSONExtractString(raw, 'payload', 'status') AS _status,
-    JSONExtractString(raw, 'payload', 'customer_id') AS _cid,
-    toUInt64(toUnixTimestamp64Micro(parseDateTime64BestEffort(JSONExtractString(raw, 'recorded_at'), 6, 'UTC')))
-        AS _v
+WITH JSONExtract(
+    payload, 'Tuple(customer_id String, status String, merged_into String, identifiers Array(Tuple(kind String, hash String)))'
+) AS p
 SELECT
     key AS person_key,
-    toUUID(if(_status = 'merged', JSONExtractString(raw, 'payload', 'merged_into'), _cid)) AS customer_id,
-    _v AS version,
-    toUInt8(_status = 'erased' AND key != _cid) AS is_deleted,
+    toUUID(if(tupleElement(p, 'status') = 'merged', tupleElement(p, 'merged_into'), tupleElement(p, 'customer_id')))
+        AS customer_id,
+    toUInt64(toUnixTimestamp64Micro(recorded_at)) AS version,
+    toUInt8(tupleElement(p, 'status') = 'erased' AND key != tupleElement(p, 'customer_id')) AS is_deleted,
     'profile' AS source
 FROM events_queue
 ARRAY JOIN arrayConcat(
-    [_cid],
-    arrayMap(i -> JSONExtractString(i, 'hash'), JSONExtractArrayRaw(raw, 'payload', 'identifiers'))
+    [tupleElement(p, 'customer_id')], arrayMap(i -> tupleElement(i, 'hash'), tupleElement(p, 'identifiers'))
 ) AS key
-WHERE topic LIKE '%crm.identity.profile' AND raw != '';
+WHERE event_type = 'customer.profile_snapshot';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS identity_map_decisions_mv TO identity_map AS
 WITH
-    JSONExtractString(raw, 'event_type') AS _type,
-    toUInt64(toUnixTimestamp64Micro(parseDateTime64BestEffort(JSONExtractString(raw, 'recorded_at'), 6, 'UTC')))
-        AS _v,
-    JSONExtractString(raw, 'payload', 'survivor_id') AS _survivor,
-    JSONExtractString(raw, 'payload', 'customer_id') AS _cid,
-    JSONExtractString(raw, 'payload', 'restored_id') AS _restored,
-    (i -> JSONExtractString(i, 'hash')) AS _hash
+    JSONExtract(
+        payload,
+        'Tuple(customer_id String, survivor_id String, merged_id String, restored_id String, moved Array(Tuple(kind String, hash String)), restored Array(Tuple(kind String, hash String)), linked Array(Tuple(kind String, hash String)), unlinked Array(Tuple(kind String, hash String)), tombstoned Array(Tuple(kind String, hash String)))'
+    ) AS p,
+    tupleElement(p, 'customer_id') AS _cid,
+    tupleElement(p, 'survivor_id') AS _survivor,
+    tupleElement(p, 'restored_id') AS _restored
 SELECT
     row.1 AS person_key,
     toUUID(row.2) AS customer_id,
-    _v AS version,
+    toUInt64(toUnixTimestamp64Micro(recorded_at)) AS version,
     row.3 AS is_deleted,
     'identity' AS source
 FROM events_queue
 ARRAY JOIN multiIf(
-    _type = 'customer.merged',
+    event_type = 'customer.merged',
         arrayConcat(
-            [(JSONExtractString(raw, 'payload', 'merged_id'), _survivor, toUInt8(0))],
-            arrayMap(i -> (JSONExtractString(i, 'hash'), _survivor, toUInt8(0)),
-                     JSONExtractArrayRaw(raw, 'payload', 'moved'))),
-    _type = 'customer.merge_undone',
+            [(tupleElement(p, 'merged_id'), _survivor, toUInt8(0))],
+            arrayMap(i -> (tupleElement(i, 'hash'), _survivor, toUInt8(0)), tupleElement(p, 'moved'))),
+    event_type = 'customer.merge_undone',
         arrayConcat(
             [(_restored, _restored, toUInt8(0))],
-            arrayMap(i -> (JSONExtractString(i, 'hash'), _restored, toUInt8(0)),
-                     JSONExtractArrayRaw(raw, 'payload', 'restored'))),
-    _type = 'customer.identifiers_linked',
-        arrayMap(i -> (JSONExtractString(i, 'hash'), _cid, toUInt8(0)), JSONExtractArrayRaw(raw, 'payload', 'linked')),
-    _type = 'customer.identifiers_unlinked',
-        arrayMap(i -> (JSONExtractString(i, 'hash'), _cid, toUInt8(1)), JSONExtractArrayRaw(raw, 'payload', 'unlinked')),
-    _type = 'customer.erased',
-        arrayMap(i -> (JSONExtractString(i, 'hash'), _cid, toUInt8(1)), JSONExtractArrayRaw(raw, 'payload', 'tombstoned')),
-    _type = 'customer.registered',
+            arrayMap(i -> (tupleElement(i, 'hash'), _restored, toUInt8(0)), tupleElement(p, 'restored'))),
+    event_type = 'customer.identifiers_linked',
+        arrayMap(i -> (tupleElement(i, 'hash'), _cid, toUInt8(0)), tupleElement(p, 'linked')),
+    event_type = 'customer.identifiers_unlinked',
+        arrayMap(i -> (tupleElement(i, 'hash'), _cid, toUInt8(1)), tupleElement(p, 'unlinked')),
+    event_type = 'customer.erased',
+        arrayMap(i -> (tupleElement(i, 'hash'), _cid, toUInt8(1)), tupleElement(p, 'tombstoned')),
+    event_type = 'customer.registered',
         [(_cid, _cid, toUInt8(0))],
     CAST([], 'Array(Tuple(String, String, UInt8))')
 ) AS row
-WHERE topic LIKE '%crm.identity.customer';
+WHERE event_type IN (
+    'customer.merged', 'customer.merge_undone', 'customer.identifiers_linked',
+    'customer.identifiers_unlinked', 'customer.erased', 'customer.registered'
+);
 
 -- The current owner of every key. Deleted keys (unlinked, erased) are absent: their
 -- events stand on their own key, anonymous but still counted.
@@ -119,29 +118,32 @@ ORDER BY customer_id;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS customers_mv TO customers AS
 WITH
-    JSONExtractRaw(raw, 'payload') AS _p,
-    arrayFilter(c -> JSONExtractBool(c, 'granted'), JSONExtractArrayRaw(_p, 'consents')) AS _granted,
-    arrayMap(c -> JSONExtractString(c, 'channel'), _granted) AS _consented
+    JSONExtract(
+        payload,
+        'Tuple(customer_id String, status String, merged_into String, attributes Tuple(gender String, birth_year Nullable(UInt16), birth_month Nullable(UInt8), prefecture String, tags Array(String)), consents Array(Tuple(channel String, granted Bool)), identifiers Array(Tuple(kind String, hash String)), channels Array(String), first_seen String, last_seen String, events_seen UInt64)'
+    ) AS p,
+    tupleElement(p, 'attributes') AS a,
+    arrayMap(c -> tupleElement(c, 'channel'), arrayFilter(c -> tupleElement(c, 'granted'), tupleElement(p, 'consents')))
+        AS _consented
 SELECT
-    toUUID(JSONExtractString(_p, 'customer_id')) AS customer_id,
-    JSONExtractString(_p, 'status') AS status,
-    toUUIDOrNull(JSONExtractString(_p, 'merged_into')) AS merged_into,
-    JSONExtractString(_p, 'attributes', 'gender') AS gender,
-    JSONExtract(_p, 'attributes', 'birth_year', 'Nullable(UInt16)') AS birth_year,
-    JSONExtract(_p, 'attributes', 'birth_month', 'Nullable(UInt8)') AS birth_month,
-    JSONExtractString(_p, 'attributes', 'prefecture') AS prefecture,
-    JSONExtract(_p, 'attributes', 'tags', 'Array(String)') AS tags,
+    toUUID(tupleElement(p, 'customer_id')) AS customer_id,
+    tupleElement(p, 'status') AS status,
+    toUUIDOrNull(tupleElement(p, 'merged_into')) AS merged_into,
+    tupleElement(a, 'gender') AS gender,
+    tupleElement(a, 'birth_year') AS birth_year,
+    tupleElement(a, 'birth_month') AS birth_month,
+    tupleElement(a, 'prefecture') AS prefecture,
+    tupleElement(a, 'tags') AS tags,
     toUInt8(has(_consented, 'email')) AS consent_email,
     toUInt8(has(_consented, 'sms')) AS consent_sms,
     toUInt8(has(_consented, 'line')) AS consent_line,
     toUInt8(has(_consented, 'app_push')) AS consent_app_push,
     toUInt8(has(_consented, 'postal')) AS consent_postal,
-    toUInt16(length(JSONExtractArrayRaw(_p, 'identifiers'))) AS identifier_count,
-    JSONExtract(_p, 'channels', 'Array(String)') AS channels,
-    parseDateTime64BestEffortOrNull(JSONExtractString(_p, 'first_seen'), 3, 'UTC') AS first_seen,
-    parseDateTime64BestEffortOrNull(JSONExtractString(_p, 'last_seen'), 3, 'UTC') AS last_seen,
-    JSONExtractUInt(_p, 'events_seen') AS events_seen,
-    toUInt64(toUnixTimestamp64Micro(parseDateTime64BestEffort(JSONExtractString(raw, 'recorded_at'), 6, 'UTC')))
-        AS version
+    toUInt16(length(tupleElement(p, 'identifiers'))) AS identifier_count,
+    tupleElement(p, 'channels') AS channels,
+    parseDateTime64BestEffortOrNull(tupleElement(p, 'first_seen'), 3, 'UTC') AS first_seen,
+    parseDateTime64BestEffortOrNull(tupleElement(p, 'last_seen'), 3, 'UTC') AS last_seen,
+    tupleElement(p, 'events_seen') AS events_seen,
+    toUInt64(toUnixTimestamp64Micro(recorded_at)) AS version
 FROM events_queue
-WHERE topic LIKE '%crm.identity.profile' AND raw != '';
+WHERE event_type = 'customer.profile_snapshot';
