@@ -80,9 +80,10 @@ class Queries:
                 sumIf(amount, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS gross,
                 countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}} AND day < {{start:Date}})
                     AS prev_orders,
-                groupUniqArrayArrayIf(categories, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}})
-                    AS categories,
-                groupUniqArrayIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channels,
+                minIf(category_lo, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS category_lo,
+                maxIf(category_hi, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS category_hi,
+                minIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channel_lo,
+                maxIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channel_hi,
                 maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS top_price,
                 maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}}
                       AND day < {{start:Date}}) AS prev_top_price,
@@ -99,8 +100,10 @@ class Queries:
                 sum(k.revenue) AS revenue,
                 sum(k.gross) AS gross,
                 sum(k.prev_orders) AS prev_orders,
-                length(groupUniqArrayArray(k.categories)) AS category_count,
-                length(groupUniqArrayArray(k.channels)) AS channel_count,
+                -- two or more categories (channels) exactly when the extremes differ; a key
+                -- without purchases in the period contributes no extremes (If → NULL)
+                minIf(k.category_lo, k.orders > 0) != maxIf(k.category_hi, k.orders > 0) AS cross_sold,
+                minIf(k.channel_lo, k.channel_hi != '') != maxIf(k.channel_hi, k.channel_hi != '') AS omnichannel,
                 max(k.top_price) AS top_price,
                 max(k.prev_top_price) AS prev_top_price,
                 sum(k.lifetime) AS lifetime,
@@ -118,10 +121,10 @@ class Queries:
             sum(gross) AS gross_total,
             countIf(prev_orders > 0) AS previous_active,
             countIf(prev_orders > 0 AND orders > 0) AS retained,
-            countIf(orders > 0 AND category_count >= 2) AS cross_sell_customers,
+            countIf(orders > 0 AND cross_sold) AS cross_sell_customers,
             countIf(orders > 0 AND prev_orders > 0
                     AND {_band("top_price")} > {_band("prev_top_price")}) AS up_sell_customers,
-            countIf(orders > 0 AND channel_count >= 2) AS omnichannel_customers,
+            countIf(orders > 0 AND omnichannel) AS omnichannel_customers,
             sum(lifetime) AS lifetime_revenue,
             countIf(ever AND first_day < {{end:Date}}) AS lifetime_customers
         FROM per_customer

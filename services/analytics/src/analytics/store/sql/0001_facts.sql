@@ -102,6 +102,11 @@ CREATE TABLE IF NOT EXISTS orders
     amount Int64,
     items UInt32,
     categories Array(LowCardinality(String)),
+    -- the smallest and largest hash of the categories: a customer bought in two or
+    -- more categories exactly when their smallest and largest differ (cross-sell),
+    -- found without collecting category sets per customer
+    category_lo UInt64,
+    category_hi UInt64,
     max_unit_price UInt32
 )
 ENGINE = ReplacingMergeTree
@@ -125,6 +130,8 @@ SELECT
     if(event_type = 'order.returned', -tupleElement(p, 'refund_total'), tupleElement(p, 'total')) AS amount,
     toUInt32(arraySum(arrayMap(l -> tupleElement(l, 'quantity'), tupleElement(p, 'lines')))) AS items,
     arrayDistinct(arrayMap(l -> tupleElement(l, 'category'), tupleElement(p, 'lines'))) AS categories,
+    arrayMin(arrayMap(l -> cityHash64(tupleElement(l, 'category')), tupleElement(p, 'lines'))) AS category_lo,
+    arrayMax(arrayMap(l -> cityHash64(tupleElement(l, 'category')), tupleElement(p, 'lines'))) AS category_hi,
     toUInt32(if(event_type = 'order.returned', 0,
                 arrayMax(arrayMap(l -> tupleElement(l, 'unit_price'), tupleElement(p, 'lines'))))) AS max_unit_price
 FROM events_queue
