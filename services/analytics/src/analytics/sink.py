@@ -313,8 +313,8 @@ class Sink:
 
     def _insert(self, pending: _Pending) -> None:
         insert_rows(self._client, pending.rows)
-        for merge in pending.merges:
-            repoint_merged(self._client, merge)
+        if pending.merges:
+            repoint_merged(self._client, *pending.merges)
 
     async def _send_to_dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         self.stats.dead_lettered += 1
@@ -362,18 +362,36 @@ def encode_row(topic: str, partition: int, offset: int, raw: bytes) -> bytes:
     return _row(_topic_head(topic), raw)
 
 
-def repoint_merged(client: Client, merge: CustomersMerged) -> None:
-    """Keys that point at the merged customer now point at the survivor (a chain: C was
-    merged into B, now B into A, so C's keys follow to A). Same version as the merge's
-    own rows; an undo's later rows win over these."""
+def repoint_merged(client: Client, *merges: CustomersMerged) -> None:
+    """Keys that point at a merged customer now point at its survivor — a chain: C was
+    merged into B, now B into A, so C's keys follow to A. One statement for a batch's
+    merges (chains inside the batch followed to their end), each key's new row at the
+    version of the merge that moved it; an undo's later rows win over these."""
+    survivor: dict[str, str] = {}
+    version: dict[str, int] = {}
+    for merge in merges:
+        merged, into = str(merge.payload.merged_id), str(merge.payload.survivor_id)
+        survivor[merged] = into
+        version[merged] = int(merge.recorded_at.timestamp() * 1_000_000)
+    final: dict[str, tuple[str, int]] = {}
+    for merged, into in survivor.items():
+        end, at, seen = into, version[merged], {merged}
+        while end in survivor and end not in seen:  # a later merge in the batch took the survivor
+            seen.add(end)
+            end, at = survivor[end], max(at, version[end])
+        final[merged] = (end, at)
+    ids = sorted(final)
     client.command(
         "INSERT INTO identity_map (person_key, customer_id, version, is_deleted, source)"
-        " SELECT person_key, {survivor:UUID}, {version:UInt64}, 0, 'repoint'"
-        " FROM identity_current WHERE customer_id = {merged:UUID}",
+        " SELECT person_key,"
+        " toUUID(transform(toString(customer_id), {merged:Array(String)}, {survivors:Array(String)}, '')),"
+        " transform(toString(customer_id), {merged:Array(String)}, {versions:Array(UInt64)}, toUInt64(0)),"
+        " 0, 'repoint'"
+        " FROM identity_current WHERE toString(customer_id) IN {merged:Array(String)}",
         parameters={
-            "survivor": str(merge.payload.survivor_id),
-            "merged": str(merge.payload.merged_id),
-            "version": int(merge.recorded_at.timestamp() * 1_000_000),
+            "merged": ids,
+            "survivors": [final[i][0] for i in ids],
+            "versions": [final[i][1] for i in ids],
         },
     )
 

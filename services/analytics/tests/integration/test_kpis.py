@@ -364,3 +364,18 @@ def test_weekly_and_monthly_series_of_new_customers(client: Client) -> None:
             firsts[x.owner] = min(firsts.get(x.owner, x.day), x.day)
     assert sum(p["value"] for p in weekly) == sum(p["value"] for p in monthly) == len(firsts)
     assert all(date.fromisoformat(p["bucket"]).weekday() == 0 for p in weekly)
+
+
+def test_a_merge_chain_in_one_batch_ends_at_the_last_survivor(client: Client) -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ids = {x: f.ident(f"{x}@example.jp") for x in (a, b, c)}
+    _deliver(client, [f.profile(x, [ids[x]]) for x in (a, b, c)])
+    t0 = datetime.now(UTC)
+    first = f.merged(b, a, [ids[a]], t0)  # A into B
+    second = f.merged(c, b, [ids[b]], t0 + timedelta(milliseconds=1))  # then B into C
+    _deliver(client, [first, second], offset=100)
+    repoint_merged(client, first, second)
+    owners = dict(client.query("SELECT person_key, toString(customer_id) FROM identity_current").result_rows)
+    assert owners[str(a)] == owners[str(b)] == owners[ids[a].hash] == owners[ids[b].hash] == str(c)
+    queries = Queries(client)
+    assert set(queries.customer_keys(str(c))) >= {str(a), str(b), str(c), ids[a].hash, ids[b].hash}

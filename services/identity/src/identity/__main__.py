@@ -70,9 +70,8 @@ def replay() -> None:
     settings = _settings("replay")
     identity = build(settings)
     try:
-        events = identity.app.recorder.max_notification_id() or 0
         started = time.perf_counter()
-        customers = identity.app.rebuild_index()
+        customers, events = identity.app.rebuild_index()
         seconds = time.perf_counter() - started
     finally:
         identity.close()

@@ -1038,27 +1038,34 @@ class IdentityApplication(Application[uuid.UUID]):
             )
         return rows
 
-    def rebuild_index(self) -> int:
-        """Recompute the match index from the log (after a rule or normaliser change)."""
-        self.index.clear_index()
-        count = 0
-        seen: set[uuid.UUID] = set()
+    def rebuild_index(self, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+        """Recompute the match index from the log (after a rule or normaliser change).
+
+        One pass over the store's notification log: every customer event is decoded once
+        and applied to its customer, then the index is written in chunks. Returns
+        ``(customers, events read)``."""
+        prefix = _topic(Customer) + "."
+        customers: dict[uuid.UUID, Any] = {}
+        events = 0
         start = 1
         while True:
-            batch = self.recorder.select_notifications(
-                start=start, limit=1000, topics=[_topic(Customer.Registered)]
-            )
+            batch = self.recorder.select_notifications(start=start, limit=5000)
             if not batch:
                 break
-            for n in batch:
-                if n.originator_id not in seen:
-                    seen.add(cast(uuid.UUID, n.originator_id))
+            for stored in batch:
+                events += 1
+                if stored.topic.startswith(prefix):
+                    event: Any = self.mapper.to_domain_event(stored)
+                    originator = cast(uuid.UUID, stored.originator_id)
+                    customers[originator] = event.mutate(customers.get(originator))
             start = batch[-1].id + 1
-        for customer_id in sorted(seen):
-            customer = self._customer(customer_id)
-            self.recorder.insert_events([], index_rows=[self._index_row(customer)])
-            count += 1
-        return count
+            if progress:
+                progress(events)
+        self.index.clear_index()
+        rows = [self._index_row(c) for c in customers.values() if c is not None]
+        for i in range(0, len(rows), 1000):
+            self.recorder.insert_events([], index_rows=rows[i : i + 1000])
+        return len(rows), events
 
 
 def _topic(cls: type[Any]) -> str:
