@@ -407,35 +407,40 @@ class Queries:
 
     # -- the 360 view -----------------------------------------------------------------
 
-    def customer_keys(self, customer_id: str) -> list[str]:
-        """Every key that belongs to the customer now (its identifiers, its own id and
-        those of customers merged into it)."""
-        sql = """
+    #: Every key that belongs to the customer now (its identifiers, its own id and those
+    #: of customers merged into it): candidates by customer, each confirmed as still
+    #: theirs in the map (a later merge or undo may have moved it).
+    _KEYS = """
         SELECT person_key FROM identity_map
-        WHERE person_key IN (SELECT person_key FROM identity_map WHERE customer_id = {cid:UUID})
+        WHERE person_key IN (SELECT person_key FROM identity_by_customer WHERE customer_id = {cid:UUID})
         GROUP BY person_key
         HAVING argMax(customer_id, version) = {cid:UUID} AND argMax(is_deleted, version) = 0
-        """
-        keys = [r["person_key"] for r in self._rows(sql, cid=customer_id)]
-        return sorted({*keys, customer_id})
+        UNION ALL SELECT toString({cid:UUID})
+    """
+
+    def customer_keys(self, customer_id: str) -> list[str]:
+        return sorted({r["person_key"] for r in self._rows(self._KEYS, cid=customer_id)})
 
     def timeline(
         self, customer_id: str, limit: int = 100, before: Any = None, before_event: str | None = None
     ) -> list[dict[str, Any]]:
         """Newest first. Paging: pass the last row's ``occurred_at`` as ``before`` and its
-        ``event_id`` as ``before_event`` (events at the same instant are not skipped)."""
-        keys = self.customer_keys(customer_id)
-        sql = """
+        ``event_id`` as ``before_event`` (events at the same instant are not skipped).
+
+        One statement; copies of a re-delivered event are dropped with ``LIMIT 1 BY
+        event_id`` (cheaper here than FINAL, which would merge every part's granules)."""
+        sql = f"""
         SELECT event_id, event_type, occurred_at, topic, channel, kind, store_id, order_id, amount, payload
-        FROM events FINAL
-        WHERE person_key IN {keys:Array(String)}
-          AND ({before:Nullable(DateTime64(3, 'UTC'))} IS NULL
-               OR (occurred_at, event_id) < ({before:Nullable(DateTime64(3, 'UTC'))},
-                                            ifNull({before_event:Nullable(UUID)}, toUUID('00000000-0000-0000-0000-000000000000'))))
+        FROM events
+        WHERE person_key IN ({self._KEYS})
+          AND ({{before:Nullable(DateTime64(3, 'UTC'))}} IS NULL
+               OR (occurred_at, event_id) < ({{before:Nullable(DateTime64(3, 'UTC'))}},
+                                            ifNull({{before_event:Nullable(UUID)}}, toUUID('00000000-0000-0000-0000-000000000000'))))
         ORDER BY occurred_at DESC, event_id DESC
-        LIMIT {limit:UInt32}
+        LIMIT 1 BY event_id
+        LIMIT {{limit:UInt32}}
         """
-        rows = self._rows(sql, keys=keys, before=before, before_event=before_event, limit=limit)
+        rows = self._rows(sql, cid=customer_id, before=before, before_event=before_event, limit=limit)
         return [{**r, "event_id": str(r["event_id"]), "occurred_at": _iso(r["occurred_at"])} for r in rows]
 
     def customer_summary(self, customer_id: str) -> dict[str, Any] | None:

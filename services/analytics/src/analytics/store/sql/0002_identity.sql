@@ -14,9 +14,7 @@ CREATE TABLE IF NOT EXISTS identity_map
     customer_id UUID,
     version UInt64,
     is_deleted UInt8,
-    source LowCardinality(String),
-    -- a customer's keys (the 360 timeline) without reading the whole map
-    INDEX idx_customer customer_id TYPE bloom_filter GRANULARITY 1
+    source LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY person_key;
@@ -77,6 +75,23 @@ WHERE event_type IN (
     'customer.merged', 'customer.merge_undone', 'customer.identifiers_linked',
     'customer.identifiers_unlinked', 'customer.erased', 'customer.registered'
 );
+
+-- The same rows by customer: a customer's keys (the 360 timeline) with a primary-key
+-- lookup instead of a scan of the map. Fed from identity_map itself (cascading views),
+-- so the re-pointing after a merge reaches it too. Candidates only: a key's current
+-- owner is still read from identity_map.
+CREATE TABLE IF NOT EXISTS identity_by_customer
+(
+    customer_id UUID,
+    person_key String,
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (customer_id, person_key)
+SETTINGS index_granularity = 1024;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS identity_by_customer_mv TO identity_by_customer AS
+SELECT customer_id, person_key, version FROM identity_map;
 
 -- The current owner of every key: the table is sorted by key and replaced by version,
 -- so FINAL keeps each key's latest row (cheaper than GROUP BY … argMax). Deleted keys
