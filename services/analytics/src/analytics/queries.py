@@ -19,7 +19,7 @@ Definitions (docs/analytics.md says the same):
   Up-sell rate: customers active in both periods whose highest price band rose / those.
   Omnichannel share: active customers who bought in ≥2 channels (store/online/app).
 
-Two stages keep the join small: facts are first aggregated per ``person_key``, then
+Two stages keep the join small: facts are first aggregated per key (``key_hash``), then
 the (much smaller) per-key result is joined to the identity map and folded per
 customer.
 """
@@ -38,9 +38,12 @@ SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
 #: Upper bounds (yen, exclusive) of the price bands of up-sell; beyond the last, the top band.
 PRICE_BANDS: tuple[int, ...] = (3_000, 10_000, 30_000)
 
-# The person_key of a fact folded to its current customer (a key nobody claims stands
-# for itself: an identified purchase the resolver has not linked yet still counts).
-_ATTRIBUTE = "if(m.person_key = '', k.person_key, toString(m.customer_id))"
+# A fact's key folded to its current customer, as a 64-bit group key (a key nobody
+# claims stands for itself: an identified purchase not linked yet still counts once).
+_ATTRIBUTE = "if(m.key_hash = 0, k.key_hash, cityHash64(m.customer_id))"
+#: The customer's id as text, for lists: the customer_id, or the key itself if unlinked.
+_CUSTOMER_ID = "any(if(m.key_hash = 0, k.person_key, toString(m.customer_id)))"
+_JOIN = "LEFT JOIN identity_current AS m ON m.key_hash = k.key_hash"
 _CHANNEL_OK = "({channel:String} = 'all' OR channel = {channel:String})"
 
 
@@ -73,7 +76,7 @@ class Queries:
         sql = f"""
         WITH per_key AS (
             SELECT
-                person_key,
+                key_hash,
                 minIfOrNull(day, kind = 'order' AND {_CHANNEL_OK}) AS first_day,
                 countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS orders,
                 sumIf(amount, {_CHANNEL_OK} AND day >= {{start:Date}}) AS revenue,
@@ -89,8 +92,8 @@ class Queries:
                       AND day < {{start:Date}}) AS prev_top_price,
                 sumIf(amount, {_CHANNEL_OK}) AS lifetime
             FROM orders FINAL
-            WHERE day < {{end:Date}} AND NOT startsWith(person_key, 'anonymous:')
-            GROUP BY person_key
+            WHERE day < {{end:Date}} AND NOT anonymous
+            GROUP BY key_hash
         ),
         per_customer AS (
             SELECT
@@ -109,7 +112,7 @@ class Queries:
                 sum(k.lifetime) AS lifetime,
                 countIf(k.first_day IS NOT NULL) > 0 AS ever
             FROM per_key AS k
-            LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            {_JOIN}
             GROUP BY customer
         )
         SELECT
@@ -135,7 +138,7 @@ class Queries:
         anonymous = self._rows(
             f"""SELECT sum(amount) AS revenue, countIf(kind = 'order') AS orders FROM orders FINAL
             WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
-              AND startsWith(person_key, 'anonymous:')""",
+              AND anonymous""",
             **params,
         )[0]
         active = row["active_customers"]
@@ -177,12 +180,11 @@ class Queries:
             SELECT {truncate}(first_day) AS bucket, count() AS value FROM (
                 SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day
                 FROM (
-                    SELECT person_key, min(day) AS first_day FROM orders FINAL
-                    WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}}
-                      AND NOT startsWith(person_key, 'anonymous:')
-                    GROUP BY person_key
+                    SELECT key_hash, min(day) AS first_day FROM orders FINAL
+                    WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}} AND NOT anonymous
+                    GROUP BY key_hash
                 ) AS k
-                LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+                {_JOIN}
                 GROUP BY customer
             )
             WHERE first_day >= {{start:Date}}
@@ -193,23 +195,23 @@ class Queries:
             value = {
                 "revenue": "sum(revenue)",
                 "orders": "sum(orders)",
-                "active_customers": "countIf(orders > 0 AND NOT startsWith(customer, 'anonymous:'))",
+                "active_customers": "countIf(orders > 0 AND NOT anonymous)",
                 "aov": "if(sum(orders) = 0, 0, sum(gross) / sum(orders))",
             }[metric]
             sql = f"""
             WITH per_key AS (
-                SELECT person_key, {bucket} AS bucket,
+                SELECT key_hash, {bucket} AS bucket, any(anonymous) AS anonymous,
                        countIf(kind = 'order') AS orders, sum(amount) AS revenue,
                        sumIf(amount, kind = 'order') AS gross
                 FROM orders FINAL
                 WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
-                GROUP BY person_key, bucket
+                GROUP BY key_hash, bucket
             )
             SELECT bucket, {value} AS value FROM (
-                SELECT {_ATTRIBUTE} AS customer, k.bucket AS bucket,
+                SELECT {_ATTRIBUTE} AS customer, k.bucket AS bucket, max(k.anonymous) AS anonymous,
                        sum(k.orders) AS orders, sum(k.revenue) AS revenue, sum(k.gross) AS gross
                 FROM per_key AS k
-                LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+                {_JOIN}
                 GROUP BY customer, bucket
             )
             GROUP BY bucket ORDER BY bucket
@@ -229,15 +231,14 @@ class Queries:
         unit = "month" if grain == "month" else "week"
         sql = f"""
         WITH per_key AS (
-            SELECT person_key, groupUniqArray({trunc}(day)) AS periods
+            SELECT key_hash, groupUniqArray({trunc}(day)) AS periods
             FROM orders FINAL
-            WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}}
-              AND NOT startsWith(person_key, 'anonymous:')
-            GROUP BY person_key
+            WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}} AND NOT anonymous
+            GROUP BY key_hash
         ),
         per_customer AS (
             SELECT {_ATTRIBUTE} AS customer, groupUniqArrayArray(k.periods) AS periods
-            FROM per_key AS k LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            FROM per_key AS k {_JOIN}
             GROUP BY customer
         )
         SELECT cohort, dateDiff('{unit}', cohort, period) AS offset, count() AS customers
@@ -273,21 +274,22 @@ class Queries:
         r, f, m = rules.recency_days, rules.frequency, rules.monetary
         return f"""
         WITH per_key AS (
-            SELECT person_key, min(day) AS first_day, max(day) AS last_day,
+            SELECT key_hash, any(person_key) AS person_key, min(day) AS first_day, max(day) AS last_day,
                    countIf(kind = 'order') AS orders, sum(amount) AS revenue
             FROM orders FINAL
-            WHERE day < {{as_of:Date}} AND {_CHANNEL_OK} AND NOT startsWith(person_key, 'anonymous:')
-            GROUP BY person_key
+            WHERE day < {{as_of:Date}} AND {_CHANNEL_OK} AND NOT anonymous
+            GROUP BY key_hash
         ),
         per_customer AS (
-            SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day, max(k.last_day) AS last_day,
+            SELECT {_ATTRIBUTE} AS customer, {_CUSTOMER_ID} AS customer_id,
+                   min(k.first_day) AS first_day, max(k.last_day) AS last_day,
                    sum(k.orders) AS orders, sum(k.revenue) AS revenue
-            FROM per_key AS k LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            FROM per_key AS k {_JOIN}
             GROUP BY customer
             HAVING orders > 0
         ),
         scored AS (
-            SELECT customer, first_day, last_day, orders, revenue,
+            SELECT customer, customer_id, first_day, last_day, orders, revenue,
                    dateDiff('day', last_day, {{as_of:Date}}) AS recency_days,
                    multiIf(recency_days <= {r[0]}, 5, recency_days <= {r[1]}, 4, recency_days <= {r[2]}, 3,
                            recency_days <= {r[3]}, 2, 1) AS r,
@@ -346,10 +348,10 @@ class Queries:
         sql = (
             self._rfm_sql(rules)
             + """
-        SELECT customer AS customer_id, first_day, last_day, orders, revenue, recency_days,
+        SELECT customer_id, first_day, last_day, orders, revenue, recency_days,
                concat('R', toString(r), 'F', toString(f), 'M', toString(m)) AS rfm
         FROM scored WHERE segment = {segment:String}
-        ORDER BY revenue DESC, customer LIMIT {limit:UInt32} OFFSET {offset:UInt64}
+        ORDER BY revenue DESC, customer_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}
         SETTINGS join_use_nulls = 0"""
         )
         rows = self._rows(sql, as_of=as_of, channel=channel, segment=segment, limit=limit, offset=offset)
@@ -379,12 +381,12 @@ class Queries:
             SELECT {_ATTRIBUTE} AS customer,
                    windowFunnel({{window:UInt64}})(toDateTime(k.occurred_at), {", ".join(conditions)}) AS level
             FROM (
-                SELECT person_key, occurred_at, event_type, kind FROM events FINAL
+                SELECT cityHash64(person_key) AS key_hash, occurred_at, event_type, kind FROM events FINAL
                 WHERE occurred_at >= toDateTime({{start:Date}}, 'Asia/Tokyo')
                   AND occurred_at < toDateTime({{end:Date}}, 'Asia/Tokyo')
                   AND event_type IN ({types}) AND NOT startsWith(person_key, 'anonymous:')
             ) AS k
-            LEFT JOIN identity_current AS m ON m.person_key = k.person_key
+            {_JOIN}
             GROUP BY customer
         )
         GROUP BY level ORDER BY level
@@ -412,7 +414,8 @@ class Queries:
     #: theirs in the map (a later merge or undo may have moved it).
     _KEYS = """
         SELECT person_key FROM identity_map
-        WHERE person_key IN (SELECT person_key FROM identity_by_customer WHERE customer_id = {cid:UUID})
+        WHERE key_hash IN (SELECT cityHash64(person_key) FROM identity_by_customer WHERE customer_id = {cid:UUID})
+          AND person_key IN (SELECT person_key FROM identity_by_customer WHERE customer_id = {cid:UUID})
         GROUP BY person_key
         HAVING argMax(customer_id, version) = {cid:UUID} AND argMax(is_deleted, version) = 0
         UNION ALL SELECT toString({cid:UUID})

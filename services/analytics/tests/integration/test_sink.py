@@ -125,8 +125,7 @@ def test_an_order_on_kafka_reaches_the_kpi_api_within_two_seconds(
 
 @pytest.fixture
 def api(tmp_path: Path) -> TestClient:
-    settings = Settings(var_dir=tmp_path / "var", query_timeout_s=0.5)
-    return TestClient(create(settings, embedded_sink=False))
+    return TestClient(create(Settings(var_dir=tmp_path / "var"), embedded_sink=False))
 
 
 def test_bad_requests_get_a_clear_4xx(api: TestClient) -> None:
@@ -155,9 +154,10 @@ def test_bad_requests_get_a_clear_4xx(api: TestClient) -> None:
         assert r.status_code == 404
 
 
-def test_a_query_past_its_budget_is_stopped_with_a_clear_error(api: TestClient) -> None:
+def test_a_query_past_its_budget_is_stopped_with_a_clear_error(tmp_path: Path) -> None:
     from crm_platform.http import ApiError
 
+    api = TestClient(create(Settings(var_dir=tmp_path / "var", query_timeout_s=0.5), embedded_sink=False))
     with api:
         analytics = api.app.state.analytics  # type: ignore[attr-defined]
         started = time.monotonic()

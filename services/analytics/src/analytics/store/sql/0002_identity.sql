@@ -11,13 +11,15 @@
 CREATE TABLE IF NOT EXISTS identity_map
 (
     person_key String,
+    -- what KPI queries join on (see orders.key_hash)
+    key_hash UInt64 MATERIALIZED cityHash64(person_key),
     customer_id UUID,
     version UInt64,
     is_deleted UInt8,
     source LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY person_key;
+ORDER BY (key_hash, person_key);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS identity_map_profile_mv TO identity_map AS
 WITH JSONExtract(
@@ -97,7 +99,7 @@ SELECT customer_id, person_key, version FROM identity_map;
 -- so FINAL keeps each key's latest row (cheaper than GROUP BY … argMax). Deleted keys
 -- (unlinked, erased) are absent: their events stand on their own key, still counted.
 CREATE VIEW IF NOT EXISTS identity_current AS
-SELECT person_key, customer_id
+SELECT person_key, key_hash, customer_id
 FROM identity_map FINAL
 WHERE is_deleted = 0;
 

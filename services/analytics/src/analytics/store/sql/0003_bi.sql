@@ -8,7 +8,7 @@
 CREATE VIEW IF NOT EXISTS bi_orders DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT
     o.event_id AS event_id,
-    if(m.person_key = '', NULL, m.customer_id) AS customer_id,
+    if(m.key_hash = 0, NULL, m.customer_id) AS customer_id,
     o.occurred_at AS occurred_at,
     o.day AS day,
     o.kind AS kind,
@@ -20,7 +20,7 @@ SELECT
     o.categories AS categories,
     o.max_unit_price AS max_unit_price
 FROM orders AS o FINAL
-LEFT JOIN identity_current AS m ON m.person_key = o.person_key
+LEFT JOIN identity_current AS m ON m.key_hash = o.key_hash
 SETTINGS join_use_nulls = 0;
 
 CREATE VIEW IF NOT EXISTS bi_events DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
