@@ -43,10 +43,10 @@ def api(
 @cli.command("sink")
 def sink_() -> None:
     """Run the sink alone (a ClickHouse server deployment; chDB runs it inside the API)."""
-    from analytics.sink import Sink
-    from analytics.store.clickhouse import connect, sink_group
+    from analytics.sink import Sink, dead_letter_producer
+    from analytics.store.clickhouse import connect
     from analytics.store.migrations import migrate
-    from crm_platform.kafka import EventProducer, ensure_topics
+    from crm_platform.kafka import ensure_topics
 
     settings = _settings("sink")
 
@@ -54,18 +54,8 @@ def sink_() -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         client = connect(settings)
         await asyncio.to_thread(migrate, client)
-        async with EventProducer(
-            settings.kafka_bootstrap, client_id="analytics-sink-dlq", topic_prefix=settings.kafka_topic_prefix
-        ) as producer:
-            sink = Sink(
-                client,
-                bootstrap=settings.kafka_bootstrap,
-                group_id=sink_group(settings),
-                topic_prefix=settings.kafka_topic_prefix,
-                batch_rows=settings.sink_batch_rows,
-                batch_ms=settings.sink_batch_ms,
-                dead_letter=producer,
-            )
+        async with dead_letter_producer(settings) as producer:
+            sink = Sink.for_settings(settings, client, producer)
             await sink.start()
             try:
                 await sink.run(stop)

@@ -42,6 +42,7 @@ from crm_contracts.events.identity import CustomersMerged
 from crm_contracts.registry import InvalidEvent, UnknownEventType, registry
 from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER
 from crm_platform.kafka import EventProducer
+from crm_platform.settings import Settings
 from crm_platform.telemetry import extract_context
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,22 @@ class Sink:
         self._committed: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}
         self.stats = SinkStats()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, client: Client, dead_letter: EventProducer | None) -> Sink:
+        """The sink as a deployment configures it (``CRM_SINK_*``, the topic prefix, the
+        consumer group that goes with the ClickHouse it fills)."""
+        from analytics.store.clickhouse import sink_group
+
+        return cls(
+            client,
+            bootstrap=settings.kafka_bootstrap,
+            group_id=sink_group(settings),
+            topic_prefix=settings.kafka_topic_prefix,
+            batch_rows=settings.sink_batch_rows,
+            batch_ms=settings.sink_batch_ms,
+            dead_letter=dead_letter,
+        )
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -345,6 +362,12 @@ class Sink:
             self.stats.lag[f"{tp.topic}/{tp.partition}"] = max(0, highwater - done)
 
 
+def dead_letter_producer(settings: Settings) -> EventProducer:
+    return EventProducer(
+        settings.kafka_bootstrap, client_id="analytics-sink-dlq", topic_prefix=settings.kafka_topic_prefix
+    )
+
+
 def insert_rows(client: Client, rows: Sequence[bytes]) -> None:
     """One insert of ``events_queue`` rows (JSON lines, see :func:`encode_row`)."""
     client.raw_insert(
@@ -381,13 +404,25 @@ def repoint_merged(client: Client, *merges: CustomersMerged) -> None:
             end, at = survivor[end], max(at, version[end])
         final[merged] = (end, at)
     ids = sorted(final)
+    # Candidates by customer (a primary-key lookup in identity_by_customer), confirmed
+    # as still owned by the merged customer in the map: no scan of the whole map.
     client.command(
         "INSERT INTO identity_map (person_key, customer_id, version, is_deleted, source)"
         " SELECT person_key,"
-        " toUUID(transform(toString(customer_id), {merged:Array(String)}, {survivors:Array(String)}, '')),"
-        " transform(toString(customer_id), {merged:Array(String)}, {versions:Array(UInt64)}, toUInt64(0)),"
+        " toUUID(transform(owner, {merged:Array(String)}, {survivors:Array(String)}, '')),"
+        " transform(owner, {merged:Array(String)}, {versions:Array(UInt64)}, toUInt64(0)),"
         " 0, 'repoint'"
-        " FROM identity_current WHERE toString(customer_id) IN {merged:Array(String)}",
+        " FROM ("
+        "   SELECT person_key, toString(argMax(customer_id, version)) AS owner,"
+        "          argMax(is_deleted, version) AS gone"
+        "   FROM identity_map"
+        "   WHERE key_hash IN (SELECT cityHash64(person_key) FROM identity_by_customer"
+        "                      WHERE customer_id IN {merged:Array(UUID)})"
+        "     AND person_key IN (SELECT person_key FROM identity_by_customer"
+        "                        WHERE customer_id IN {merged:Array(UUID)})"
+        "   GROUP BY person_key"
+        " )"
+        " WHERE gone = 0 AND owner IN {merged:Array(String)}",
         parameters={
             "merged": ids,
             "survivors": [final[i][0] for i in ids],

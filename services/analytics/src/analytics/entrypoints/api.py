@@ -33,8 +33,8 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response, Streami
 from fastapi.staticfiles import StaticFiles
 
 from analytics.queries import CHANNELS, SEGMENTS, Queries, RfmRules
-from analytics.sink import Sink
-from analytics.store.clickhouse import connect, embedded, query_budget, sink_group
+from analytics.sink import Sink, dead_letter_producer
+from analytics.store.clickhouse import connect, embedded, query_budget
 from analytics.store.migrations import migrate
 from crm_platform.http import ApiError, Principal, create_app, require_scope
 from crm_platform.kafka import EventProducer, ensure_topics
@@ -352,22 +352,10 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
         sink_client: Client | None = None
         if run_sink:
             await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
-            producer = EventProducer(
-                settings.kafka_bootstrap,
-                client_id="analytics-sink-dlq",
-                topic_prefix=settings.kafka_topic_prefix,
-            )
+            producer = dead_letter_producer(settings)
             await producer.start()
             sink_client = await asyncio.to_thread(connect, settings)
-            sink = Sink(
-                sink_client,
-                bootstrap=settings.kafka_bootstrap,
-                group_id=sink_group(settings),
-                topic_prefix=settings.kafka_topic_prefix,
-                batch_rows=settings.sink_batch_rows,
-                batch_ms=settings.sink_batch_ms,
-                dead_letter=producer,
-            )
+            sink = Sink.for_settings(settings, sink_client, producer)
             await sink.start()
             analytics.sink = sink
             task = asyncio.create_task(sink.run(stop), name="analytics-sink")
