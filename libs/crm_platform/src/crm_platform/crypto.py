@@ -44,14 +44,19 @@ class BlindIndexer:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("blind index key must be at least 32 bytes")
-        self._key = key
+        # Keyed once; each index copies the keyed state (the key schedule is not redone).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def index(self, kind: IdentifierKind | str, normalised_value: str) -> str:
-        message = f"{IdentifierKind(kind).value}:{normalised_value}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(f"{IdentifierKind(kind).value}:{normalised_value}".encode())
+        return mac.hexdigest()
 
     def identifier(self, kind: IdentifierKind | str, normalised_value: str) -> Identifier:
-        return Identifier(kind=IdentifierKind(kind), hash=self.index(kind, normalised_value))
+        kind = IdentifierKind(kind)
+        # Built, not validated: the kind is an IdentifierKind and the hash 64 hex digits
+        # by construction.
+        return Identifier.model_construct(kind=kind, hash=self.index(kind, normalised_value))
 
 
 def generate_data_key() -> bytes:
