@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 import orjson
-from common import Metric
+from common import Metric, free_port, wait_until_ok
 
 from crm_platform.kafka import ensure_topics
 
@@ -36,12 +35,6 @@ BATCH = 500
 RATE = int(os.environ.get("BENCH_RATE", "500"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 HEADERS = {"X-API-Key": "dev-pos-key", "content-type": "application/json"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _event(n: int, run: str) -> dict[str, Any]:
@@ -173,18 +166,12 @@ def run() -> dict[str, Metric]:
     single_bodies = [orjson.dumps(_event(offset + n, run_id)) for n in range(RATE * SECONDS)]
     warm = [orjson.dumps(_event(offset + RATE * SECONDS + n, run_id)) for n in range(RATE * 2)]
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "CRM_VAR_DIR": tmp, "CRM_LOG_LEVEL": "WARNING", "CRM_KAFKA_TOPIC_PREFIX": prefix}
         server = subprocess.Popen([sys.executable, "-m", "engagement", "api", "--port", str(port)], env=env)
         try:
             base = f"http://127.0.0.1:{port}"
-            for _ in range(150):
-                try:
-                    if httpx.get(f"{base}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+            wait_until_ok(f"{base}/readyz")
             asyncio.run(_singles(base, warm))  # connections, producer metadata
             accepted, seconds = asyncio.run(_batches(base, batch_bodies))
             latencies = sorted(asyncio.run(_singles(base, single_bodies)))

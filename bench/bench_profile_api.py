@@ -34,7 +34,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from common import Metric
+from common import Metric, free_port, wait_until_ok
 
 RATE = int(os.environ.get("BENCH_RATE", "200"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
@@ -57,12 +56,6 @@ CACHE_DIR = HERE.parent / "var" / "bench-cache"
 WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "5"))
 API_KEY = "dev-admin-key"
 _KEEP_ALIVE_S = 4.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- load generator (runs in its own process) ------------------------------------------
@@ -259,23 +252,17 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run() -> dict[str, Metric]:
-    import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         ids, how = _fixture(Path(tmp))
         prepared = time.perf_counter() - started
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "CRM_VAR_DIR": tmp, "CRM_LOG_LEVEL": "WARNING"}
         server = subprocess.Popen([sys.executable, "-m", "identity", "api", "--port", str(port)], env=env)
         try:
             base = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    if httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_until_ok(f"{base}/healthz")
             server_cpu = _cpu_seconds(server.pid)
             latencies, client_cpu_ms = _run_load(port, ids, tmp)
             server_cpu = _cpu_seconds(server.pid) - server_cpu

@@ -23,3 +23,28 @@ class Metric:
             "target": self.target,
             "higher_is_better": self.higher_is_better,
         }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_ok(url: str, timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200 (a server process starting up)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
