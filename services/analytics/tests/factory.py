@@ -24,6 +24,8 @@ from crm_contracts.events.identity import (
     CustomerAttributes,
     CustomersMerged,
     CustomersMergedPayload,
+    IdentifiersUnlinked,
+    IdentifiersUnlinkedPayload,
     LinkEvidence,
     MergeUndone,
     MergeUndonePayload,
@@ -174,5 +176,19 @@ def undone(
             restored_id=restored,
             restored=tuple(identifiers),
             reason="wrong",
+        ),
+    )
+
+
+def unlinked(
+    customer_id: uuid.UUID, identifiers: list[Identifier], recorded_at: datetime
+) -> IdentifiersUnlinked:
+    return IdentifiersUnlinked(
+        occurred_at=recorded_at,
+        recorded_at=recorded_at,
+        producer="identity.relay",
+        customer_key=str(customer_id),
+        payload=IdentifiersUnlinkedPayload(
+            customer_id=customer_id, unlinked=tuple(identifiers), reason="shared card"
         ),
     )

@@ -110,6 +110,16 @@ def migrate() -> None:
     )
 
 
+@cli.command("rebuild-lookup")
+def rebuild_lookup() -> None:
+    """Build identity_lookup (who owns each key, in memory) afresh from identity_map."""
+    from analytics.store import lookup
+    from analytics.store.clickhouse import connect
+
+    size = lookup.rebuild(connect(_settings("migrate")))
+    typer.echo(f"identity_lookup: {size.keys:,} keys, {size.bytes / 2**20:.0f} MiB")
+
+
 @cli.command("render-cluster")
 def render_cluster(
     cluster: Annotated[str, typer.Option(help="the cluster's name in remote_servers")] = "crm",

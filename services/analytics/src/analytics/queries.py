@@ -1,6 +1,6 @@
 """The analytics queries: every one a parameterised SQL statement (values are bound by
 the server, never spliced into the text), every figure attributed to the customer an
-event belongs to *now* through ``identity_current``.
+event belongs to *now* through ``identity_lookup``.
 
 Definitions (docs/analytics.md says the same):
 
@@ -19,9 +19,9 @@ Definitions (docs/analytics.md says the same):
   Up-sell rate: customers active in both periods whose highest price band rose / those.
   Omnichannel share: active customers who bought in ≥2 channels (store/online/app).
 
-Two stages keep the join small: facts are first aggregated per key (``key_hash``), then
-the (much smaller) per-key result is joined to the identity map and folded per
-customer.
+Two stages keep attribution cheap: facts are first aggregated per key (``key_hash``),
+each key's current owner is looked up once (``identity_lookup``, a hash table in
+memory that follows identity_map), and the per-key results are folded per customer.
 """
 
 from __future__ import annotations
@@ -38,13 +38,19 @@ SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
 #: Upper bounds (yen, exclusive) of the price bands of up-sell; beyond the last, the top band.
 PRICE_BANDS: tuple[int, ...] = (3_000, 10_000, 30_000)
 
-# A fact's key folded to its current customer, as a 64-bit group key (a key nobody
-# claims stands for itself: an identified purchase not linked yet still counts once).
-_ATTRIBUTE = "if(m.key_hash = 0, k.key_hash, cityHash64(m.customer_id))"
-#: The customer's id as text, for lists: the customer_id, or the key itself if unlinked.
-_CUSTOMER_ID = "any(if(m.key_hash = 0, k.person_key, toString(m.customer_id)))"
-_JOIN = "LEFT JOIN identity_current AS m ON m.key_hash = k.key_hash"
+#: In a per-key stage (grouped by ``key_hash``): the key's owner now, NULL when unknown,
+#: the nil UUID when its owner let go of it (unlinked, erased).
+_OWNER = "joinGetOrNull('identity_lookup', 'customer_id', key_hash) AS owner"
+_UNOWNED = "(isNull(k.owner) OR empty(k.owner))"
+#: A per-key row folded to its customer, as a 64-bit group key (a key nobody owns stands
+#: for itself: an identified purchase not linked yet still counts once).
+_ATTRIBUTE = f"if({_UNOWNED}, k.key_hash, cityHash64(k.owner))"
+#: The customer's id as text, for lists: the customer_id, or the key itself if unowned.
+_CUSTOMER_ID = f"any(if({_UNOWNED}, k.person_key, toString(k.owner)))"
 _CHANNEL_OK = "({channel:String} = 'all' OR channel = {channel:String})"
+_CHANNEL_BIT = "multiIf(channel = 'store', 1, channel = 'online', 2, channel = 'app', 4, 8)"
+#: The widest cohort matrix (periods from the first cohort to the end), 256 bits a mask.
+MAX_COHORT_PERIODS = 256
 
 
 @dataclass(frozen=True)
@@ -73,46 +79,53 @@ class Queries:
     def kpi_overview(self, start: date, end: date, channel: Channel = "all") -> dict[str, Any]:
         days = (end - start).days
         prev_start = start - timedelta(days=days)
+        # Per row, once: o = a purchase, c = in the channel filter, p = in the period,
+        # q = in the previous period, cb = the channel as a bit (omnichannel looks at
+        # every channel, whatever the filter).
         sql = f"""
         WITH per_key AS (
             SELECT
                 key_hash,
-                minIfOrNull(day, kind = 'order' AND {_CHANNEL_OK}) AS first_day,
-                countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS orders,
-                sumIf(amount, {_CHANNEL_OK} AND day >= {{start:Date}}) AS revenue,
-                sumIf(amount, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS gross,
-                countIf(kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}} AND day < {{start:Date}})
-                    AS prev_orders,
-                minIf(category_lo, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS category_lo,
-                maxIf(category_hi, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS category_hi,
-                minIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channel_lo,
-                maxIf(channel, kind = 'order' AND day >= {{start:Date}}) AS channel_hi,
-                maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{start:Date}}) AS top_price,
-                maxIf(max_unit_price, kind = 'order' AND {_CHANNEL_OK} AND day >= {{prev:Date}}
-                      AND day < {{start:Date}}) AS prev_top_price,
-                sumIf(amount, {_CHANNEL_OK}) AS lifetime
-            FROM orders FINAL
-            WHERE day < {{end:Date}} AND NOT anonymous
+                {_OWNER},
+                countIf(o AND c) AS ever,
+                minIf(day, o AND c) AS first_day,
+                countIf(o AND c AND p) AS orders,
+                sumIf(amount, c AND p) AS revenue,
+                sumIf(amount, o AND c AND p) AS gross,
+                countIf(o AND c AND q) AS prev_orders,
+                minIf(category_lo, o AND c AND p) AS category_lo,
+                maxIf(category_hi, o AND c AND p) AS category_hi,
+                groupBitOrIf(cb, o AND p) AS channels,
+                maxIf(max_unit_price, o AND c AND p) AS top_price,
+                maxIf(max_unit_price, o AND c AND q) AS prev_top_price,
+                sumIf(amount, c) AS lifetime
+            FROM (
+                SELECT key_hash, day, amount, category_lo, category_hi, max_unit_price,
+                       kind = 'order' AS o, {_CHANNEL_OK} AS c,
+                       day >= {{start:Date}} AS p, day >= {{prev:Date}} AND day < {{start:Date}} AS q,
+                       {_CHANNEL_BIT} AS cb
+                FROM orders FINAL
+                WHERE day < {{end:Date}} AND NOT anonymous
+            )
             GROUP BY key_hash
         ),
         per_customer AS (
             SELECT
                 {_ATTRIBUTE} AS customer,
-                min(k.first_day) AS first_day,
+                sum(k.ever) > 0 AS ever,
+                minIf(k.first_day, k.ever > 0) AS first_day,
                 sum(k.orders) AS orders,
                 sum(k.revenue) AS revenue,
                 sum(k.gross) AS gross,
                 sum(k.prev_orders) AS prev_orders,
-                -- two or more categories (channels) exactly when the extremes differ; a key
-                -- without purchases in the period contributes no extremes (If → NULL)
+                -- two or more categories exactly when the extremes differ; a key without
+                -- purchases in the period contributes no extremes
                 minIf(k.category_lo, k.orders > 0) != maxIf(k.category_hi, k.orders > 0) AS cross_sold,
-                minIf(k.channel_lo, k.channel_hi != '') != maxIf(k.channel_hi, k.channel_hi != '') AS omnichannel,
+                bitCount(groupBitOr(k.channels)) >= 2 AS omnichannel,
                 max(k.top_price) AS top_price,
                 max(k.prev_top_price) AS prev_top_price,
-                sum(k.lifetime) AS lifetime,
-                countIf(k.first_day IS NOT NULL) > 0 AS ever
+                sum(k.lifetime) AS lifetime
             FROM per_key AS k
-            {_JOIN}
             GROUP BY customer
         )
         SELECT
@@ -129,9 +142,8 @@ class Queries:
                     AND {_band("top_price")} > {_band("prev_top_price")}) AS up_sell_customers,
             countIf(orders > 0 AND omnichannel) AS omnichannel_customers,
             sum(lifetime) AS lifetime_revenue,
-            countIf(ever AND first_day < {{end:Date}}) AS lifetime_customers
+            countIf(ever) AS lifetime_customers
         FROM per_customer
-        SETTINGS join_use_nulls = 0
         """
         params = {"start": start, "end": end, "prev": prev_start, "channel": channel}
         row = self._rows(sql, **params)[0]
@@ -180,42 +192,36 @@ class Queries:
             SELECT {truncate}(first_day) AS bucket, count() AS value FROM (
                 SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day
                 FROM (
-                    SELECT key_hash, min(day) AS first_day FROM orders FINAL
+                    SELECT key_hash, {_OWNER}, min(day) AS first_day FROM orders FINAL
                     WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}} AND NOT anonymous
                     GROUP BY key_hash
                 ) AS k
-                {_JOIN}
                 GROUP BY customer
             )
             WHERE first_day >= {{start:Date}}
             GROUP BY bucket ORDER BY bucket
-            SETTINGS join_use_nulls = 0
+            """
+        elif metric == "active_customers":
+            sql = f"""
+            SELECT bucket, uniqExact({_ATTRIBUTE}) AS value FROM (
+                SELECT key_hash, {_OWNER}, {bucket} AS bucket FROM orders FINAL
+                WHERE kind = 'order' AND day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
+                  AND NOT anonymous
+                GROUP BY key_hash, bucket
+            ) AS k
+            GROUP BY bucket ORDER BY bucket
             """
         else:
+            # Sums need no attribution: whoever a purchase belongs to, it counts once.
             value = {
-                "revenue": "sum(revenue)",
-                "orders": "sum(orders)",
-                "active_customers": "countIf(orders > 0 AND NOT anonymous)",
-                "aov": "if(sum(orders) = 0, 0, sum(gross) / sum(orders))",
+                "revenue": "sum(amount)",
+                "orders": "countIf(kind = 'order')",
+                "aov": "if(countIf(kind = 'order') = 0, 0, sumIf(amount, kind = 'order') / countIf(kind = 'order'))",
             }[metric]
             sql = f"""
-            WITH per_key AS (
-                SELECT key_hash, {bucket} AS bucket, any(anonymous) AS anonymous,
-                       countIf(kind = 'order') AS orders, sum(amount) AS revenue,
-                       sumIf(amount, kind = 'order') AS gross
-                FROM orders FINAL
-                WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
-                GROUP BY key_hash, bucket
-            )
-            SELECT bucket, {value} AS value FROM (
-                SELECT {_ATTRIBUTE} AS customer, k.bucket AS bucket, max(k.anonymous) AS anonymous,
-                       sum(k.orders) AS orders, sum(k.revenue) AS revenue, sum(k.gross) AS gross
-                FROM per_key AS k
-                {_JOIN}
-                GROUP BY customer, bucket
-            )
+            SELECT {bucket} AS bucket, {value} AS value FROM orders FINAL
+            WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
             GROUP BY bucket ORDER BY bucket
-            SETTINGS join_use_nulls = 0
             """
         rows = self._rows(sql, start=start, end=end, channel=channel)
         return [{"bucket": r["bucket"].isoformat(), "value": _num(r["value"])} for r in rows]
@@ -226,30 +232,40 @@ class Queries:
         self, start: date, end: date, grain: str = "month", channel: Channel = "all"
     ) -> dict[str, Any]:
         """Customers by the month (week) of their first purchase, and how many of them
-        bought again k months (weeks) later. Cohorts start in ``[start, end)``."""
+        bought again k months (weeks) later. Cohorts start in ``[start, end)``.
+
+        Each key's periods with a purchase are a bit mask (bit i = the i-th period from
+        the first cohort's), OR-ed per customer: no arrays are built per customer."""
         trunc = "toStartOfMonth" if grain == "month" else "toMonday"
         unit = "month" if grain == "month" else "week"
+        first, periods = cohort_periods(start, end, grain)
+        if periods > MAX_COHORT_PERIODS:
+            raise ValueError(f"a cohort matrix covers at most {MAX_COHORT_PERIODS} {unit}s, not {periods}")
+        mask = "UInt64" if periods <= 64 else "UInt256"
         sql = f"""
         WITH per_key AS (
-            SELECT key_hash, groupUniqArray({trunc}(day)) AS periods
+            SELECT key_hash, {_OWNER}, min(day) AS first_day,
+                   groupBitOrIf(bitShiftLeft(to{mask}(1), greatest(0, dateDiff('{unit}', {{first:Date}}, {trunc}(day)))),
+                                day >= {{first:Date}}) AS mask
             FROM orders FINAL
             WHERE kind = 'order' AND {_CHANNEL_OK} AND day < {{end:Date}} AND NOT anonymous
             GROUP BY key_hash
         ),
         per_customer AS (
-            SELECT {_ATTRIBUTE} AS customer, groupUniqArrayArray(k.periods) AS periods
-            FROM per_key AS k {_JOIN}
+            SELECT {_ATTRIBUTE} AS customer, min(k.first_day) AS first_day, groupBitOr(k.mask) AS mask
+            FROM per_key AS k
             GROUP BY customer
+            HAVING first_day >= {{first:Date}}
         )
-        SELECT cohort, dateDiff('{unit}', cohort, period) AS offset, count() AS customers
-        FROM (SELECT customer, arrayMin(periods) AS cohort, periods FROM per_customer)
-        ARRAY JOIN periods AS period
-        WHERE cohort >= {trunc}({{start:Date}}) AND cohort < {{end:Date}}
+        SELECT {trunc}(first_day) AS cohort, idx - dateDiff('{unit}', {{first:Date}}, cohort) AS offset,
+               count() AS customers
+        FROM per_customer
+        ARRAY JOIN arrayFilter(i -> bitAnd(bitShiftRight(mask, i), 1) = 1,
+                               range(dateDiff('{unit}', {{first:Date}}, {trunc}(first_day)), {periods})) AS idx
         GROUP BY cohort, offset
         ORDER BY cohort, offset
-        SETTINGS join_use_nulls = 0
         """
-        rows = self._rows(sql, start=start, end=end, channel=channel)
+        rows = self._rows(sql, first=first, end=end, channel=channel)
         cohorts: dict[str, dict[int, int]] = {}
         for r in rows:
             cohorts.setdefault(r["cohort"].isoformat(), {})[int(r["offset"])] = int(r["customers"])
@@ -270,26 +286,30 @@ class Queries:
 
     # -- RFM segments -----------------------------------------------------------------
 
-    def _rfm_sql(self, rules: RfmRules) -> str:
+    def _rfm_sql(self, rules: RfmRules, *, ids: bool = False) -> str:
+        """Every customer scored as of a day; ``ids``: with their customer_id (for lists:
+        reading the keys' text costs, sizes do without)."""
         r, f, m = rules.recency_days, rules.frequency, rules.monetary
+        key_text = "any(person_key) AS person_key," if ids else ""
+        customer_id = f"{_CUSTOMER_ID} AS customer_id," if ids else ""
         return f"""
         WITH per_key AS (
-            SELECT key_hash, any(person_key) AS person_key, min(day) AS first_day, max(day) AS last_day,
+            SELECT key_hash, {_OWNER}, {key_text} min(day) AS first_day, max(day) AS last_day,
                    countIf(kind = 'order') AS orders, sum(amount) AS revenue
             FROM orders FINAL
             WHERE day < {{as_of:Date}} AND {_CHANNEL_OK} AND NOT anonymous
             GROUP BY key_hash
         ),
         per_customer AS (
-            SELECT {_ATTRIBUTE} AS customer, {_CUSTOMER_ID} AS customer_id,
+            SELECT {_ATTRIBUTE} AS customer, {customer_id}
                    min(k.first_day) AS first_day, max(k.last_day) AS last_day,
                    sum(k.orders) AS orders, sum(k.revenue) AS revenue
-            FROM per_key AS k {_JOIN}
+            FROM per_key AS k
             GROUP BY customer
             HAVING orders > 0
         ),
         scored AS (
-            SELECT customer, customer_id, first_day, last_day, orders, revenue,
+            SELECT *,
                    dateDiff('day', last_day, {{as_of:Date}}) AS recency_days,
                    multiIf(recency_days <= {r[0]}, 5, recency_days <= {r[1]}, 4, recency_days <= {r[2]}, 3,
                            recency_days <= {r[3]}, 2, 1) AS r,
@@ -309,13 +329,12 @@ class Queries:
             + """
         SELECT segment, count() AS customers, sum(revenue) AS revenue, avg(orders) AS avg_orders,
                avg(recency_days) AS avg_recency_days
-        FROM scored GROUP BY segment SETTINGS join_use_nulls = 0"""
+        FROM scored GROUP BY segment"""
         )
         rows = {r["segment"]: r for r in self._rows(sql, as_of=as_of, channel=channel)}
         ranks = self._rows(
             self._rfm_sql(rules)
-            + " SELECT r, f, m, count() AS customers FROM scored GROUP BY r, f, m ORDER BY r DESC, f DESC, m DESC"
-            " SETTINGS join_use_nulls = 0",
+            + " SELECT r, f, m, count() AS customers FROM scored GROUP BY r, f, m ORDER BY r DESC, f DESC, m DESC",
             as_of=as_of,
             channel=channel,
         )
@@ -346,13 +365,12 @@ class Queries:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         sql = (
-            self._rfm_sql(rules)
+            self._rfm_sql(rules, ids=True)
             + """
         SELECT customer_id, first_day, last_day, orders, revenue, recency_days,
                concat('R', toString(r), 'F', toString(f), 'M', toString(m)) AS rfm
         FROM scored WHERE segment = {segment:String}
-        ORDER BY revenue DESC, customer_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}
-        SETTINGS join_use_nulls = 0"""
+        ORDER BY revenue DESC, customer_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"""
         )
         rows = self._rows(sql, as_of=as_of, channel=channel, segment=segment, limit=limit, offset=offset)
         return [
@@ -381,16 +399,17 @@ class Queries:
             SELECT {_ATTRIBUTE} AS customer,
                    windowFunnel({{window:UInt64}})(toDateTime(k.occurred_at), {", ".join(conditions)}) AS level
             FROM (
-                SELECT cityHash64(person_key) AS key_hash, occurred_at, event_type, kind FROM events FINAL
-                WHERE occurred_at >= toDateTime({{start:Date}}, 'Asia/Tokyo')
-                  AND occurred_at < toDateTime({{end:Date}}, 'Asia/Tokyo')
-                  AND event_type IN ({types}) AND NOT startsWith(person_key, 'anonymous:')
+                SELECT key_hash, {_OWNER}, occurred_at, event_type, kind
+                FROM (
+                    SELECT cityHash64(person_key) AS key_hash, occurred_at, event_type, kind FROM events FINAL
+                    WHERE occurred_at >= toDateTime({{start:Date}}, 'Asia/Tokyo')
+                      AND occurred_at < toDateTime({{end:Date}}, 'Asia/Tokyo')
+                      AND event_type IN ({types}) AND NOT startsWith(person_key, 'anonymous:')
+                )
             ) AS k
-            {_JOIN}
             GROUP BY customer
         )
         GROUP BY level ORDER BY level
-        SETTINGS join_use_nulls = 0
         """
         counts = {int(r["level"]): int(r["customers"]) for r in self._rows(sql, **params)}
         reached = [sum(c for level, c in counts.items() if level >= i + 1) for i in range(len(steps))]
@@ -410,14 +429,13 @@ class Queries:
     # -- the 360 view -----------------------------------------------------------------
 
     #: Every key that belongs to the customer now (its identifiers, its own id and those
-    #: of customers merged into it): candidates by customer, each confirmed as still
-    #: theirs in the map (a later merge or undo may have moved it).
+    #: of customers merged into it): candidates by customer (a primary-key lookup in
+    #: identity_by_customer), each confirmed as still theirs by identity_lookup (a later
+    #: merge, undo or unlink may have moved it).
     _KEYS = """
-        SELECT person_key FROM identity_map
-        WHERE key_hash IN (SELECT cityHash64(person_key) FROM identity_by_customer WHERE customer_id = {cid:UUID})
-          AND person_key IN (SELECT person_key FROM identity_by_customer WHERE customer_id = {cid:UUID})
-        GROUP BY person_key
-        HAVING argMax(customer_id, version) = {cid:UUID} AND argMax(is_deleted, version) = 0
+        SELECT DISTINCT person_key FROM identity_by_customer
+        WHERE customer_id = {cid:UUID}
+          AND joinGetOrNull('identity_lookup', 'customer_id', cityHash64(person_key)) = {cid:UUID}
         UNION ALL SELECT toString({cid:UUID})
     """
 
@@ -507,6 +525,17 @@ def _iso(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def cohort_periods(start: date, end: date, grain: str) -> tuple[date, int]:
+    """The first cohort's month (ISO week) and how many months (weeks) there are from it
+    up to the one holding the day before ``end``."""
+    last = end - timedelta(days=1)
+    if grain == "month":
+        first = start.replace(day=1)
+        return first, (last.year - first.year) * 12 + last.month - first.month + 1
+    first = start - timedelta(days=start.weekday())
+    return first, (last - first).days // 7 + 1
 
 
 def _band(column: str) -> str:

@@ -37,6 +37,7 @@ from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
 from pydantic import Field, TypeAdapter, ValidationError
 
+from analytics.store import lookup
 from crm_contracts.envelope import Event
 from crm_contracts.events.identity import CustomersMerged
 from crm_contracts.registry import InvalidEvent, UnknownEventType, registry
@@ -51,6 +52,10 @@ _tracer = trace.get_tracer("analytics.sink")
 #: Every topic analytics reads (the contracts name analytics.sink among the consumers).
 SINK_TOPICS: tuple[str, ...] = tuple(t.name for t in ALL_TOPICS if "analytics.sink" in t.consumers)
 _MAX_LINKS = 64
+#: identity_lookup's growth is checked at most this often, and rebuilt past twice its
+#: size after the last build plus this slack
+LOOKUP_CHECK_S = 60.0
+LOOKUP_SLACK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -168,6 +173,8 @@ class Sink:
         self._topic_heads: dict[str, bytes] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}
+        self._lookup_baseline = 0
+        self._lookup_checked = 0.0
         self.stats = SinkStats()
 
     @classmethod
@@ -187,7 +194,14 @@ class Sink:
         )
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_lookup)
         await self._consumer.start()
+
+    def _prepare_lookup(self) -> None:
+        if lookup.ensure(self._client):
+            log.info("identity_lookup was empty: rebuilt from identity_map")
+        self._lookup_baseline = lookup.size(self._client).bytes
+        self._lookup_checked = self._clock()
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -332,6 +346,26 @@ class Sink:
         insert_rows(self._client, pending.rows)
         if pending.merges:
             repoint_merged(self._client, *pending.merges)
+        self._compact_lookup()
+
+    def _compact_lookup(self) -> None:
+        """Once a minute at most: when overwritten rows have doubled identity_lookup's
+        memory since it was last built, build it afresh (between batches, so no write
+        of this sink races the swap)."""
+        now = self._clock()
+        if now - self._lookup_checked < LOOKUP_CHECK_S:
+            return
+        self._lookup_checked = now
+        grown = lookup.size(self._client).bytes
+        if grown > 2 * self._lookup_baseline + LOOKUP_SLACK_BYTES:
+            started = time.perf_counter()
+            self._lookup_baseline = lookup.rebuild(self._client).bytes
+            log.info(
+                "identity_lookup rebuilt: %.0f → %.0f MiB in %.1fs",
+                grown / 2**20,
+                self._lookup_baseline / 2**20,
+                time.perf_counter() - started,
+            )
 
     async def _send_to_dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         self.stats.dead_lettered += 1

@@ -24,6 +24,7 @@ from clickhouse_connect.driver.client import Client
 
 from analytics.queries import PRICE_BANDS, Queries
 from analytics.sink import encode_row, insert_rows, repoint_merged
+from analytics.store import lookup
 from analytics.store.migrations import migrate
 from crm_contracts.envelope import Event, Identifier, IdentifierKind
 from crm_contracts.registry import encode
@@ -43,6 +44,7 @@ class Fact:
     amount: int
     categories: set[str] = field(default_factory=set)
     max_price: int = 0
+    key: str = ""  # the customer_key it was recorded under
 
 
 @dataclass
@@ -81,14 +83,21 @@ def _world(seed: int = 11) -> World:
             total = sum(q * p for _, q, p in items)
             facts.append(
                 Fact(
-                    name, day, channel, "order", total, {c for c, _, _ in items}, max(p for _, _, p in items)
+                    name,
+                    day,
+                    channel,
+                    "order",
+                    total,
+                    {c for c, _, _ in items},
+                    max(p for _, _, p in items),
+                    who.hash,
                 )
             )
             if rng.random() < 0.15:
                 back = day + timedelta(days=rng.randint(0, 20))
                 refund = items[0][2]
                 events.append(f.returned(event, back.isoformat(), refund))  # type: ignore[arg-type]
-                facts.append(Fact(name, back, channel, "return", -refund))
+                facts.append(Fact(name, back, channel, "return", -refund, key=who.hash))
     # anonymous store sales: revenue, never a customer
     for i in range(5):
         day = start + timedelta(days=30 * i + 3)
@@ -186,18 +195,54 @@ def reference_kpis(facts: list[Fact], start: date, end: date, channel: str) -> d
     }
 
 
-def reference_cohorts(facts: list[Fact]) -> dict[str, list[int]]:
-    months: dict[str, set[date]] = defaultdict(set)
+def reference_cohorts(facts: list[Fact], grain: str = "month") -> dict[str, list[int]]:
+    def period(d: date) -> date:
+        return d.replace(day=1) if grain == "month" else d - timedelta(days=d.weekday())
+
+    def distance(a: date, b: date) -> int:
+        return (b.year - a.year) * 12 + b.month - a.month if grain == "month" else (b - a).days // 7
+
+    periods: dict[str, set[date]] = defaultdict(set)
     for x in facts:
         if x.owner != "anon" and x.kind == "order":
-            months[x.owner].add(x.day.replace(day=1))
+            periods[x.owner].add(period(x.day))
     out: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for ms in months.values():
-        first = min(ms)
-        for m in ms:
-            out[first.isoformat()][(m.year - first.year) * 12 + m.month - first.month] += 1
+    for ps in periods.values():
+        first = min(ps)
+        for p in ps:
+            out[first.isoformat()][distance(first, p)] += 1
     width = max(max(v) for v in out.values()) + 1
     return {c: [v.get(k, 0) for k in range(width)] for c, v in sorted(out.items())}
+
+
+def _trim(counts: list[int]) -> list[int]:
+    """A matrix row without its trailing zeros (the widths of two matrices may differ)."""
+    while counts and counts[-1] == 0:
+        counts = counts[:-1]
+    return counts
+
+
+def reference_series(facts: list[Fact], start: date, end: date) -> dict[str, dict[str, float]]:
+    """Monthly revenue, orders, active customers and AOV."""
+    out: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"revenue": 0, "orders": 0, "gross": 0, "who": set()}
+    )
+    for x in facts:
+        if not start <= x.day < end:
+            continue
+        m = out[x.day.replace(day=1).isoformat()]
+        m["revenue"] += x.amount
+        if x.kind == "order":
+            m["orders"] += 1
+            m["gross"] += x.amount
+            if x.owner != "anon":
+                m["who"].add(x.owner)
+    return {
+        "revenue": {k: v["revenue"] for k, v in out.items()},
+        "orders": {k: v["orders"] for k, v in out.items()},
+        "active_customers": {k: len(v["who"]) for k, v in out.items() if v["who"]},
+        "aov": {k: round(v["gross"] / v["orders"], 6) if v["orders"] else 0 for k, v in out.items()},
+    }
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -228,10 +273,17 @@ def _check(queries: Queries, facts: list[Fact]) -> None:
         got = queries.kpi_overview(start, end, channel)  # type: ignore[arg-type]
         want = reference_kpis(facts, start, end, channel)
         assert {k: got[k] for k in want} == want, (start, end, channel)
-    cohorts = queries.cohorts(date(2025, 10, 1), date(2026, 5, 1))
-    got_matrix = {c["cohort"]: c["counts"] for c in cohorts["cohorts"]}
-    want_matrix = reference_cohorts(facts)
-    assert {c: v + [0] * (len(cohorts["offsets"]) - len(v)) for c, v in want_matrix.items()} == got_matrix
+    # the last starts after many customers' first purchase: they belong to no cohort
+    windows = (("month", date(2025, 9, 1)), ("week", date(2025, 9, 1)), ("month", date(2025, 12, 1)))
+    for grain, since in windows:
+        cohorts = queries.cohorts(since, date(2026, 5, 1), grain)
+        got = {c["cohort"]: _trim(c["counts"]) for c in cohorts["cohorts"]}
+        want = {c: _trim(v) for c, v in reference_cohorts(facts, grain).items() if c >= since.isoformat()}
+        assert want == got, (grain, since)
+    start, end = date(2025, 9, 1), date(2026, 5, 1)
+    for metric, want in reference_series(facts, start, end).items():
+        got = {p["bucket"]: p["value"] for p in queries.timeseries(metric, start, end, "month")}
+        assert got == want, metric
 
 
 def test_kpis_and_cohorts_match_the_reference_and_survive_duplicates(client: Client) -> None:
@@ -379,3 +431,42 @@ def test_a_merge_chain_in_one_batch_ends_at_the_last_survivor(client: Client) ->
     assert owners[str(a)] == owners[str(b)] == owners[ids[a].hash] == owners[ids[b].hash] == str(c)
     queries = Queries(client)
     assert set(queries.customer_keys(str(c))) >= {str(a), str(b), str(c), ids[a].hash, ids[b].hash}
+
+
+def test_the_lookup_keeps_the_newest_owner_and_rebuilds_to_the_same_figures(client: Client) -> None:
+    world = _world()
+    _deliver(client, world.events)
+    queries = Queries(client)
+    a, b = "c2", "c5"
+    t0 = datetime.now(UTC)
+    merge = f.merged(world.customers[a], world.customers[b], world.identifiers[b], t0)
+    undo = f.undone(world.customers[a], world.customers[b], world.identifiers[b], t0 + timedelta(seconds=1))
+    # The undo arrives first, the merge it undid afterwards: the older decision loses.
+    _deliver(client, [undo], offset=40_000)
+    _deliver(client, [merge], offset=40_001)
+    _check(queries, world.facts)
+
+    # An identifier let go of (a shared card): its purchases stand on their own key,
+    # apart from the customer's other identifier's.
+    card = world.identifiers[b][0]
+    _deliver(client, [f.unlinked(world.customers[b], [card], t0 + timedelta(seconds=2))], offset=40_002)
+    loose = [
+        Fact("loose", *list(x.__dict__.values())[1:]) if x.owner == b and x.key == card.hash else x
+        for x in world.facts
+    ]
+    assert any(
+        reference_kpis(loose, *p) != reference_kpis(world.facts, *p) for p in PERIODS
+    )  # the split shows in the figures
+    _check(queries, loose)
+    assert card.hash not in queries.customer_keys(str(world.customers[b]))
+
+    before = {p: queries.kpi_overview(*p) for p in PERIODS}  # type: ignore[arg-type]
+    size = lookup.rebuild(client)
+    assert size.keys == client.query("SELECT uniqExact(key_hash) FROM identity_map").result_rows[0][0]
+    assert {p: queries.kpi_overview(*p) for p in PERIODS} == before  # type: ignore[arg-type]
+
+    # Emptied (a lost file, an upgrade): ensure() builds it again from identity_map.
+    client.command("TRUNCATE TABLE identity_lookup")
+    assert lookup.ensure(client) is True
+    assert lookup.ensure(client) is False
+    assert {p: queries.kpi_overview(*p) for p in PERIODS} == before  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from analytics.queries import CHANNELS, SEGMENTS, Queries, RfmRules
+from analytics.queries import CHANNELS, MAX_COHORT_PERIODS, SEGMENTS, Queries, RfmRules, cohort_periods
 from analytics.sink import Sink, dead_letter_producer
 from analytics.store.clickhouse import connect, embedded, query_budget
 from analytics.store.migrations import migrate
@@ -159,6 +159,10 @@ async def cohorts(
     channel: ChannelParam = "all",
 ) -> dict[str, Any]:
     _period(start, end)
+    _, periods = cohort_periods(start, end, grain)
+    if periods > MAX_COHORT_PERIODS:
+        limit = f"a cohort matrix covers at most {MAX_COHORT_PERIODS} {grain}s, not {periods}"
+        raise ApiError(422, "invalid_period", limit)
     return await analytics.run(lambda q: q.cohorts(start, end, grain, channel))
 
 

@@ -97,6 +97,11 @@ def render(cluster: str, database: str = "crm") -> str:
     macros, every statement runs ``ON CLUSTER``, and each fact table gets a Distributed
     table (``<name>_all``, sharded by person_key so one customer stays on one shard)
     that queries read from.
+
+    ``identity_lookup`` (a Join table, in memory) stays per node and follows the inserts
+    that node receives through its materialised view: on a replicated cluster run a sink
+    against each replica (each with its own consumer group), or rebuild a node's lookup
+    from the replicated identity_map (``python -m analytics rebuild-lookup``).
     """
     out = [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster};"]
     for migration in migrations():
@@ -118,6 +123,7 @@ def render(cluster: str, database: str = "crm") -> str:
                 return f"ENGINE = Replicated{family}MergeTree({', '.join(args)})"
 
             statement = _ENGINE.sub(replicated, statement)
+            statement = statement.replace("'identity_lookup'", f"'{database}.identity_lookup'")
             if created and created[1] == "VIEW":
                 # A plain view reads the whole cluster: its tables' Distributed twins.
                 statement = _TABLE_REF.sub(lambda m: f"{m[1]} {database}.{m[2]}_all", statement)

@@ -89,7 +89,10 @@ FROM events_queue
 WHERE event_type != 'customer.profile_snapshot';
 
 -- Purchases, returns and cancellations: what every commerce KPI reads. Much smaller
--- than events (no interactions, no payload), sorted by person for per-customer scans.
+-- than events (no interactions, no payload). Sorted by day first: a period is a range
+-- of the primary key, and parts written one after another cover days one after
+-- another, so FINAL only has to merge where parts overlap (the last few days, until
+-- ClickHouse merges them) instead of every part's rows.
 CREATE TABLE IF NOT EXISTS orders
 (
     event_id UUID,
@@ -119,7 +122,7 @@ CREATE TABLE IF NOT EXISTS orders
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (key_hash, day, event_id);
+ORDER BY (day, key_hash, event_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS orders_mv TO orders AS
 WITH JSONExtract(

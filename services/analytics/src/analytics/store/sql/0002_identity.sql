@@ -95,6 +95,38 @@ SETTINGS index_granularity = 1024;
 CREATE MATERIALIZED VIEW IF NOT EXISTS identity_by_customer_mv TO identity_by_customer AS
 SELECT customer_id, person_key, version FROM identity_map;
 
+-- The current owner of every key, in memory: what queries attribute facts with
+-- (joinGet, a hash lookup per key instead of reading and joining the whole map for
+-- every query). A key whose owner is gone (unlinked, erased) maps to the nil UUID and
+-- stands for itself; a key absent stands for itself too.
+--
+-- It follows identity_map through the view below, row by row as they are written, and
+-- keeps the highest version of each key — the same rule as identity_map's FINAL, so
+-- the order rows arrive in does not matter (a late, older decision is ignored). The
+-- Join engine keeps its state on disk and reloads it at start. Overwritten rows leave
+-- their old copy in memory until the table is rebuilt from identity_map
+-- (analytics.store.lookup.rebuild, which the sink runs when it has grown).
+CREATE TABLE IF NOT EXISTS identity_lookup
+(
+    key_hash UInt64,
+    customer_id UUID,
+    version UInt64
+)
+ENGINE = Join(ANY, LEFT, key_hash)
+SETTINGS join_any_take_last_row = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS identity_lookup_mv TO identity_lookup AS
+SELECT key_hash, owner AS customer_id, latest AS version
+FROM (
+    SELECT
+        key_hash,
+        argMax(if(is_deleted = 1, toUUID('00000000-0000-0000-0000-000000000000'), customer_id), version) AS owner,
+        max(version) AS latest
+    FROM identity_map
+    GROUP BY key_hash
+)
+WHERE latest >= ifNull(joinGetOrNull('identity_lookup', 'version', key_hash), 0);
+
 -- The current owner of every key: the table is sorted by key and replaced by version,
 -- so FINAL keeps each key's latest row (cheaper than GROUP BY … argMax). Deleted keys
 -- (unlinked, erased) are absent: their events stand on their own key, still counted.

@@ -8,7 +8,8 @@
 CREATE VIEW IF NOT EXISTS bi_orders DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT
     o.event_id AS event_id,
-    if(m.key_hash = 0, NULL, m.customer_id) AS customer_id,
+    nullIf(joinGetOrNull('identity_lookup', 'customer_id', o.key_hash),
+           toUUID('00000000-0000-0000-0000-000000000000')) AS customer_id,
     o.occurred_at AS occurred_at,
     o.day AS day,
     o.kind AS kind,
@@ -19,24 +20,21 @@ SELECT
     o.items AS items,
     o.categories AS categories,
     o.max_unit_price AS max_unit_price
-FROM orders AS o FINAL
-LEFT JOIN identity_current AS m ON m.key_hash = o.key_hash
-SETTINGS join_use_nulls = 0;
+FROM orders AS o FINAL;
 
 CREATE VIEW IF NOT EXISTS bi_events DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT
     e.event_id AS event_id,
     e.event_type AS event_type,
-    if(m.person_key = '', NULL, m.customer_id) AS customer_id,
+    nullIf(joinGetOrNull('identity_lookup', 'customer_id', cityHash64(e.person_key)),
+           toUUID('00000000-0000-0000-0000-000000000000')) AS customer_id,
     e.occurred_at AS occurred_at,
     e.topic AS topic,
     e.channel AS channel,
     e.kind AS kind,
     e.store_id AS store_id,
     e.amount AS amount
-FROM events AS e FINAL
-LEFT JOIN identity_current AS m ON m.person_key = e.person_key
-SETTINGS join_use_nulls = 0;
+FROM events AS e FINAL;
 
 CREATE VIEW IF NOT EXISTS bi_customers DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT
