@@ -159,7 +159,7 @@ async def cohorts(
     channel: ChannelParam = "all",
 ) -> dict[str, Any]:
     _period(start, end)
-    _, periods = cohort_periods(start, end, grain)
+    periods = cohort_periods(start, end, grain)[1]
     if periods > MAX_COHORT_PERIODS:
         limit = f"a cohort matrix covers at most {MAX_COHORT_PERIODS} {grain}s, not {periods}"
         raise ApiError(422, "invalid_period", limit)
