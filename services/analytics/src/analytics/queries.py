@@ -65,10 +65,17 @@ class RfmRules:
     monetary: tuple[int, int, int, int] = (10_000, 30_000, 100_000, 300_000)
 
 
+#: Settings of every query. A record and its copies always share a partition (each
+#: table's partition key is made of sort-key columns: the day, the instant), so FINAL
+#: need not merge across partitions — and a partition compacted to one part
+#: (store/maintenance.py) is read as it is, without merging at all.
+QUERY_SETTINGS: dict[str, Any] = {"do_not_merge_across_partitions_select_final": 1}
+
+
 class Queries:
     def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
         self._client = client
-        self._budget = budget or {}
+        self._budget = {**QUERY_SETTINGS, **(budget or {})}
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         result = self._client.query(sql, parameters=params, settings=self._budget)
@@ -148,9 +155,8 @@ class Queries:
         params = {"start": start, "end": end, "prev": prev_start, "channel": channel}
         row = self._rows(sql, **params)[0]
         anonymous = self._rows(
-            f"""SELECT sum(amount) AS revenue, countIf(kind = 'order') AS orders FROM orders FINAL
-            WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
-              AND anonymous""",
+            f"""SELECT sum(gross + refunds) AS revenue, sum(orders) AS orders FROM kpi_daily FINAL
+            WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK} AND anonymous""",
             **params,
         )[0]
         active = row["active_customers"]
@@ -212,14 +218,15 @@ class Queries:
             GROUP BY bucket ORDER BY bucket
             """
         else:
-            # Sums need no attribution: whoever a purchase belongs to, it counts once.
+            # Sums need no attribution (whoever a purchase belongs to, it counts once):
+            # they come from the daily aggregates.
             value = {
-                "revenue": "sum(amount)",
-                "orders": "countIf(kind = 'order')",
-                "aov": "if(countIf(kind = 'order') = 0, 0, sumIf(amount, kind = 'order') / countIf(kind = 'order'))",
+                "revenue": "sum(gross + refunds)",
+                "orders": "sum(orders)",
+                "aov": "if(sum(orders) = 0, 0, sum(gross) / sum(orders))",
             }[metric]
             sql = f"""
-            SELECT {bucket} AS bucket, {value} AS value FROM orders FINAL
+            SELECT {bucket} AS bucket, {value} AS value FROM kpi_daily FINAL
             WHERE day >= {{start:Date}} AND day < {{end:Date}} AND {_CHANNEL_OK}
             GROUP BY bucket ORDER BY bucket
             """
@@ -539,8 +546,8 @@ def cohort_periods(start: date, end: date, grain: str) -> tuple[date, int]:
 
 
 def _band(column: str) -> str:
-    bounds = ", ".join(str(b) for b in PRICE_BANDS)
-    return f"arrayCount(b -> {column} >= b, [{bounds}])"
+    """The price band of a unit price: 0 below the first bound, one more per bound reached."""
+    return " + ".join(f"({column} >= {b})" for b in PRICE_BANDS)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

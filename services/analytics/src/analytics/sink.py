@@ -15,8 +15,11 @@
   (their JSON, one per line, with ``_topic`` put in front) into the ``events_queue``
   Null table, which ClickHouse parses natively;
   materialised views turn them into ``events``, ``orders``, ``identity_map`` and
-  ``customers`` (see ``store/sql``). The one thing done here is re-pointing, after a
-  merge, the keys that pointed at the merged customer (a merge chain).
+  ``customers`` (see ``store/sql``). What is done here after an insert: re-pointing,
+  after a merge, the keys that pointed at the merged customer (a merge chain);
+  recomputing the daily KPI aggregates of the days the batch's orders fell on
+  (``store/daily.py``); rebuilding the in-memory identity lookup when it has grown
+  (``store/lookup.py``).
 * **Observability:** a span per batch linked to the producers' traces (W3C context from
   the Kafka headers), and :class:`SinkStats` with consumer lag per partition, which the
   API exposes at ``/metrics``.
@@ -29,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Annotated, Any, Union
 
 import orjson
@@ -37,7 +41,7 @@ from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
 from pydantic import Field, TypeAdapter, ValidationError
 
-from analytics.store import lookup
+from analytics.store import daily, lookup, maintenance
 from crm_contracts.envelope import Event
 from crm_contracts.events.identity import CustomersMerged
 from crm_contracts.registry import InvalidEvent, UnknownEventType, registry
@@ -56,6 +60,9 @@ _MAX_LINKS = 64
 #: size after the last build plus this slack
 LOOKUP_CHECK_S = 60.0
 LOOKUP_SLACK_BYTES = 64 * 2**20
+#: quiet partitions of orders are looked for this often, and merged after this long quiet
+COMPACT_EVERY_S = 300.0
+COMPACT_QUIET_S = 600.0
 
 
 @dataclass
@@ -82,6 +89,8 @@ class _Pending:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = field(default_factory=list)
     merges: list[CustomersMerged] = field(default_factory=list)
+    #: business days of the batch's orders and returns: their kpi_daily rows are redone
+    days: set[date] = field(default_factory=set)
     links: list[trace.Link] = field(default_factory=list)
     started: float = 0.0
     count: int = 0
@@ -175,6 +184,7 @@ class Sink:
         self._taken: dict[TopicPartition, int] = {}
         self._lookup_baseline = 0
         self._lookup_checked = 0.0
+        self._compacted_at = clock()
         self.stats = SinkStats()
 
     @classmethod
@@ -295,6 +305,10 @@ class Sink:
             pending.rows.append(_row(head, raw))
             if isinstance(event, CustomersMerged):
                 pending.merges.append(event)
+            else:
+                day = daily.order_day(event)
+                if day is not None:
+                    pending.days.add(day)
             if len(pending.links) < _MAX_LINKS and record.headers:
                 span_context = trace.get_current_span(extract_context(record.headers)).get_span_context()
                 if span_context.is_valid:
@@ -346,7 +360,21 @@ class Sink:
         insert_rows(self._client, pending.rows)
         if pending.merges:
             repoint_merged(self._client, *pending.merges)
+        daily.refresh(self._client, pending.days)
         self._compact_lookup()
+        self._compact_orders()
+
+    def _compact_orders(self) -> None:
+        """Every few minutes: merge the quiet partitions of orders into one part each
+        (store/maintenance.py), between batches."""
+        now = self._clock()
+        if now - self._compacted_at < COMPACT_EVERY_S:
+            return
+        self._compacted_at = now
+        started = time.perf_counter()
+        done = maintenance.compact(self._client, quiet_s=COMPACT_QUIET_S)
+        if done:
+            log.info("orders: compacted %s in %.1fs", ", ".join(done), time.perf_counter() - started)
 
     def _compact_lookup(self) -> None:
         """Once a minute at most: when overwritten rows have doubled identity_lookup's

@@ -36,6 +36,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from analytics.entrypoints.api import create
 from analytics.sink import encode_row, insert_rows
+from analytics.store import daily
 from analytics.store.clickhouse import connect
 from analytics.store.migrations import migrate
 from crm_contracts.envelope import Event, IdentifierKind
@@ -186,6 +187,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         migrate(client)
         events = dataset(today)
         insert_rows(client, [encode_row(e.TOPIC, 0, i, encode(e)) for i, e in enumerate(events)])
+        daily.refresh(client)
 
         app = create(settings, embedded_sink=False)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -79,6 +79,9 @@ def test_sink_inserts_batches_dead_letters_the_invalid_and_commits_only_after(
     assert client.query("SELECT sum(amount) FROM orders FINAL").result_rows == [
         (sum(1_000 + i for i in range(50)),)
     ]
+    # the day's aggregates were recomputed after the inserts, the duplicate counted once
+    per_day = client.query("SELECT day, sum(orders), sum(gross) FROM kpi_daily FINAL GROUP BY day")
+    assert per_day.result_rows == [(date(2026, 2, 1), 50, sum(1_000 + i for i in range(50)))]
 
     dead = asyncio.run(read_topic(kafka_bootstrap, prefix + DEAD_LETTER.name, 2, timeout=10))
     reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dead)
@@ -140,6 +143,10 @@ def test_bad_requests_get_a_clear_4xx(api: TestClient) -> None:
             headers=READ,
         )
         assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "query.channel"
+        r = api.get(
+            "/v1/cohorts", params={"start": "2016-01-01", "end": "2026-01-01", "grain": "week"}, headers=READ
+        )
+        assert r.status_code == 422 and "at most 256 weeks" in r.json()["error"]["message"]
         r = api.get("/v1/segments/vip/customers", headers=READ)
         assert r.status_code == 404 and "unknown segment" in r.json()["error"]["message"]
         r = api.get(

@@ -149,3 +149,25 @@ SELECT
                 arrayMax(arrayMap(l -> tupleElement(l, 'unit_price'), tupleElement(p, 'lines'))))) AS max_unit_price
 FROM events_queue
 WHERE event_type IN ('order.store_completed', 'order.online_completed', 'order.returned');
+
+-- Daily KPI aggregates: sales per day, channel and store, for series and anything
+-- additive (revenue, orders, AOV, refunds, anonymous sales) without reading orders.
+-- Not fed by a view: a summing view would count a re-delivered record twice. The sink
+-- recomputes the days a batch touched from orders (FINAL, a range of its primary key)
+-- and the newest computation of a day replaces the older (store/daily.py).
+CREATE TABLE IF NOT EXISTS kpi_daily
+(
+    day Date,
+    channel LowCardinality(String),
+    store_id LowCardinality(String),
+    anonymous UInt8,
+    orders UInt64,
+    returns UInt64,
+    -- yen: purchases' totals, and refunds as a negative sum (revenue = gross + refunds)
+    gross Int64,
+    refunds Int64,
+    items UInt64,
+    computed_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY (day, channel, store_id, anonymous);
