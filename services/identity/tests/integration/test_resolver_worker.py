@@ -191,16 +191,25 @@ def _check_profile_topic(bootstrap: str, prefix: str, owners: set[str]) -> None:
     from crm_platform.testing import read_topic
 
     topic = prefix + IDENTITY_PROFILE.name
-    records = asyncio.run(read_topic(bootstrap, topic, expect=len(owners), timeout=60))
-    latest: dict[str, ProfileSnapshot] = {}
     partitions = list(range(IDENTITY_PROFILE.partitions))
-    for record in records:
-        snapshot = decode(record.value)
-        assert isinstance(snapshot, ProfileSnapshot)
-        assert record.key == str(snapshot.payload.customer_id).encode()
-        assert record.partition == DefaultPartitioner()(record.key, partitions, partitions)
-        latest[str(snapshot.payload.customer_id)] = snapshot
-    assert {uuid.UUID(c) for c in latest} == {uuid.UUID(str(o)) for o in owners}
+    # The decisions are in the store before the worker's producer has flushed every
+    # snapshot (and a restarted worker may publish some again): read until every
+    # customer has one, or give up after a minute.
+    deadline = time.monotonic() + 60
+    wanted = {uuid.UUID(str(o)) for o in owners}
+    while True:
+        records = asyncio.run(read_topic(bootstrap, topic, expect=len(owners), timeout=30))
+        latest: dict[str, ProfileSnapshot] = {}
+        for record in records:
+            snapshot = decode(record.value)
+            assert isinstance(snapshot, ProfileSnapshot)
+            assert record.key == str(snapshot.payload.customer_id).encode()
+            assert record.partition == DefaultPartitioner()(record.key, partitions, partitions)
+            latest[str(snapshot.payload.customer_id)] = snapshot
+        if {uuid.UUID(c) for c in latest} >= wanted or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {uuid.UUID(c) for c in latest} == wanted
     for snapshot in latest.values():
         assert {i.kind for i in snapshot.payload.identifiers} == {
             IdentifierKind.MEMBER_NO,
