@@ -201,3 +201,18 @@ def test_a_profile_lost_in_a_crash_heals_on_the_next_sighting() -> None:
         ("email", EMAIL.hash),
     }
     assert fake.calls == []  # no decision needed for that
+
+
+def test_a_complete_local_profile_is_republished_on_its_first_sighting() -> None:
+    """After a SIGKILL the local table can hold a profile whose changelog record (the
+    published snapshot) was never produced: the first sighting in a process republishes
+    it even though nothing changed; later sightings of the same day do not."""
+    fake = FakeIdentity()
+    writer = ResolverCore(fake, {}, {})
+    cid = writer.handle(order(MEMBER, EMAIL)).customer_id
+    assert cid is not None
+    restarted = ResolverCore(fake, dict(writer.identifiers), dict(writer.profiles))
+    first = restarted.handle_raw(encode(order(MEMBER, EMAIL, at=T0 + timedelta(minutes=1))))
+    assert first.path == "fast" and first.published == [cid]
+    again = restarted.handle_raw(encode(order(MEMBER, at=T0 + timedelta(minutes=2))))
+    assert again.path == "fast" and again.published == []

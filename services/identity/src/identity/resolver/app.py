@@ -7,9 +7,11 @@ events of many partitions (the topics are keyed by customer key, not by identifi
 every worker keeps the whole map; each worker still only processes its own partitions of
 the source topics, which is how the resolver scales.
 
-Processing is at-least-once: offsets are committed after the agent handled the event.
-A replayed event is harmless: the fast path only updates sighting times, and a decision
-already recorded in the identity store is found again instead of being made twice.
+Processing is at-least-once: offsets are committed after the agent handled the event
+and the table writes it caused are on the broker. A replayed event is harmless: the fast
+path only updates sighting times (and republishes the profile the first time a process
+sees a customer, see ``ResolverCore._touch``), and a decision already recorded in the
+identity store is found again instead of being made twice.
 """
 
 from __future__ import annotations
@@ -141,6 +143,15 @@ def create_app(
                             "dlq.consumer_group": app_id.encode(),
                         },
                     )
+            # The batch is acknowledged (and its offsets become committable) when this
+            # body returns: not before the table writes it caused are on the broker.
+            try:
+                await identifiers.confirm_changelog()
+                await profiles.confirm_changelog()
+            except Exception:
+                log.critical("a table write was not produced; exiting so it is redelivered", exc_info=True)
+                logging.shutdown()
+                os._exit(70)
 
     return app
 

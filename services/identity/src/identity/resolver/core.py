@@ -156,12 +156,15 @@ class ResolverCore:
             return [self.handle_raw(v) for v in values]
         finally:
             self._staged = self._profile_buffer = None
-        for key, customer_id in staged.items():
-            self._set_owner(key, customer_id)
         # Each changed profile is written (and each table changelog record sent) once per
-        # batch, however many of the batch's events touched it.
+        # batch, however many of the batch's events touched it. Profiles first: a process
+        # killed in between leaves identifiers unknown to the table, and the redelivered
+        # events take the decision path again, rather than a known owner with a stale
+        # local profile.
         for customer_id, profile in profiles.items():
             self.profiles[customer_id] = profile
+        for key, owner in staged.items():
+            self._set_owner(key, owner)
         return outcomes
 
     def _prefetch(self, records: Sequence[bytes | dict[str, Any]]) -> None:
@@ -246,14 +249,15 @@ class ResolverCore:
         # now: a redelivered event (after a crash) finds its decision already recorded
         # and must still bring the tables up to date with it.
         held = result.held or result.linked
-        for ident in held:
-            self._set_owner(_key(ident.kind, ident.hash), customer_id)
         profile = self._profile(customer_id)
         known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
         missing = [i.as_dict() for i in held if (i.kind, i.hash) not in known]
         if missing:
             profile["identifiers"] += missing
             self._put_profile(customer_id, profile)
+        # The profile before the identifiers (see handle_batch).
+        for ident in held:
+            self._set_owner(_key(ident.kind, ident.hash), customer_id)
         self._touch(customer_id, event.occurred_at, channel, force=True)
         return Outcome(customer_id, "decided", [customer_id])
 
@@ -295,9 +299,13 @@ class ResolverCore:
         a new day, a new channel. Sightings in between stay in memory (the hot path does
         no table write); ``events_seen`` is therefore approximate after a crash.
 
-        The first sighting of a customer in this process also checks that the profile
-        lists the event's identifiers (all owned by the customer, or this would not be
-        the fast path): a profile write lost in a crash heals on the next sighting."""
+        The first sighting of a customer in this process always writes the profile, and
+        checks that it lists the event's identifiers (all owned by the customer, or this
+        would not be the fast path). The local table survives a SIGKILL with writes
+        whose changelog records were never produced: the profile read here may be one
+        the topic never got. Its events were not acknowledged, so they are redelivered,
+        and their first sighting republishes it (one extra snapshot per customer and
+        process otherwise)."""
         iso = at.isoformat()
         seen = self._sightings.get(customer_id)
         missing: list[dict[str, str]] = []
@@ -308,7 +316,7 @@ class ResolverCore:
             known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
             missing = [{"kind": i["kind"], "hash": i["hash"]} for i in identifiers]
             missing = [i for i in missing if (i["kind"], i["hash"]) not in known]
-            force = force or bool(missing)
+            force = True
         changed = force or seen.first is None or iso < seen.first or channel not in seen.channels
         if seen.last is None or iso > seen.last:
             changed = changed or seen.last is None or iso[:10] != seen.last[:10]

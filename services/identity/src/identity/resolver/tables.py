@@ -16,6 +16,7 @@ ordinary keyed topic (the unified profile topic is the profile table's changelog
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -49,7 +50,30 @@ class KeyPartitionedStore(RocksDBStore):
 
 
 class KeyPartitionedGlobalTable(faust.GlobalTable):
-    """A global table (every worker holds all of it) partitioned by key."""
+    """A global table (every worker holds all of it) partitioned by key.
+
+    Faust sends a table's changelog records through the producer's buffer and does not
+    tie them to the event that caused them; its commit "flushes" that buffer, but gives
+    up after 0.1 s without a record going out, so source offsets can be committed before
+    the changelog records of the events they cover are produced (a SIGKILL then loses
+    them for good). The table keeps the futures of the records it sent so that the agent
+    can wait for them (:meth:`confirm_changelog`) before acknowledging the events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(fut)
+        return fut
+
+    async def confirm_changelog(self) -> None:
+        """Wait until every changelog record sent so far is on the broker (raises if
+        one could not be produced)."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        if pending:
+            await asyncio.gather(*pending)
 
     def partition_for_key(self, key: Any) -> int:
         raw = key if isinstance(key, bytes) else str(key).encode()
