@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
+from analytics.store.clickhouse import READ_SETTINGS
+
 Channel = Literal["all", "store", "online", "app"]
 CHANNELS: tuple[str, ...] = ("all", "store", "online", "app")
 SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
@@ -65,17 +67,10 @@ class RfmRules:
     monetary: tuple[int, int, int, int] = (10_000, 30_000, 100_000, 300_000)
 
 
-#: Settings of every query. A record and its copies always share a partition (each
-#: table's partition key is made of sort-key columns: the day, the instant), so FINAL
-#: need not merge across partitions — and a partition compacted to one part
-#: (store/maintenance.py) is read as it is, without merging at all.
-QUERY_SETTINGS: dict[str, Any] = {"do_not_merge_across_partitions_select_final": 1}
-
-
 class Queries:
     def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
         self._client = client
-        self._budget = {**QUERY_SETTINGS, **(budget or {})}
+        self._budget = {**READ_SETTINGS, **(budget or {})}
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         result = self._client.query(sql, parameters=params, settings=self._budget)

@@ -16,6 +16,12 @@ from clickhouse_connect.driver.client import Client
 
 from crm_platform.settings import Settings
 
+#: Settings of every read of the fact tables. A record and its copies always share a
+#: partition (each table's partition key is made of sort-key columns: the day, the
+#: instant), so FINAL need not merge across partitions — and a partition compacted to
+#: one part (store/maintenance.py) is read as it is, without merging at all.
+READ_SETTINGS: dict[str, Any] = {"do_not_merge_across_partitions_select_final": 1}
+
 
 def dsn(settings: Settings) -> str:
     if settings.clickhouse_url is not None:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from clickhouse_connect.driver.client import Client
 
+from analytics.store.clickhouse import READ_SETTINGS
 from crm_contracts.envelope import Event
 from crm_contracts.events.commerce import OnlineOrderCompleted, OrderReturned, StoreOrderCompleted
 
@@ -31,7 +32,6 @@ _AGGREGATE = """
     FROM orders FINAL
     WHERE {where}
     GROUP BY day, channel, store_id, anonymous
-    SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 
 
@@ -47,11 +47,15 @@ def order_day(event: Event) -> date | None:
 def refresh(client: Client, days: Iterable[date] | None = None) -> None:
     """Recompute ``days`` (every day when None: a rebuild)."""
     if days is None:
-        client.command(_AGGREGATE.format(where="1"))
+        client.command(_AGGREGATE.format(where="1"), settings=READ_SETTINGS)
         return
     wanted = sorted(set(days))
     if wanted:
-        client.command(_AGGREGATE.format(where="day IN {days:Array(Date)}"), parameters={"days": wanted})
+        client.command(
+            _AGGREGATE.format(where="day IN {days:Array(Date)}"),
+            parameters={"days": wanted},
+            settings=READ_SETTINGS,
+        )
 
 
 __all__ = ["BUSINESS_TZ", "business_day", "order_day", "refresh"]

@@ -3,7 +3,7 @@
 Queries read ``orders`` with FINAL (a re-delivered record must not count twice), which
 costs a merge of the parts that overlap. A partition (a month) whose parts are merged
 into one is read as it is (``do_not_merge_across_partitions_select_final``, see
-``queries.QUERY_SETTINGS``). ClickHouse's background merges get most of the way; a
+``store.clickhouse.READ_SETTINGS``). ClickHouse's background merges get most of the way; a
 partition that has been quiet for a while — a month that ended, a late return that
 landed in it — is merged into one part here (``OPTIMIZE … PARTITION … FINAL``, the
 ReplacingMergeTree routine ClickHouse's documentation describes), so FINAL keeps its
