@@ -258,6 +258,14 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
             state_path.write_text(json.dumps({**wanted, "seconds": round(report.seconds, 1)}))
             truth = json.loads(truth_path.read_text())
         counted = asyncio.run(demo.wait_until_counted(endpoints, truth, progress=progress))
+    # Merges decided late (a late registration tying two customers) reach analytics after
+    # the purchases are counted: report on a settled pipeline, or the figures drift.
+    from crm_cli.status import wait_until_settled
+    from crm_platform.settings import Settings
+
+    settings = Settings()
+    asyncio.run(wait_until_settled(settings.kafka_bootstrap, settings.kafka_topic_prefix))
+    counted = asyncio.run(demo.wait_until_counted(endpoints, truth))
     current = asyncio.run(
         demo.current_customers(endpoints, {r["customer_id"] for r in truth["registrations"]})
     )

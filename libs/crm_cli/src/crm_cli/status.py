@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -46,3 +48,36 @@ async def kafka_overview(
         if mine:
             lag[group] = sum(max(0, ends[tp] - offset) for tp, offset in mine.items())
     return topics, lag
+
+
+#: The consumer groups of the platform's own workers (after the topic prefix).
+PLATFORM_GROUPS = ("identity-resolver", "engagement-", "analytics-sink-")
+
+
+async def wait_until_settled(
+    bootstrap: str, prefix: str = "", *, quiet_s: float = 2.0, timeout_s: float = 120.0
+) -> None:
+    """Wait until the pipeline has nothing in flight: every platform worker's group has
+    consumed its topics to the end and no topic has grown for ``quiet_s`` seconds (so no
+    relay or worker is still publishing consequences, such as a merge decided after the
+    purchases were counted). Raises TimeoutError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    previous: dict[str, tuple[int, int]] | None = None
+    behind: dict[str, int] = {}
+    quiet_since = loop.time()
+    while loop.time() < deadline:
+        topics, lag = await kafka_overview(bootstrap, prefix)
+        behind = {
+            group: n
+            for group, n in lag.items()
+            if group.startswith(prefix) and group[len(prefix) :].startswith(PLATFORM_GROUPS) and n
+        }
+        now = loop.time()
+        if behind or topics != previous:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return
+        previous = topics
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the pipeline did not settle within {timeout_s:.0f} s (lag: {behind})")
