@@ -111,6 +111,8 @@ def resolver() -> None:
     try:
         worker.execute_from_commandline()
     finally:
+        # Only reached on a stop the process handled (not SIGKILL, not os._exit).
+        app.resolver_state.stopped()
         identity.close()
 
 

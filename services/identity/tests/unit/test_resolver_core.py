@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from crm_contracts.events.identity import (
 )
 from crm_contracts.registry import encode
 from identity.application import Ident, Resolution
+from identity.resolver.app import LocalState
 from identity.resolver.core import ResolverCore
 
 T0 = datetime(2026, 5, 1, 10, tzinfo=UTC)
@@ -216,3 +218,37 @@ def test_a_complete_local_profile_is_republished_on_its_first_sighting() -> None
     assert first.path == "fast" and first.published == [cid]
     again = restarted.handle_raw(encode(order(MEMBER, at=T0 + timedelta(minutes=2))))
     assert again.path == "fast" and again.published == []
+
+
+def test_after_a_clean_stop_a_first_sighting_writes_nothing_new() -> None:
+    """Local tables that match their changelogs (the last process stopped cleanly) are
+    trusted: a first sighting that changes nothing publishes nothing."""
+    fake = FakeIdentity()
+    writer = ResolverCore(fake, {}, {})
+    cid = writer.handle(order(MEMBER, EMAIL)).customer_id
+    restarted = ResolverCore(
+        fake, dict(writer.identifiers), dict(writer.profiles), republish_on_first_sighting=False
+    )
+    same_day = restarted.handle_raw(encode(order(MEMBER, EMAIL, at=T0 + timedelta(minutes=1))))
+    assert same_day.path == "fast" and same_day.published == []
+    # A profile that lacks an identifier the event shows is still repaired.
+    del restarted.profiles[cid]["identifiers"][1:]
+    restarted._sightings.clear()
+    healed = restarted.handle_raw(encode(order(MEMBER, EMAIL, at=T0 + timedelta(minutes=2))))
+    assert healed.published == [cid] and len(restarted.profiles[cid]["identifiers"]) == 2
+
+
+def test_local_tables_are_trusted_after_a_clean_stop_or_when_new(tmp_path: Path) -> None:
+    tables = tmp_path / "tables"
+    assert LocalState(tables).trusted  # nothing local: restored from the changelogs
+    tables.mkdir()
+    (tables / "identifier-owner-0.db").mkdir()
+    assert not LocalState(tables).trusted  # tables, and no word of a clean stop
+    stopping = LocalState(tables)
+    stopping.stopped()
+    assert LocalState(tables).trusted  # the marker is read once...
+    assert not LocalState(tables).trusted  # ...and removed, so a crash after it counts
+    cut_short = LocalState(tables)
+    cut_short.in_flight = True
+    cut_short.stopped()
+    assert not LocalState(tables).trusted

@@ -35,7 +35,7 @@ from identity.application import ConcurrentUpdate
 from identity.bootstrap import Identity
 from identity.resolver.core import ResolverCore, profile_from_snapshot, profile_snapshot
 from identity.resolver.tables import KeyPartitionedGlobalTable
-from identity.resolver.transport import LeanMonitor, RawSchema, Transport
+from identity.resolver.transport import LeanMonitor, RawSchema, Transport, lean_event_factory
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def create_app(
     )
     # Faust's aiokafka transport with a cheaper per-record hand-off (see transport.py).
     app.transport = Transport(app.conf.broker_consumer, app)
+    lean_event_factory(app)
     prefix = settings.kafka_topic_prefix
     sources = app.topic(*[prefix + t.name for t in IDENTIFIER_BEARING_TOPICS], schema=RawSchema())
     dead_letter = app.topic(prefix + DEAD_LETTER.name, **RAW)
@@ -108,8 +109,15 @@ def create_app(
             **RAW,
         ),
     )
-    core = ResolverCore(identity.app, ReadCache(identifiers), SnapshotValues(profiles))
+    state = LocalState(Path(app.conf.tabledir))
+    core = ResolverCore(
+        identity.app,
+        ReadCache(identifiers),
+        SnapshotValues(profiles),
+        republish_on_first_sighting=not state.trusted,
+    )
     app.resolver_core = core  # type: ignore[attr-defined]  # for benchmarks and tests
+    app.resolver_state = state  # type: ignore[attr-defined]  # see LocalState.stopped
 
     # A crash of the agent must stop the worker (and be restarted by the supervisor)
     # rather than leave a partition silently unconsumed.
@@ -122,6 +130,7 @@ def create_app(
             # current event's partition); the batch's last event stands for the batch.
             stream._set_current_event(events[-1])
             values = [event.value for event in events]
+            state.in_flight = True
             try:
                 outcomes = _handle(core, values)
             except Exception:
@@ -152,8 +161,36 @@ def create_app(
                 log.critical("a table write was not produced; exiting so it is redelivered", exc_info=True)
                 logging.shutdown()
                 os._exit(70)
+            state.in_flight = False
 
     return app
+
+
+class LocalState:
+    """Whether the local RocksDB tables hold only what their changelogs hold.
+
+    A process that stops cleanly between batches leaves a marker next to the tables;
+    the next process removes it as it starts. Without the marker (the last process was
+    killed, or crashed mid-batch) the tables may hold writes whose changelog records were
+    never produced, and the resolver republishes each profile on its first sighting
+    (``ResolverCore._touch``). Tables that do not exist yet are restored from the
+    changelogs, so they are trusted too."""
+
+    MARKER = "clean-shutdown"
+
+    def __init__(self, tabledir: Path) -> None:
+        self._marker = tabledir / self.MARKER
+        fresh = not tabledir.exists() or not any(p.name != self.MARKER for p in tabledir.iterdir())
+        self.trusted = fresh or self._marker.exists()
+        self._marker.unlink(missing_ok=True)
+        #: a batch is between its first table write and the confirmation of its changelog
+        self.in_flight = False
+
+    def stopped(self) -> None:
+        """Called once the worker has stopped: leaves the marker unless a batch was cut
+        short."""
+        if not self.in_flight and self._marker.parent.exists():
+            self._marker.touch()
 
 
 class ReadCache(MutableMapping[str, str]):
@@ -239,6 +276,10 @@ class SnapshotValues(MutableMapping[str, dict[str, Any]]):
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         return profile_from_snapshot(orjson.loads(self._table[key]))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._table.get(key)
+        return default if raw is None else profile_from_snapshot(orjson.loads(raw))
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
         self._table[key] = encode(profile_snapshot(key, value))

@@ -106,8 +106,13 @@ class ResolverCore:
         observer: Observer,
         identifiers: MutableMapping[str, str],
         profiles: MutableMapping[str, dict[str, Any]],
+        *,
+        republish_on_first_sighting: bool = True,
     ) -> None:
         self.observer = observer
+        #: whether the local tables may hold writes the changelog never got (the last
+        #: process did not stop cleanly): see ``_touch``
+        self.republish_on_first_sighting = republish_on_first_sighting
         self.identifiers = identifiers
         self.profiles = profiles
         #: events handled per path (fast / decided / identity / skipped)
@@ -144,10 +149,21 @@ class ResolverCore:
             return [self.handle_raw(v) for v in values]
         self._staged, self._profile_buffer = {}, {}
         records = [_parse(v) for v in values]
+        # One owner lookup per record: the hot path's customer, or None for a record that
+        # needs more (a decision, an identity event, a full decode).
+        owners = [self._fast_owner(r) for r in records]
         try:
             with unit():
-                self._prefetch(records)
-                outcomes = [self.handle_raw(r) for r in records]
+                self._prefetch([r for r, owner in zip(records, owners, strict=True) if owner is None])
+                outcomes = []
+                for record, owner in zip(records, owners, strict=True):
+                    if owner is not None and not self._staged:
+                        # Nothing decided earlier in this batch, so the owner still holds.
+                        outcome = self._fast(record, owner)
+                        self.stats[outcome.path] += 1
+                    else:
+                        outcome = self.handle_raw(record)
+                    outcomes.append(outcome)
             staged, self._staged = self._staged, None
             profiles, self._profile_buffer = self._profile_buffer, None
         except ConcurrentUpdate:
@@ -203,20 +219,36 @@ class ResolverCore:
         data = value if isinstance(value, dict) else orjson.loads(value)
         if not isinstance(data, dict):
             raise InvalidEvent("an event must be a JSON object")
-        event_type = data.get("event_type", "")
-        identifiers = data.get("identifiers") or ()
-        if identifiers and not event_type.startswith("customer."):
-            owners = {self._owner(f"{i['kind']}:{i['hash']}") for i in identifiers}
-            if len(owners) == 1 and None not in owners:
-                customer_id = owners.pop()
-                assert customer_id is not None
-                payload = data.get("payload") or {}
-                channel = _channel(event_type, payload.get("channel"))
-                changed = self._touch(
-                    customer_id, datetime.fromisoformat(data["occurred_at"]), channel, identifiers
-                )
-                return Outcome(customer_id, "fast", [customer_id] if changed else [])
+        customer_id = self._fast_owner(data)
+        if customer_id is not None:
+            return self._fast(data, customer_id)
         return self.handle(decode(data))
+
+    def _fast_owner(self, data: bytes | dict[str, Any]) -> str | None:
+        """The one customer owning every identifier of an observation, if the table
+        knows them all; None when the record needs the full path (or is not valid)."""
+        try:
+            if str(data.get("event_type", "")).startswith("customer."):  # type: ignore[union-attr]
+                return None
+            identifiers = data.get("identifiers")  # type: ignore[union-attr]
+            if not identifiers:
+                return None
+            owners = {self._owner(f"{i['kind']}:{i['hash']}") for i in identifiers}
+        except (AttributeError, KeyError, TypeError):
+            return None
+        return owners.pop() if len(owners) == 1 and None not in owners else None
+
+    def _fast(self, data: dict[str, Any], customer_id: str) -> Outcome:
+        """The hot path reads only the fields it needs."""
+        try:
+            payload = data.get("payload") or {}
+            channel = _channel(data["event_type"], payload.get("channel"))
+            changed = self._touch(
+                customer_id, datetime.fromisoformat(data["occurred_at"]), channel, data["identifiers"]
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return Outcome(None, "invalid", error=f"{type(exc).__name__}: {exc}"[:2000])
+        return Outcome(customer_id, "fast", [customer_id] if changed else [])
 
     def handle(self, event: Event) -> Outcome:
         if isinstance(event, IDENTITY_EVENTS):
@@ -299,13 +331,13 @@ class ResolverCore:
         a new day, a new channel. Sightings in between stay in memory (the hot path does
         no table write); ``events_seen`` is therefore approximate after a crash.
 
-        The first sighting of a customer in this process always writes the profile, and
-        checks that it lists the event's identifiers (all owned by the customer, or this
-        would not be the fast path). The local table survives a SIGKILL with writes
-        whose changelog records were never produced: the profile read here may be one
-        the topic never got. Its events were not acknowledged, so they are redelivered,
-        and their first sighting republishes it (one extra snapshot per customer and
-        process otherwise)."""
+        The first sighting of a customer in this process checks that the profile lists
+        the event's identifiers (all owned by the customer, or this would not be the
+        fast path) and writes it if not. After an unclean stop it writes the profile in
+        any case (``republish_on_first_sighting``): the local table survives a SIGKILL
+        with writes whose changelog records were never produced, so the profile read
+        here may be one the topic never got. Its events were not acknowledged, so they
+        are redelivered, and their first sighting republishes it."""
         iso = at.isoformat()
         seen = self._sightings.get(customer_id)
         missing: list[dict[str, str]] = []
@@ -316,7 +348,7 @@ class ResolverCore:
             known = {(i["kind"], i["hash"]) for i in profile["identifiers"]}
             missing = [{"kind": i["kind"], "hash": i["hash"]} for i in identifiers]
             missing = [i for i in missing if (i["kind"], i["hash"]) not in known]
-            force = True
+            force = force or self.republish_on_first_sighting or bool(missing)
         changed = force or seen.first is None or iso < seen.first or channel not in seen.channels
         if seen.last is None or iso > seen.last:
             changed = changed or seen.last is None or iso[:10] != seen.last[:10]
