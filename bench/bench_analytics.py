@@ -20,10 +20,11 @@
    Targets: p95 ≤ 500 ms (KPI, cohorts), ≤ 50 ms (timeline).
 3. **Sink**: ``SINK_EVENTS`` events (+ their customers' snapshots) produced to a fresh topic
    prefix first, then ``Sink.drain()`` consumes them into a fresh chDB directory. Rate =
-   records over the time from the consumer's partition assignment to the last flush.
-   Target ≥ 50,000 events/s. ``--profile-sink`` repeats it under py-spy and records where
-   the time goes.
-4. **Freshness**: the sink with its default batching (10k rows / 500 ms) on the copy of
+   records over the time from the consumer's partition assignment to the last flush,
+   with the deployed settings (batch size, validator processes); CPU seconds of the
+   sink's process and of its validators are recorded. Target ≥ 50,000 events/s.
+   ``--profile-sink`` repeats it under py-spy and records where the time goes.
+4. **Freshness**: the sink with its default batching (25k rows / 500 ms) on the copy of
    the populated store, a producer process at ``FRESH_RATE`` events/s for
    ``FRESH_SECONDS`` s, and a poller in the sink's process (chDB allows one process per
    directory, as the embedded deployment does) that looks up every 20th event by
@@ -42,6 +43,7 @@ import hashlib
 import json
 import os
 import queue
+import resource
 import shutil
 import subprocess
 import sys
@@ -447,6 +449,8 @@ def phase_produce(args: dict[str, Any]) -> dict[str, Any]:
 def phase_sink(args: dict[str, Any]) -> dict[str, Any]:
     from analytics.sink import Sink
     from analytics.store.migrations import migrate
+    from crm_platform.process import quiet_gc
+    from crm_platform.settings import Settings
 
     path = Path(args["path"])
     client = _client(path)
@@ -454,20 +458,33 @@ def phase_sink(args: dict[str, Any]) -> dict[str, Any]:
 
     async def go() -> dict[str, Any]:
         sink = Sink(
-            client, bootstrap=BOOTSTRAP, group_id=f"bench-{uuid.uuid4().hex[:8]}", topic_prefix=args["prefix"]
+            client,
+            bootstrap=BOOTSTRAP,
+            group_id=f"bench-{uuid.uuid4().hex[:8]}",
+            topic_prefix=args["prefix"],
+            # as deployed
+            batch_rows=Settings().sink_batch_rows,
+            validators=Settings().sink_validators,
         )
         await sink.start()
+        quiet_gc()  # as the sink's process (and the API's, which embeds it) does
         try:
             t_join = time.perf_counter()
             while not sink._consumer.assignment():  # the group join is no part of the rate
                 await asyncio.sleep(0.02)
             joined = time.perf_counter() - t_join
             t0, w0 = time.perf_counter(), time.time()
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             handled = await sink.drain(timeout_s=1800)
             wall = time.perf_counter() - t0
             busy = sink.stats.last_flush_at - w0
         finally:
-            await sink.stop()
+            await sink.stop()  # the checker processes end: their CPU time is counted
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+        def cpu(k: int) -> float:
+            return round((cpu1[k].ru_utime + cpu1[k].ru_stime) - (cpu0[k].ru_utime + cpu0[k].ru_stime), 1)
+
         return {
             "records": handled,
             "rows_inserted": sink.stats.rows_inserted,
@@ -477,6 +494,9 @@ def phase_sink(args: dict[str, Any]) -> dict[str, Any]:
             "drain_wall_s": round(wall, 2),
             "seconds": round(busy, 2),
             "events_per_s": round(handled / busy),
+            # CPU seconds of the sink's process (with chDB's threads) and its checkers
+            "cpu_sink_s": cpu(0),
+            "cpu_checkers_s": cpu(1),
         }
 
     result = asyncio.run(go())
@@ -569,6 +589,7 @@ def phase_fresh_producer(args: dict[str, Any]) -> None:
 def phase_freshness(args: dict[str, Any]) -> dict[str, Any]:
     from analytics.sink import Sink
     from crm_platform.kafka import ensure_topics
+    from crm_platform.settings import Settings
 
     path = Path(args["path"])
     prefix = args["prefix"]
@@ -633,7 +654,11 @@ def phase_freshness(args: dict[str, Any]) -> dict[str, Any]:
 
     async def go() -> dict[str, Any]:
         sink = Sink(
-            sink_client, bootstrap=BOOTSTRAP, group_id=f"bench-{uuid.uuid4().hex[:8]}", topic_prefix=prefix
+            sink_client,
+            bootstrap=BOOTSTRAP,
+            group_id=f"bench-{uuid.uuid4().hex[:8]}",
+            topic_prefix=prefix,
+            validators=Settings().sink_validators,  # as deployed
         )
         await sink.start()
         stop = asyncio.Event()

@@ -85,8 +85,11 @@ class Settings(BaseSettings):
     #: the embedded engine (chDB) under ``var/analytics/clickhouse``.
     clickhouse_url: SecretStr | None = None
     #: The sink's batches: flushed at this many rows or after this long, whichever first.
-    sink_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    sink_batch_rows: int = Field(default=25_000, ge=1, le=1_000_000)
     sink_batch_ms: int = Field(default=500, ge=10, le=60_000)
+    #: Processes that validate the sink's records against the contracts, beside the
+    #: sink's own (0: validate in the sink's process).
+    sink_validators: int = Field(default=1, ge=0, le=64)
     #: Budgets of one analytics query: past either it is stopped with a clear error.
     query_timeout_s: float = Field(default=10.0, gt=0, le=600)
     query_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)

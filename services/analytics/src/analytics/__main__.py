@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from crm_platform.process import process_settings, run_until_signal
+from crm_platform.process import process_settings, quiet_gc, run_until_signal
 from crm_platform.settings import Settings
 
 cli = typer.Typer(add_completion=False, help="analytics service processes")
@@ -57,6 +57,7 @@ def sink_() -> None:
         async with dead_letter_producer(settings) as producer:
             sink = Sink.for_settings(settings, client, producer)
             await sink.start()
+            quiet_gc()
             try:
                 await sink.run(stop)
             finally:
@@ -89,6 +90,7 @@ def replay() -> None:
                 bootstrap=settings.kafka_bootstrap,
                 group_id=sink_group(settings),
                 topic_prefix=settings.kafka_topic_prefix,
+                validators=settings.sink_validators,
                 progress=progress,
             )
         )

@@ -48,6 +48,7 @@ async def replay(
     group_id: str,
     topic_prefix: str = "",
     batch_rows: int = 50_000,
+    validators: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     reset(client)
@@ -56,7 +57,12 @@ async def replay(
     total = sum(ends.values())
     scratch = f"{group_id}-replay-{uuid.uuid4().hex[:8]}"
     sink = Sink(
-        client, bootstrap=bootstrap, group_id=scratch, topic_prefix=topic_prefix, batch_rows=batch_rows
+        client,
+        bootstrap=bootstrap,
+        group_id=scratch,
+        topic_prefix=topic_prefix,
+        batch_rows=batch_rows,
+        validators=validators,
     )
     started = time.perf_counter()
     await sink.start()

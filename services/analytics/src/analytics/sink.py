@@ -32,19 +32,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Annotated, Any, Union
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
-from pydantic import Field, TypeAdapter, ValidationError
 
+from analytics.checking import Checked, Checker, EventValidator, Group, row, topic_head
 from analytics.store import daily, lookup, maintenance
-from crm_contracts.envelope import Event
 from crm_contracts.events.identity import CustomersMerged
-from crm_contracts.registry import InvalidEvent, UnknownEventType, registry
 from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER
 from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
@@ -85,52 +80,15 @@ class SinkStats:
 
 @dataclass(slots=True)
 class _Pending:
-    rows: list[bytes] = field(default_factory=list)
+    #: per partition taken from: its topic (without prefix) and the record values...
+    groups: list[Group] = field(default_factory=list)
+    #: ...and the records themselves (for dead letters)
+    records: list[list[ConsumerRecord[bytes, bytes]]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = field(default_factory=list)
-    merges: list[CustomersMerged] = field(default_factory=list)
-    #: business days of the batch's orders and returns: their kpi_daily rows are redone
-    days: set[date] = field(default_factory=set)
     links: list[trace.Link] = field(default_factory=list)
+    link_tries: int = 0
     started: float = 0.0
     count: int = 0
-
-
-class EventValidator:
-    """Contract validation of one raw record: the registry's classes in one discriminated
-    union, validated straight from JSON bytes (a third cheaper than parse-then-validate).
-    An older schema_version goes through the registry's upcasters."""
-
-    def __init__(self) -> None:
-        classes = registry.classes()
-        latest: dict[str, int] = {}
-        for cls in classes:
-            event_type, version = cls.type_key()
-            latest[event_type] = max(latest.get(event_type, 0), version)
-        newest = tuple(c for c in classes if c.type_key()[1] == latest[c.type_key()[0]])
-        self._latest = latest
-        union: Any = Annotated[Union[newest], Field(discriminator="event_type")]  # noqa: UP007
-        self._adapter: TypeAdapter[Event] = TypeAdapter(union)
-
-    def __call__(self, raw: bytes) -> Event:
-        try:
-            event = self._adapter.validate_json(raw)
-        except ValidationError as exc:
-            # Not the latest version, or not valid: the registry tells which (it upcasts).
-            try:
-                return registry.decode(raw)
-            except (InvalidEvent, UnknownEventType) as inner:
-                raise InvalidEvent(_reason(exc, inner)) from None
-        if event.schema_version != self._latest[event.event_type]:  # pragma: no cover - pinned literals
-            return registry.decode(raw)
-        return event
-
-
-def _reason(exc: ValidationError, inner: Exception) -> str:
-    if isinstance(inner, UnknownEventType):
-        return str(inner)
-    errors = exc.errors()[:5]
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or '<event>'}: {e['msg']}" for e in errors)
 
 
 #: How ClickHouse reads the queue's JSON lines: objects (the payload) as their text,
@@ -142,11 +100,6 @@ _INSERT_SETTINGS = {
 }
 
 
-def _row(topic_head: bytes, raw: bytes) -> bytes:
-    """One ``events_queue`` row: the record's own JSON with ``_topic`` put in front."""
-    return topic_head + raw.lstrip()[1:].rstrip() + b"\n"
-
-
 class Sink:
     def __init__(
         self,
@@ -155,11 +108,12 @@ class Sink:
         bootstrap: str,
         group_id: str = "analytics-sink",
         topic_prefix: str = "",
-        batch_rows: int = 10_000,
+        batch_rows: int = 25_000,
         batch_ms: int = 500,
         dead_letter: EventProducer | None = None,
         topics: Sequence[str] = SINK_TOPICS,
         clock: Callable[[], float] = time.monotonic,
+        validators: int = 0,
     ) -> None:
         self._client = client
         self._prefix = topic_prefix
@@ -177,9 +131,9 @@ class Sink:
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
         self._dead_letter = dead_letter
-        self._validate = EventValidator()
+        #: contract validation, in ``validators`` worker processes (0: a thread here)
+        self._checker = Checker(validators)
         self._clock = clock
-        self._topic_heads: dict[str, bytes] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}
         self._lookup_baseline = 0
@@ -201,10 +155,11 @@ class Sink:
             batch_rows=settings.sink_batch_rows,
             batch_ms=settings.sink_batch_ms,
             dead_letter=dead_letter,
+            validators=settings.sink_validators,
         )
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._prepare_lookup)
+        await asyncio.gather(asyncio.to_thread(self._prepare_lookup), self._checker.start())
         await self._consumer.start()
 
     def _prepare_lookup(self) -> None:
@@ -215,6 +170,7 @@ class Sink:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+        self._checker.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, batch, insert, commit — until ``stop`` is set. What is pending when
@@ -229,21 +185,28 @@ class Sink:
     async def _pump(
         self, stop: asyncio.Event, *, until_caught_up: bool, timeout_s: float | None = None
     ) -> int:
-        """The loop. One batch is inserted (in a thread: ClickHouse works outside the
-        GIL) while the next is consumed and validated; batches are committed in order,
-        each only after its own insert."""
+        """The loop, a pipeline: while batch N is inserted (in a thread: ClickHouse works
+        outside the GIL), batch N+1 is validated (in a checker process) and batch N+2 is
+        consumed. Batches are inserted and committed in order, each commit only after
+        its own insert."""
         handled = 0
-        inflight: asyncio.Task[None] | None = None
+        flights: list[asyncio.Task[None]] = []
         pending = _Pending(started=self._clock())
         deadline = None if timeout_s is None else self._clock() + timeout_s
         idle = 0
 
         async def hand_off(batch: _Pending) -> None:
-            nonlocal inflight, handled
-            if inflight is not None:
-                await inflight
+            nonlocal handled
+            while len(flights) >= 2:
+                await flights.pop(0)
             handled += batch.count
-            inflight = asyncio.create_task(self._flush(batch, stop))
+            checked = asyncio.ensure_future(self._checker.check(batch.groups))
+            previous = flights[-1] if flights else None
+            flights.append(asyncio.create_task(self._flush(batch, checked, previous, stop)))
+
+        async def land() -> None:
+            while flights:
+                await flights.pop(0)
 
         try:
             while not stop.is_set() and (deadline is None or self._clock() < deadline):
@@ -264,9 +227,7 @@ class Sink:
                     await hand_off(pending)
                     pending = _Pending(started=self._clock())
                 if until_caught_up and not got and not pending.count:
-                    if inflight is not None:
-                        await inflight
-                        inflight = None
+                    await land()
                     self._update_lag()
                     caught_up = self._consumer.assignment() and self.stats.total_lag() == 0
                     idle = idle + 1 if caught_up else 0
@@ -275,8 +236,7 @@ class Sink:
             if pending.count:
                 await hand_off(pending)
         finally:
-            if inflight is not None:
-                await inflight
+            await land()
         return handled
 
     # -- batching --------------------------------------------------------------------
@@ -284,66 +244,67 @@ class Sink:
     def _take(
         self, pending: _Pending, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
+        """Add a partition's records to the batch (validation comes at hand-off)."""
         topic = (
             tp.topic[len(self._prefix) :] if self._prefix and tp.topic.startswith(self._prefix) else tp.topic
         )
-        head = self._topic_heads.get(topic)
-        if head is None:
-            head = self._topic_heads[topic] = _topic_head(topic)
-        for record in records:
-            pending.count += 1
-            pending.offsets[tp] = self._taken[tp] = record.offset + 1
-            raw = record.value
-            if raw is None:  # a tombstone on a compacted topic: the key was erased
-                self.stats.tombstones += 1
-                continue
-            try:
-                event = self._validate(raw)
-            except InvalidEvent as exc:
-                pending.dead.append((record, str(exc)))
-                continue
-            pending.rows.append(_row(head, raw))
-            if isinstance(event, CustomersMerged):
-                pending.merges.append(event)
-            else:
-                day = daily.order_day(event)
-                if day is not None:
-                    pending.days.add(day)
-            if len(pending.links) < _MAX_LINKS and record.headers:
+        kept = [r for r in records if r.value is not None]
+        # A tombstone on a compacted topic (the key was erased) has nothing to insert.
+        self.stats.tombstones += len(records) - len(kept)
+        if kept:
+            pending.groups.append((topic, [r.value for r in kept]))
+            pending.records.append(kept)
+        pending.count += len(records)
+        pending.offsets[tp] = self._taken[tp] = records[-1].offset + 1
+        # Span links to the producers' traces: the first few records with headers.
+        for record in kept:
+            if pending.link_tries >= _MAX_LINKS:
+                break
+            if record.headers:
+                pending.link_tries += 1
                 span_context = trace.get_current_span(extract_context(record.headers)).get_span_context()
                 if span_context.is_valid:
                     pending.links.append(trace.Link(span_context))
         self.stats.records_in += len(records)
 
-    async def _flush(self, pending: _Pending, stop: asyncio.Event) -> None:
+    async def _flush(
+        self,
+        pending: _Pending,
+        checking: asyncio.Future[Checked],
+        previous: asyncio.Task[None] | None,
+        stop: asyncio.Event,
+    ) -> None:
+        checked = await checking
+        if previous is not None:
+            await previous  # inserts, merges and commits go in batch order
         with _tracer.start_as_current_span(
             "sink insert",
             kind=trace.SpanKind.CONSUMER,
             links=pending.links,
             attributes={"messaging.batch.message_count": pending.count, "db.system": "clickhouse"},
         ):
-            if pending.rows:
-                await self._insert_with_retry(pending, stop)
-            for record, reason in pending.dead:
-                await self._send_to_dead_letter(record, reason)
+            if checked.valid:
+                await self._insert_with_retry(checked, stop)
+            for group, index, reason in checked.dead:
+                await self._send_to_dead_letter(pending.records[group][index], reason)
             await self._consumer.commit(dict(pending.offsets))
             self._committed.update(pending.offsets)
         self.stats.batches += 1
-        self.stats.last_batch_rows = len(pending.rows)
+        self.stats.last_batch_rows = checked.valid
         self.stats.last_flush_at = time.time()
         self._update_lag()
 
-    async def _insert_with_retry(self, pending: _Pending, stop: asyncio.Event) -> None:
+    async def _insert_with_retry(self, checked: Checked, stop: asyncio.Event) -> None:
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(self._insert, pending)
+                await asyncio.to_thread(self._insert, checked)
             except Exception as exc:
                 self.stats.insert_failures += 1
                 log.warning(
                     "ClickHouse insert of %d rows failed (retrying in %.1fs): %s",
-                    len(pending.rows),
+                    checked.valid,
                     delay,
                     exc,
                 )
@@ -353,14 +314,14 @@ class Sink:
                 delay = min(delay * 2, 10.0)
                 continue
             self.stats.last_insert_seconds = time.perf_counter() - started
-            self.stats.rows_inserted += len(pending.rows)
+            self.stats.rows_inserted += checked.valid
             return
 
-    def _insert(self, pending: _Pending) -> None:
-        insert_rows(self._client, pending.rows)
-        if pending.merges:
-            repoint_merged(self._client, *pending.merges)
-        daily.refresh(self._client, pending.days)
+    def _insert(self, checked: Checked) -> None:
+        insert_block(self._client, checked.block)
+        if checked.merges:
+            repoint_merged(self._client, *checked.merges)
+        daily.refresh(self._client, checked.days)
         self._compact_lookup()
         self._compact_orders()
 
@@ -432,19 +393,17 @@ def dead_letter_producer(settings: Settings) -> EventProducer:
 
 def insert_rows(client: Client, rows: Sequence[bytes]) -> None:
     """One insert of ``events_queue`` rows (JSON lines, see :func:`encode_row`)."""
-    client.raw_insert(
-        "events_queue", None, insert_block=b"".join(rows), fmt="JSONEachRow", settings=_INSERT_SETTINGS
-    )
+    insert_block(client, b"".join(rows))
 
 
-def _topic_head(topic: str) -> bytes:
-    return b'{"_topic":' + orjson.dumps(topic) + b","
+def insert_block(client: Client, block: bytes) -> None:
+    client.raw_insert("events_queue", None, insert_block=block, fmt="JSONEachRow", settings=_INSERT_SETTINGS)
 
 
 def encode_row(topic: str, partition: int, offset: int, raw: bytes) -> bytes:
     """A record as the sink writes it (``partition``/``offset`` are not stored)."""
     del partition, offset
-    return _row(_topic_head(topic), raw)
+    return row(topic_head(topic), raw)
 
 
 def repoint_merged(client: Client, *merges: CustomersMerged) -> None:
@@ -499,6 +458,7 @@ __all__ = [
     "Sink",
     "SinkStats",
     "encode_row",
+    "insert_block",
     "insert_rows",
     "repoint_merged",
 ]

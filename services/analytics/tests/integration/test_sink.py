@@ -36,8 +36,9 @@ async def _produce(bootstrap: str, prefix: str, raws: list[tuple[str, bytes | No
             await producer.publish_raw(topic, value, key=key, headers=[])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("validators", [0, 2], ids=["checked-here", "checked-in-2-processes"])
 def test_sink_inserts_batches_dead_letters_the_invalid_and_commits_only_after(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, validators: int
 ) -> None:
     prefix = _prefix()
     asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))
@@ -63,6 +64,7 @@ def test_sink_inserts_batches_dead_letters_the_invalid_and_commits_only_after(
                 batch_rows=20,
                 dead_letter=dlq,
                 group_id=f"sink-{prefix}",
+                validators=validators,
             )
             await sink.start()
             try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from crm_contracts.envelope import Identifier, IdentifierKind
 from crm_contracts.events.commerce import OrderLine, StoreOrderCompleted, StoreOrderCompletedPayload

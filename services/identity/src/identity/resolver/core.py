@@ -157,7 +157,7 @@ class ResolverCore:
                 self._prefetch([r for r, owner in zip(records, owners, strict=True) if owner is None])
                 outcomes = []
                 for record, owner in zip(records, owners, strict=True):
-                    if owner is not None and not self._staged:
+                    if owner is not None and not self._staged and isinstance(record, dict):
                         # Nothing decided earlier in this batch, so the owner still holds.
                         outcome = self._fast(record, owner)
                         self.stats[outcome.path] += 1

@@ -17,7 +17,7 @@ ordinary keyed topic (the unified profile topic is the profile table's changelog
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -80,7 +80,7 @@ class KeyPartitionedGlobalTable(faust.GlobalTable):
         asks the store whether it holds the key and then reads it: two reads, twice the
         hashing, for the resolver's hottest lookup.) These tables have no default
         values, so the answers are the same."""
-        store = self.data
+        store = cast(KeyPartitionedStore, self.data)
         raw = store._get(store._encode_key(key))
         return default if raw is None else store._decode_value(raw)
 

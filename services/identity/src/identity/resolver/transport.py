@@ -158,7 +158,7 @@ class Transport(faust_aiokafka.Transport):
 def lean_event_factory(app: AppT) -> None:
     """``app.create_event`` without a settings-registry lookup of ``conf.Event`` per
     record (another 2 %): the event class is read once."""
-    event_class = app.conf.Event
+    event_class: Any = app.conf.Event
 
     def create_event(key: Any, value: Any, headers: Any, message: Message) -> EventT[Any]:
         return cast(EventT[Any], event_class(app, key, value, headers, message))
