@@ -17,6 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -134,6 +138,23 @@ def _warm_up() -> None:
     check_groups(())
 
 
+def _start_worker(parent: int) -> None:
+    """A worker process's start. A Ctrl-C in the terminal, or a supervisor's SIGTERM,
+    reaches the whole process group: the worker leaves stopping to its parent, which
+    checks its last batch and then shuts the pool down. A parent that died without
+    doing so (SIGKILL, out of memory) takes its workers with it within a second."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    _warm_up()
+
+
 class Checker:
     """Checks batches in ``processes`` worker processes (or, with 0, in a thread)."""
 
@@ -146,7 +167,8 @@ class Checker:
             self._pool = ProcessPoolExecutor(
                 max_workers=self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm_up,
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
