@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 import phonenumbers
 
@@ -114,3 +115,23 @@ def normalise(kind: IdentifierKind | str, raw: str) -> str:
 def blind_identifier(indexer: BlindIndexer, kind: IdentifierKind | str, raw: str) -> Identifier:
     """Normalise and hash in one step: what every edge puts on Kafka."""
     return indexer.identifier(kind, normalise(kind, raw))
+
+
+class BlindIdentifiers:
+    """:func:`blind_identifier` with a bounded memo, for an edge that sees the same
+    customers again and again (a store's members, the web shop's accounts): normalising
+    (phone numbers above all) and hashing cost more than the rest of an event.
+
+    The memo is keyed by the value as received and lives in this process's memory only,
+    like the request that brought it; the oldest entries go first. Invalid values are
+    not remembered (each raises again)."""
+
+    def __init__(self, indexer: BlindIndexer, max_entries: int = 100_000) -> None:
+        self._indexer = indexer
+        self._memo = lru_cache(maxsize=max_entries)(self._compute)
+
+    def _compute(self, kind: str, raw: str) -> Identifier:
+        return blind_identifier(self._indexer, kind, raw)
+
+    def __call__(self, kind: IdentifierKind | str, raw: str) -> Identifier:
+        return self._memo(str(kind), raw)

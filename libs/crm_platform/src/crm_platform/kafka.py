@@ -15,19 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
+from murmurhash2 import murmurhash2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -40,25 +40,40 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 
-@lru_cache(maxsize=1_000_000)
+#: Kafka's murmur2 seed (``org.apache.kafka.common.utils.Utils.murmur2``).
+_MURMUR2_SEED = 0x9747B28C
+
+
 def kafka_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java's and aiokafka's) gives ``key``."""
-    hashed: int = murmur2(key)
+    """The partition Kafka's default partitioner (Java's and aiokafka's) gives ``key``.
+
+    MurmurHash2 in C (``murmurhash2``): the same hash as aiokafka's pure-Python
+    ``murmur2`` (a test compares them), some thirty times faster — a few percent of every
+    producer's and of the resolver's time otherwise."""
+    hashed: int = murmurhash2(key, _MURMUR2_SEED)
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+def _partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's DefaultPartitioner with the C hash."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[kafka_partition(key, len(all_partitions))]
 
 
 class PublishError(Exception):
     """The broker did not acknowledge in time: the caller must not report success."""
 
 
-def event_headers(event: Event, extra: Iterable[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
+def event_headers(event: Event, extra: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+    """An event's Kafka headers; ``extra`` defaults to the current trace context (pass
+    it in when sending many events under one span: it is the same for all)."""
     return [
         ("event_type", event.event_type.encode()),
         ("schema_version", str(event.schema_version).encode()),
         ("event_id", str(event.event_id).encode()),
         ("content-type", b"application/json"),
-        *inject_headers(),
-        *extra,
+        *(inject_headers() if extra is None else extra),
     ]
 
 
@@ -88,6 +103,7 @@ class EventProducer:
             "request_timeout_ms": request_timeout_ms,
             # Bounded: a send that cannot complete must fail, not hang an API request.
             "max_request_size": 2 * 1024 * 1024,
+            "partitioner": _partitioner,
         }
         self._producer = AIOKafkaProducer(**self._options)
         self._started = False
@@ -131,7 +147,7 @@ class EventProducer:
             self.topic_prefix + event.TOPIC,
             value=encode(event),
             key=event.customer_key.encode(),
-            headers=event_headers(event, headers),
+            headers=event_headers(event, [*inject_headers(), *headers]),
         )
         return future
 
@@ -152,6 +168,7 @@ class EventProducer:
             partition = kafka_partition(event.customer_key.encode(), counts[topic])
             groups.setdefault((topic, partition), []).append(event)
         futures: dict[int, asyncio.Future[Any]] = {}
+        trace_headers = inject_headers()  # one span sends them all
 
         async def send(batch: Any, members: list[Event], topic: str, partition: int) -> None:
             future = await producer.send_batch(batch, topic, partition=partition)
@@ -166,7 +183,7 @@ class EventProducer:
                     "key": event.customer_key.encode(),
                     "value": encode(event),
                     "timestamp": None,
-                    "headers": event_headers(event),
+                    "headers": event_headers(event, trace_headers),
                 }
                 if batch.append(**record) is None:  # full: send it, start the next one
                     await send(batch, members, topic, partition)

@@ -71,3 +71,18 @@ def test_store_counter_and_web_shop_yield_the_same_blind_index() -> None:
     counter = blind_identifier(indexer, "email", "ＴＡＲＯ＠ＥＸＡＭＰＬＥ．ＪＰ")
     web = blind_identifier(indexer, "email", "taro@example.jp")
     assert counter == web
+
+
+def test_the_memo_gives_what_blind_identifier_gives_and_still_refuses_bad_values() -> None:
+    from crm_contracts.envelope import IdentifierKind
+    from crm_platform.identifiers import BlindIdentifiers
+
+    indexer = BlindIndexer(b"k" * 32)
+    memo = BlindIdentifiers(indexer, max_entries=2)
+    for kind, raw in [("email", "Hanako@Example.JP"), ("phone", "03-1234-5678"), ("member_no", "m-0001")]:
+        assert memo(kind, raw) == blind_identifier(indexer, kind, raw)
+        assert memo(kind, raw) == blind_identifier(indexer, kind, raw)  # from the memo
+    assert memo(IdentifierKind.EMAIL, "hanako@example.jp") == memo("email", "ｈａｎａｋｏ@example.jp")
+    for _ in range(2):
+        with pytest.raises(InvalidIdentifier):
+            memo("phone", "12")

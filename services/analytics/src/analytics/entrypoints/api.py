@@ -111,7 +111,7 @@ class Analytics:
             raise
 
 
-def _analytics(request: Request) -> Analytics:
+async def _analytics(request: Request) -> Analytics:
     analytics: Analytics = request.app.state.analytics
     return analytics
 
@@ -166,7 +166,7 @@ async def cohorts(
     return await analytics.run(lambda q: q.cohorts(start, end, grain, channel))
 
 
-def _rules(
+async def _rules(
     dormant_days: Annotated[int, Query(ge=1, le=3650)] = RfmRules.dormant_days,
     loyal_min_orders: Annotated[int, Query(ge=1, le=10_000)] = RfmRules.loyal_min_orders,
     loyal_min_revenue: Annotated[int, Query(ge=0, le=10**12)] = RfmRules.loyal_min_revenue,

@@ -24,7 +24,7 @@ from faust.stores.rocksdb import Store as RocksDBStore
 
 from crm_platform.kafka import kafka_partition
 
-key_partition = kafka_partition  # Kafka's default partitioner, cached
+key_partition = kafka_partition  # Kafka's default partitioner
 
 
 class KeyPartitionedStore(RocksDBStore):
