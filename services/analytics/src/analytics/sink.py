@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
 
-from analytics.checking import Checked, Checker, EventValidator, Group, row, topic_head
+from analytics.checking import Checked, Checker, Group, row, topic_head
 from analytics.store import daily, lookup, maintenance
 from crm_contracts.events.identity import CustomersMerged
 from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER
@@ -454,7 +454,6 @@ def repoint_merged(client: Client, *merges: CustomersMerged) -> None:
 
 __all__ = [
     "SINK_TOPICS",
-    "EventValidator",
     "Sink",
     "SinkStats",
     "encode_row",
