@@ -44,8 +44,12 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("identity-relay", (py, "-m", "identity", "relay")),
         ProcessSpec("identity-resolver", (py, "-m", "identity", "resolver")),
+        # Ingestion is CPU-bound per event (validation, blind indexes, encoding): two
+        # processes share its port.
         ProcessSpec(
-            "engagement-api", (py, "-m", "engagement", "api"), health_url="http://127.0.0.1:8002/healthz"
+            "engagement-api",
+            (py, "-m", "engagement", "api", "--workers", "2"),
+            health_url="http://127.0.0.1:8002/healthz",
         ),
         ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
         ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),

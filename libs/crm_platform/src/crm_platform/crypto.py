@@ -54,9 +54,8 @@ class BlindIndexer:
 
     def identifier(self, kind: IdentifierKind | str, normalised_value: str) -> Identifier:
         kind = IdentifierKind(kind)
-        # Built, not validated: the kind is an IdentifierKind and the hash 64 hex digits
-        # by construction.
-        return Identifier.model_construct(kind=kind, hash=self.index(kind, normalised_value))
+        # Validated, which pydantic-core does faster than model_construct assembles it.
+        return Identifier(kind=kind, hash=self.index(kind, normalised_value))
 
 
 def generate_data_key() -> bytes:

@@ -48,6 +48,9 @@ _PLUS_ADDRESSING = frozenset(
 )
 _DOT_INSENSITIVE = frozenset({"gmail.com", "googlemail.com"})
 _CODE = re.compile(r"^[A-Z0-9][A-Z0-9_.:-]{0,63}$")
+_OPAQUE = frozenset({"line_id", "device", "ec_account"})
+_SEPARATORS = re.compile(r"[\s-]")
+_SPACE = re.compile(r"\s")
 _DASHES = str.maketrans(dict.fromkeys("‐‑‒–—―−ー－ｰ", "-"))
 
 
@@ -86,12 +89,10 @@ def normalise_phone(raw: str, region: str = "JP") -> str:
 def normalise_code(kind: str, raw: str) -> str:
     """Member numbers, POS cards, shop accounts, LINE ids, device ids: NFKC, upper case,
     no spaces or dashes between digit groups (``0012-3456`` == ``00123456``)."""
-    value = _nfkc(raw).translate(_DASHES).upper()
-    value = re.sub(r"[\s-]", "", value)
-    if kind in ("line_id", "device", "ec_account"):
-        # Opaque ids from other systems: keep their punctuation, fold case and width only.
-        value = _nfkc(raw).strip().upper()
-    if not value or len(value) > 128 or any(c.isspace() for c in value):
+    folded = _nfkc(raw).upper()
+    # Opaque ids from other systems keep their punctuation (case and width folded only).
+    value = folded if kind in _OPAQUE else _SEPARATORS.sub("", folded.translate(_DASHES))
+    if not value or len(value) > 128 or _SPACE.search(value):
         raise InvalidIdentifier(kind, "empty, too long, or contains spaces")
     if kind in ("member_no", "pos_card") and not _CODE.match(value):
         raise InvalidIdentifier(kind, "only letters, digits and . _ : - are allowed")

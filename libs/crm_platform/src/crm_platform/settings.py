@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Processes serving one API port (uvicorn workers; each has its own connections).
+    api_workers: int = Field(default=1, ge=1, le=64)
     api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Personal data

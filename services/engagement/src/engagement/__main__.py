@@ -20,20 +20,31 @@ def _settings(role: str) -> Settings:
 
 
 @cli.command()
-def api(host: str | None = None, port: int | None = None) -> None:
+def api(
+    host: str | None = None,
+    port: int | None = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="processes serving the port (default CRM_API_WORKERS, 1)"),
+    ] = None,
+) -> None:
     """Serve the HTTP API (default 127.0.0.1:8002): commerce ingestion."""
     import uvicorn
 
-    from engagement.entrypoints.api import create
-
     settings = _settings("api")
-    uvicorn.run(
-        create(settings),
-        host=host or settings.http_host,
-        port=port or settings.http_port or 8002,
-        log_config=None,
-        access_log=False,
-    )
+    workers = workers or settings.api_workers
+    options: dict[str, object] = {
+        "host": host or settings.http_host,
+        "port": port or settings.http_port or 8002,
+        "log_config": None,
+        "access_log": False,
+    }
+    if workers == 1:
+        from engagement.entrypoints.api import create
+
+        uvicorn.run(create(settings), **options)  # type: ignore[arg-type]
+    else:  # each worker process builds its own app (producer, ledger connection)
+        uvicorn.run("engagement.entrypoints.api:serve", factory=True, workers=workers, **options)  # type: ignore[arg-type]
 
 
 @cli.command()

@@ -49,6 +49,10 @@ class LedgerReturn:
 
 
 class OrderLedger(Protocol):
+    #: A file in this process (cheap to call from the event loop for a few rows), not
+    #: a database across the network.
+    in_process: bool
+
     def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]: ...
     def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None: ...
@@ -57,7 +61,10 @@ class OrderLedger(Protocol):
 
 
 class SQLiteOrderLedger:
-    """The ledger in a local SQLite file (local mode: one API process)."""
+    """The ledger in a local SQLite file (local mode; the API's worker processes share
+    it, SQLite's locks serialise their writes)."""
+
+    in_process = True
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +202,8 @@ _PG5 = "%s, %s, %s, %s, %s"
 
 class PostgresOrderLedger:
     """The ledger in the engagement database (production: any number of API replicas)."""
+
+    in_process = False
 
     def __init__(self, conninfo: str, pool_size: int = 5) -> None:
         from psycopg_pool import ConnectionPool

@@ -290,6 +290,13 @@ def create(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def serve() -> FastAPI:
+    """The app of one of several worker processes (``engagement api --workers N``)."""
+    from crm_platform.process import process_settings
+
+    return create(process_settings("engagement", "api"))
+
+
 def _document_incoming(app: FastAPI) -> None:
     """Put the ``Incoming`` union in the OpenAPI components (the routes take raw JSON so
     that each event of a batch is judged on its own)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -42,10 +42,14 @@ from engagement.ingest.schemas import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PRODUCER = "engagement.api"
 #: From this many events, a request's events go out as record batches of their own.
 BATCH_THRESHOLD = 50
+#: Up to this many rows a local ledger is read and written on the event loop: a one-row
+#: SQLite commit costs less than handing it to a thread and being woken for the result.
+INLINE_LEDGER_ROWS = 16
 #: Which identifier names the customer key (the Kafka partition key) when several are seen.
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
 
@@ -114,9 +118,16 @@ class Ingestor:
 
     async def ingest(self, raw_items: Sequence[Any], source: Source) -> list[_Item]:
         items = [self._build(i, raw, source) for i, raw in enumerate(raw_items)]
-        self._check_against_ledger([i for i in items if i.status == "accepted"])
+        await self._check_against_ledger([i for i in items if i.status == "accepted"])
         await self._publish([i for i in items if i.status == "accepted"])
         return items
+
+    async def _on_ledger(self, rows: int, call: Callable[..., T], *args: Any) -> T:
+        """A few rows of a local ledger on the loop (a thread hop costs more than the
+        query); many rows, or a database over the network, on a thread."""
+        if self.ledger.in_process and rows <= INLINE_LEDGER_ROWS:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
 
     # -- one event ----------------------------------------------------------------------
 
@@ -152,7 +163,11 @@ class Ingestor:
     def _event(self, parsed: Parsed, source: Source) -> Event:
         identifiers = self._identifiers(parsed)
         at = parsed.occurred_at
-        common: dict[str, Any] = {"occurred_at": at, "producer": PRODUCER, "identifiers": tuple(identifiers)}
+        common: dict[str, Any] = {
+            "occurred_at": at,
+            "producer": PRODUCER,
+            "identifiers": tuple(identifiers),
+        }
         if isinstance(parsed, StoreOrderIn):
             payload = parsed.payload
             if source.stores and payload.store_id not in source.stores:
@@ -195,7 +210,7 @@ class Ingestor:
 
     # -- against what was ingested before ----------------------------------------------------
 
-    def _check_against_ledger(self, items: list[_Item]) -> None:
+    async def _check_against_ledger(self, items: list[_Item]) -> None:
         order_keys: list[tuple[str, str]] = []
         return_keys: list[tuple[str, str]] = []
         for item in items:
@@ -206,8 +221,12 @@ class Ingestor:
                 group = order_group(event.payload.channel)
                 order_keys.append((group, event.payload.original_order_id))
                 return_keys.append((group, event.payload.return_id))
-        known_orders = self.ledger.orders(order_keys) if order_keys else {}
-        known_returns = self.ledger.returns(return_keys) if return_keys else {}
+        known_orders = (
+            await self._on_ledger(len(order_keys), self.ledger.orders, order_keys) if order_keys else {}
+        )
+        known_returns = (
+            await self._on_ledger(len(return_keys), self.ledger.returns, return_keys) if return_keys else {}
+        )
         for item in items:
             try:
                 self._check_one(item, known_orders, known_returns)
@@ -309,7 +328,7 @@ class Ingestor:
         if not orders and not returns:
             return  # interactions: nothing for the ledger
         try:
-            await asyncio.to_thread(self.ledger.record, orders, returns)
+            await self._on_ledger(len(orders) + len(returns), self.ledger.record, orders, returns)
         except Exception:
             # On the broker but not recorded: the source must retry (same event ids, so
             # consumers see one fact), and the retry records it.
