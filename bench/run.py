@@ -8,8 +8,10 @@ Benchmarks are never timed assertions in the test suite.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +24,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from common import Metric  # noqa: E402
+from common import KEPT_TOPICS, Metric, delete_topics, topics  # noqa: E402
+
+BOOTSTRAP = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 
 def _commit() -> str:
@@ -46,8 +50,16 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     console.print(f"[bold]running {name}[/bold]")
+    before = asyncio.run(topics(BOOTSTRAP))
     started = time.perf_counter()
-    metrics: dict[str, Metric] = module.run()
+    try:
+        metrics: dict[str, Metric] = module.run()
+    finally:
+        # Each run publishes under topics of its own: without this the broker collects
+        # hundreds of partitions, and later runs pay for them.
+        created = sorted(t for t in asyncio.run(topics(BOOTSTRAP)) - before if not KEPT_TOPICS.match(t))
+        if created:
+            asyncio.run(delete_topics(BOOTSTRAP, created))
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "metrics": {k: m.as_json() for k, m in metrics.items()},

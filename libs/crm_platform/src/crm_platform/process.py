@@ -6,11 +6,14 @@ import asyncio
 import gc
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from crm_platform.logs import setup_logging
 from crm_platform.settings import Settings
 from crm_platform.telemetry import setup_tracing
+
+T = TypeVar("T")
 
 
 def quiet_gc() -> None:
@@ -32,6 +35,15 @@ def process_settings(service: str, role: str) -> Settings:
     return settings
 
 
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop (the loop uvicorn serves the APIs on): a good deal less
+    overhead per callback than the default loop for processes that do many small I/Os."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on a fresh loop; SIGTERM or SIGINT sets ``stop``."""
 
@@ -42,4 +54,4 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    run(runner())

@@ -1,21 +1,25 @@
-"""``python -m engagement api``: one process role per invocation."""
+"""``python -m engagement api``: one process role per invocation.
+
+Each command imports what its role needs: the processes this module starts (the API's
+workers, the CSV reader) import it again, and should not pay for the other roles."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from crm_platform.kafka import ensure_topics
-from crm_platform.process import process_settings, run_until_signal
-from crm_platform.settings import Settings
+if TYPE_CHECKING:
+    from crm_platform.settings import Settings
 
 cli = typer.Typer(add_completion=False, help="engagement service processes")
 
 
 def _settings(role: str) -> Settings:
+    from crm_platform.process import process_settings
+
     return process_settings("engagement", role)
 
 
@@ -50,6 +54,8 @@ def api(
 @cli.command()
 def worker() -> None:
     """Run the membership worker: credit purchases and returns from every channel."""
+    from crm_platform.kafka import ensure_topics
+    from crm_platform.process import run_until_signal
     from engagement.worker import run_worker
 
     settings = _settings("worker")
@@ -64,7 +70,8 @@ def worker() -> None:
 @cli.command()
 def relay() -> None:
     """Publish the membership store's new events to Kafka (exactly one per store)."""
-    from crm_platform.kafka import EventProducer
+    from crm_platform.kafka import EventProducer, ensure_topics
+    from crm_platform.process import run_until_signal
     from engagement.bootstrap import build_membership, build_relay
 
     settings = _settings("relay")
@@ -100,7 +107,8 @@ def import_(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from crm_platform.crypto import BlindIndexer
-    from crm_platform.kafka import EventProducer
+    from crm_platform.kafka import EventProducer, ensure_topics
+    from crm_platform.process import quiet_gc, run
     from engagement.adapters.ledger import open_ledger
     from engagement.importer import import_csv
     from engagement.ingest.pipeline import Ingestor, Source
@@ -111,6 +119,7 @@ def import_(
 
     async def main() -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        quiet_gc()  # many short-lived objects per order: collect the young generation less often
         ledger = open_ledger(settings)
         try:
             async with EventProducer(
@@ -151,7 +160,7 @@ def import_(
         )
 
     try:
-        asyncio.run(main())
+        run(main())
     except ConnectionError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(75) from None

@@ -70,11 +70,11 @@ class FailingAfter(Ingestor):
         super().__init__(inner.indexer, inner.producer, inner.ledger)
         self.calls = calls
 
-    async def ingest(self, raw_items: Any, source: Source) -> Any:
+    async def commit(self, items: Any) -> Any:
         if self.calls == 0:
             raise ConnectionError("the event broker did not acknowledge; rerun to resume")
         self.calls -= 1
-        return await super().ingest(raw_items, source)
+        return await super().commit(items)
 
 
 def test_import_reports_rejects_and_resumes(
@@ -88,7 +88,6 @@ def test_import_reports_rejects_and_resumes(
     asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
     path = tmp_path / "export.csv"
     write_csv(path)
-    monkeypatch.setattr(importer, "CHUNK", 2)
     ledger = open_ledger(settings)
 
     async def run(fail_after: int | None) -> importer.ImportReport:
@@ -98,7 +97,7 @@ def test_import_reports_rejects_and_resumes(
             ingestor = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
             if fail_after is not None:
                 ingestor = FailingAfter(ingestor, fail_after)
-            return await importer.import_csv(path, ingestor, Source("import"))
+            return await importer.import_csv(path, ingestor, Source("import"), chunk_orders=2)
 
     try:
         with pytest.raises(ConnectionError):
