@@ -117,3 +117,26 @@ def by_name(name: str) -> Topic:
         if topic.name == name:
             return topic
     raise KeyError(f"unknown topic {name!r}")
+
+
+# -- the platform's consumer groups --------------------------------------------------------
+
+#: Consumer groups of the platform's own stream processors. A deployment's topic prefix
+#: comes first (``<prefix>identity-resolver``); the embedded analytics sink adds a suffix
+#: per ClickHouse data directory (``analytics-sink-<hash>``). Operators' tools tell the
+#: platform's lag from a BI tool's by these names (:func:`is_platform_group`).
+IDENTITY_RESOLVER_GROUP = "identity-resolver"
+ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
+ANALYTICS_SINK_GROUP = "analytics-sink"
+PLATFORM_GROUPS: tuple[str, ...] = (
+    IDENTITY_RESOLVER_GROUP,
+    ENGAGEMENT_MEMBERSHIP_GROUP,
+    ANALYTICS_SINK_GROUP,
+)
+
+
+def is_platform_group(group: str, prefix: str = "") -> bool:
+    """Whether ``group`` is one of the platform's processors (under ``prefix``, or
+    without one: the analytics sink's group is per data directory, not per prefix)."""
+    name = group[len(prefix) :] if prefix and group.startswith(prefix) else group
+    return any(name == base or name.startswith(base + "-") for base in PLATFORM_GROUPS)

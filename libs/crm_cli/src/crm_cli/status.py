@@ -7,7 +7,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from crm_contracts.topics import ALL_TOPICS
+from crm_contracts.topics import ALL_TOPICS, is_platform_group
 
 
 async def kafka_overview(
@@ -50,10 +50,6 @@ async def kafka_overview(
     return topics, lag
 
 
-#: The consumer groups of the platform's own workers (after the topic prefix).
-PLATFORM_GROUPS = ("identity-resolver", "engagement-", "analytics-sink-")
-
-
 async def wait_until_settled(
     bootstrap: str, prefix: str = "", *, quiet_s: float = 2.0, timeout_s: float = 120.0
 ) -> None:
@@ -68,11 +64,7 @@ async def wait_until_settled(
     quiet_since = loop.time()
     while loop.time() < deadline:
         topics, lag = await kafka_overview(bootstrap, prefix)
-        behind = {
-            group: n
-            for group, n in lag.items()
-            if group.startswith(prefix) and group[len(prefix) :].startswith(PLATFORM_GROUPS) and n
-        }
+        behind = {group: n for group, n in lag.items() if n and is_platform_group(group, prefix)}
         now = loop.time()
         if behind or topics != previous:
             quiet_since = now

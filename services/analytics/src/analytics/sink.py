@@ -40,7 +40,7 @@ from opentelemetry import trace
 from analytics.checking import Checked, Checker, Group, row, topic_head
 from analytics.store import daily, lookup, maintenance
 from crm_contracts.events.identity import CustomersMerged
-from crm_contracts.topics import ALL_TOPICS, DEAD_LETTER
+from crm_contracts.topics import ALL_TOPICS, ANALYTICS_SINK_GROUP, DEAD_LETTER
 from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
 from crm_platform.telemetry import extract_context
@@ -106,7 +106,7 @@ class Sink:
         client: Client,
         *,
         bootstrap: str,
-        group_id: str = "analytics-sink",
+        group_id: str = ANALYTICS_SINK_GROUP,
         topic_prefix: str = "",
         batch_rows: int = 25_000,
         batch_ms: int = 500,
@@ -116,6 +116,7 @@ class Sink:
         validators: int = 0,
     ) -> None:
         self._client = client
+        self._group = group_id
         self._prefix = topic_prefix
         self._topics = [topic_prefix + t for t in topics]
         self._consumer = AIOKafkaConsumer(
@@ -367,7 +368,7 @@ class Sink:
             *(record.headers or ()),
             ("dlq.reason", reason[:2000].encode()),
             ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-            ("dlq.consumer_group", b"analytics-sink"),
+            ("dlq.consumer_group", self._group.encode()),
         ]
         await self._dead_letter.publish_raw(
             DEAD_LETTER.name, record.value or b"", key=record.key, headers=headers

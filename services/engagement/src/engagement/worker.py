@@ -19,14 +19,14 @@ from datetime import UTC, datetime
 from aiokafka import ConsumerRecord
 
 from crm_contracts.envelope import Event
-from crm_contracts.topics import COMMERCE_ORDER, IDENTITY_PROFILE
+from crm_contracts.topics import COMMERCE_ORDER, ENGAGEMENT_MEMBERSHIP_GROUP, IDENTITY_PROFILE
 from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
 from crm_platform.settings import Settings
 from engagement.bootstrap import SERVICE, build_attribution, build_membership
 from engagement.membership import Attribution
 
 log = logging.getLogger(__name__)
-GROUP = "engagement-membership"
+GROUP = ENGAGEMENT_MEMBERSHIP_GROUP
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | None = None) -> None:

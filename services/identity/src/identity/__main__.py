@@ -92,7 +92,7 @@ def resolver() -> None:
     from faust.worker import Worker
 
     from identity.bootstrap import build
-    from identity.resolver.app import create_app
+    from identity.resolver.app import APP_ID, create_app
 
     identity = build(settings)
     # CRM_RESOLVER_APP_ID gives a separate consumer group and tables (tests, re-resolution);
@@ -100,7 +100,7 @@ def resolver() -> None:
     app = create_app(
         settings,
         identity,
-        app_id=os.environ.get("CRM_RESOLVER_APP_ID", settings.kafka_topic_prefix + "identity-resolver"),
+        app_id=os.environ.get("CRM_RESOLVER_APP_ID", settings.kafka_topic_prefix + APP_ID),
         offset_reset=os.environ.get("CRM_RESOLVER_OFFSET_RESET", "earliest"),
     )
     # override_logging=False keeps our log format; without it Faust's terminal spinner

@@ -14,6 +14,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from crm_contracts.topics import ANALYTICS_SINK_GROUP
 from crm_platform.settings import Settings
 
 #: Settings of every read of the fact tables. A record and its copies always share a
@@ -38,10 +39,10 @@ def sink_group(settings: Settings) -> str:
     holds, so an embedded data directory gets a group of its own: a fresh ``var/``
     (or a test's) is filled from the start of the log, not from another's offsets."""
     if settings.clickhouse_url is not None:
-        return "analytics-sink"
+        return ANALYTICS_SINK_GROUP
     import hashlib
 
-    return "analytics-sink-" + hashlib.sha256(dsn(settings).encode()).hexdigest()[:10]
+    return f"{ANALYTICS_SINK_GROUP}-" + hashlib.sha256(dsn(settings).encode()).hexdigest()[:10]
 
 
 def connect(settings: Settings, **client_settings: Any) -> Client:

@@ -29,7 +29,12 @@ import orjson
 from mode import CrashingSupervisor
 
 from crm_contracts.registry import encode
-from crm_contracts.topics import DEAD_LETTER, IDENTIFIER_BEARING_TOPICS, IDENTITY_PROFILE
+from crm_contracts.topics import (
+    DEAD_LETTER,
+    IDENTIFIER_BEARING_TOPICS,
+    IDENTITY_PROFILE,
+    IDENTITY_RESOLVER_GROUP,
+)
 from crm_platform.settings import Settings
 from identity.application import ConcurrentUpdate
 from identity.bootstrap import Identity
@@ -39,7 +44,7 @@ from identity.resolver.transport import LeanMonitor, RawSchema, Transport, lean_
 
 log = logging.getLogger(__name__)
 
-APP_ID = "identity-resolver"
+APP_ID = IDENTITY_RESOLVER_GROUP  # the Faust app id is its consumer group
 BATCH = 500
 BATCH_WINDOW_S = 0.05
 RAW: dict[str, Any] = {
