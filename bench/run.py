@@ -38,6 +38,18 @@ def _commit() -> str:
         return "unknown"
 
 
+def machine_speed() -> float:
+    """Seconds for ten million additions in a Python loop, best of three."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
 
@@ -50,6 +62,7 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     console.print(f"[bold]running {name}[/bold]")
+    reference = machine_speed()
     before = asyncio.run(topics(BOOTSTRAP))
     started = time.perf_counter()
     try:
@@ -65,9 +78,13 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
         "metrics": {k: m.as_json() for k, m in metrics.items()},
         "commit": _commit(),
         "seconds": round(time.perf_counter() - started, 1),
+        # This machine's speed varies with its neighbours (the same build has measured
+        # ±40 % apart): the seconds a fixed pure-Python loop took just before, so figures
+        # of different runs can be compared (lower is faster; 0.7 s on a good day).
+        "reference_loop_s": reference,
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = Table(title=f"{name} ({payload['seconds']} s)")
+    table = Table(title=f"{name} ({payload['seconds']} s; reference loop {reference} s)")
     for column in ("metric", "value", "unit", "target", "meets"):
         table.add_column(column)
     for key, m in metrics.items():
