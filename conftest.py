@@ -18,34 +18,12 @@ from pathlib import Path
 import pytest
 
 from crm_platform.settings import Settings
+from crm_platform.testing import delete_topics, list_topics
 
 ROOT = Path(__file__).resolve().parent
 
 
 _THROWAWAY_TOPIC = re.compile(r"[0-9a-f]{8}")
-
-
-async def _topics(bootstrap: str) -> set[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        for start in range(0, len(names), 100):
-            await admin.delete_topics(names[start : start + 100])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +43,14 @@ def kafka_bootstrap() -> Iterator[str]:
     from crm_platform.kafka import ensure_topics
 
     asyncio.run(ensure_topics(bootstrap))
-    before = asyncio.run(_topics(bootstrap))
+    before = asyncio.run(list_topics(bootstrap))
     yield bootstrap
     try:
-        created = sorted(t for t in asyncio.run(_topics(bootstrap)) - before if _THROWAWAY_TOPIC.search(t))
+        created = sorted(
+            t for t in asyncio.run(list_topics(bootstrap)) - before if _THROWAWAY_TOPIC.search(t)
+        )
         if created:
-            asyncio.run(_delete_topics(bootstrap, created))
+            asyncio.run(delete_topics(bootstrap, created))
     except Exception as exc:  # the broker may have gone: the tests' outcome stands
         print(f"could not delete the session's test topics: {exc}")
 

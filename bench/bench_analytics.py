@@ -372,16 +372,11 @@ def phase_queries(args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _delete_topics(prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from crm_platform.testing import delete_topics, list_topics
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    names = sorted(t for t in await list_topics(BOOTSTRAP) if t.startswith(prefix))
+    if names:
+        await delete_topics(BOOTSTRAP, names)
 
 
 async def _produce_fast(prefix: str, records: list[tuple[str, str, bytes]]) -> float:

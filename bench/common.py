@@ -52,26 +52,3 @@ def wait_until_ok(url: str, timeout_s: float = 30.0) -> None:
 
 
 KEPT_TOPICS = re.compile(r"^(__|crm\.|identity-resolver-)")
-
-
-async def topics(bootstrap: str) -> set[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        for start in range(0, len(names), 100):
-            await admin.delete_topics(names[start : start + 100])
-    finally:
-        await admin.close()

@@ -24,7 +24,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from common import KEPT_TOPICS, Metric, delete_topics, topics  # noqa: E402
+from common import KEPT_TOPICS, Metric  # noqa: E402
+
+from crm_platform.testing import delete_topics, list_topics  # noqa: E402
 
 BOOTSTRAP = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
@@ -63,14 +65,14 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
     spec.loader.exec_module(module)
     console.print(f"[bold]running {name}[/bold]")
     reference = machine_speed()
-    before = asyncio.run(topics(BOOTSTRAP))
+    before = asyncio.run(list_topics(BOOTSTRAP))
     started = time.perf_counter()
     try:
         metrics: dict[str, Metric] = module.run()
     finally:
         # Each run publishes under topics of its own: without this the broker collects
         # hundreds of partitions, and later runs pay for them.
-        created = sorted(t for t in asyncio.run(topics(BOOTSTRAP)) - before if not KEPT_TOPICS.match(t))
+        created = sorted(t for t in asyncio.run(list_topics(BOOTSTRAP)) - before if not KEPT_TOPICS.match(t))
         if created:
             asyncio.run(delete_topics(BOOTSTRAP, created))
     RESULTS.mkdir(exist_ok=True)

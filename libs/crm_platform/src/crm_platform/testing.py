@@ -22,6 +22,26 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
         await admin.close()
 
 
+async def list_topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete throwaway topics (a test session's, a benchmark's), a hundred per request."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 100):
+            await admin.delete_topics(names[start : start + 100])
+    finally:
+        await admin.close()
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     """Where ``topic`` ends now: read from here to see only what a test produces next."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
