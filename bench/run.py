@@ -82,7 +82,8 @@ def run_one(name: str, console: Console) -> dict[str, Metric]:
         "seconds": round(time.perf_counter() - started, 1),
         # This machine's speed varies with its neighbours (the same build has measured
         # ±40 % apart): the seconds a fixed pure-Python loop took just before, so figures
-        # of different runs can be compared (lower is faster; 0.7 s on a good day).
+        # of different runs can be compared (lower is faster: 0.30 s on a good day, 0.48 s
+        # minutes later; it moves within a run too).
         "reference_loop_s": reference,
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
