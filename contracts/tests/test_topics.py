@@ -17,7 +17,9 @@ from crm_contracts.topics import is_platform_group
         ("t1a2b3c4.identity-resolver", "t1a2b3c4.", True),
         ("analytics-sink-3f2a9c01de", "t1a2b3c4.", True),  # per directory, not per prefix
         ("t1a2b3c4.engagement-membership", "other.", False),
-        ("identity-resolver-changelog-reader", "", True),  # a processor's own helper group
+        ("analytics-sink-3f2a9c01de-replay-5b1e2f", "", False),  # crm replay's scratch group
+        ("analytics-sink-scratch", "", False),
+        ("t1a2b3c4.identity-resolver-other", "t1a2b3c4.", False),
         ("metabase", "", False),
         ("analytics-sinker", "", False),
         ("engagement", "", False),

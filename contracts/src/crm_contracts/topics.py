@@ -136,7 +136,12 @@ PLATFORM_GROUPS: tuple[str, ...] = (
 
 
 def is_platform_group(group: str, prefix: str = "") -> bool:
-    """Whether ``group`` is one of the platform's processors (under ``prefix``, or
-    without one: the analytics sink's group is per data directory, not per prefix)."""
+    """Whether ``group`` is one of the platform's processors: a name above (after
+    ``prefix``), or an embedded sink's ``analytics-sink-<10 hex digits>`` (per data
+    directory, not per prefix). Not the scratch groups of ``crm replay``, which are left
+    behind when it finishes."""
     name = group[len(prefix) :] if prefix and group.startswith(prefix) else group
-    return any(name == base or name.startswith(base + "-") for base in PLATFORM_GROUPS)
+    if name in PLATFORM_GROUPS:
+        return True
+    head, _, suffix = name.rpartition("-")
+    return head == ANALYTICS_SINK_GROUP and len(suffix) == 10 and all(c in "0123456789abcdef" for c in suffix)

@@ -169,6 +169,7 @@ def create_app(
             "operation_spans": False,
             "metrics": False,
             "logs": False,
+            "auto_configure": False,  # exporters are crm_platform.telemetry's
             "exclude": _probe,
         },
     )

@@ -183,14 +183,19 @@ def chunks(path: Path, start: int, size: int) -> Iterator[Chunk]:
 
 
 def read_into(path: Path, start: int, size: int, out: Any) -> None:
-    """The reading process: chunks into the queue ``out``, then ``None``; an error that
-    stops the reading is passed on as ``("error", message)``. Ctrl-C is the importing
-    process's to handle (it stops this one)."""
+    """The reading process: chunks into the pipe end ``out``, then ``None``; an error
+    that stops the reading is passed on as ``("error", message)``. Ctrl-C is the
+    importing process's to handle (it stops this one)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for chunk in chunks(path, start, size):
-            out.put(chunk)
-    except Exception as exc:  # reported to the importing process
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    out.put(None)
+        try:
+            for chunk in chunks(path, start, size):
+                out.send(chunk)
+        except (BrokenPipeError, EOFError):
+            return  # the importing process has stopped
+        except Exception as exc:  # reported to the importing process
+            out.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        out.send(None)
+    finally:
+        out.close()

@@ -32,7 +32,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Empty
 from typing import Any, cast
 
 import orjson
@@ -81,11 +80,19 @@ async def import_csv(
     report = ImportReport(resumed_at=int(state.get("offset", 0)))
     total = path.stat().st_size  # noqa: ASYNC240
     context = multiprocessing.get_context("spawn")
-    queue: Any = context.Queue(maxsize=2)
+    # A pipe, not a queue: once this process has closed its copy of the sending end, a
+    # reader that dies (even halfway through a chunk) shows as end-of-file here instead
+    # of a wait for the rest of the chunk that never ends. The pipe's buffer bounds how
+    # far the reader runs ahead.
+    receiving, sending = context.Pipe(duplex=False)
     reader = context.Process(
-        target=read_into, args=(path, report.resumed_at, chunk_orders, queue), name="csv-reader", daemon=True
+        target=read_into,
+        args=(path, report.resumed_at, chunk_orders, sending),
+        name="csv-reader",
+        daemon=True,
     )
     reader.start()
+    sending.close()
     offset = report.resumed_at
     committing: _Committing | None = None
     try:
@@ -95,15 +102,18 @@ async def import_csv(
                 rejected.writerow([*read_header(path), "reject_field", "reject_reason"])
 
             async def settle(done: _Committing) -> None:
-                items = await done.task
+                # Shielded: Ctrl-C here lets the chunk land (see ``finally``).
+                items = await asyncio.shield(done.task)
                 _tally(path, done.orders, items, report, rejected)
+                report.rows += done.rows
+                report.orders += len(done.orders)
                 out.flush()
                 _save_state(state_path, done.end, report)  # a rerun starts after this chunk
                 if progress:
                     progress(done.end, total)
 
             while True:
-                chunk = await asyncio.to_thread(_next, queue, reader)
+                chunk = await asyncio.to_thread(_next, receiving)
                 if chunk is not None:
                     orders: list[list[Any]] = orjson.loads(chunk.orders)
                     events = [event for event, _, _, _ in orders if event is not None]
@@ -112,20 +122,24 @@ async def import_csv(
                         items += ingestor.prepare(events[start : start + PREPARE_SLICE], source, start)
                         await asyncio.sleep(0)  # the producer sends, acks come in
                 if committing is not None:
-                    previous, committing = committing, None
-                    await settle(previous)
+                    await settle(committing)
+                    committing = None
                 if chunk is None:
                     break
-                report.rows += chunk.rows
-                report.orders += chunk.count
-                committing = _Committing(asyncio.create_task(ingestor.commit(items)), orders, chunk.end)
+                task = asyncio.create_task(ingestor.commit(items))
+                committing = _Committing(task, orders, chunk.end, chunk.rows)
                 offset = chunk.end
     finally:
-        if committing is not None:  # stopped by an error: let the chunk in flight land
-            with contextlib.suppress(Exception):
-                await committing.task
-        reader.kill()
-        reader.join()
+        try:
+            if committing is not None and not committing.task.done():
+                # Stopped (an error, Ctrl-C): let the chunk in flight land; a rerun
+                # starts at it again and finds it in the ledger.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(committing.task)
+        finally:
+            reader.kill()
+            reader.join()
+            receiving.close()
     _save_state(state_path, offset, report, done=True)
     if progress:
         progress(total, total)
@@ -137,35 +151,34 @@ class _Committing:
     task: asyncio.Task[list[Any]]
     orders: list[list[Any]]
     end: int
+    rows: int
 
 
-def _next(queue: Any, reader: Any) -> Chunk | None:
+def _next(receiving: Any) -> Chunk | None:
     """The reading process's next chunk; ``None`` at the end of the file."""
-    while True:
-        try:
-            got = queue.get(timeout=1)
-        except Empty:
-            if not reader.is_alive():
-                raise RuntimeError(f"the CSV reading process died (exit code {reader.exitcode})") from None
-            continue
-        if isinstance(got, tuple):
-            raise ValueError(f"cannot read the file: {got[1]}")
-        return cast(Chunk | None, got)
+    try:
+        got = receiving.recv()
+    except (EOFError, OSError):  # OSError: it stopped halfway through sending a chunk
+        raise RuntimeError("the CSV reading process stopped before the end of the file") from None
+    if isinstance(got, tuple):
+        raise ValueError(f"cannot read the file: {got[1]}")
+    return cast(Chunk | None, got)
 
 
 def _tally(
     path: Path, orders: list[list[Any]], items: list[Any], report: ImportReport, rejected: Any
 ) -> None:
     """Count a committed chunk; its rejected orders, row by row with the reason, to the
-    rejects file."""
+    rejects file. A chunk the broker did not fully acknowledge counts nothing and writes
+    nothing: the rerun starts at it again."""
+    if any(item.status == "unavailable" for item in items):
+        raise ConnectionError("the event broker did not acknowledge; rerun to resume")
     results = iter(items)
     for event, error, first, end in orders:
         if event is None:
             reason = ("", error)
         else:
             item = next(results)
-            if item.status == "unavailable":
-                raise ConnectionError("the event broker did not acknowledge; rerun to resume")
             if item.status in ("accepted", "duplicate"):
                 report.accepted += item.status == "accepted"
                 report.duplicates += item.status == "duplicate"

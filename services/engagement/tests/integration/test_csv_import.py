@@ -117,3 +117,55 @@ def test_import_reports_rejects_and_resumes(
     rejected = list(csv.DictReader((tmp_path / "export.csv.rejected.csv").open(encoding="utf-8")))
     assert [(r["order_id"], r["reject_field"]) for r in rejected] == [("S1-bad", ""), ("S1-sum", "payload")]
     assert "not a whole number" in rejected[0]["reject_reason"]
+
+
+class UnacknowledgedLast(Ingestor):
+    """Publishes for real, then reports the last event of its ``chunk``-th commit as not
+    acknowledged (the broker went away mid-chunk)."""
+
+    def __init__(self, inner: Ingestor, chunk: int | None) -> None:
+        super().__init__(inner.indexer, inner.producer, inner.ledger)
+        self.chunk = chunk
+        self.commits = 0
+
+    async def commit(self, items: Any) -> Any:
+        items = await super().commit(items)
+        self.commits += 1
+        if self.commits == self.chunk and items:
+            items[-1].status = "unavailable"
+        return items
+
+
+def test_a_chunk_the_broker_did_not_fully_acknowledge_writes_no_rejects_until_it_is_redone(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+    )
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    path = tmp_path / "export.csv"
+    # Chunks of two orders: [S1-1, S1-2], [S1-3, W-1], [S1-bad, S1-sum], [RT-1]. The third
+    # holds a row that cannot be read (S1-bad) and an order the contract refuses (S1-sum).
+    write_csv(path)
+    ledger = open_ledger(settings)
+
+    async def run(unacknowledged: int | None) -> importer.ImportReport:
+        async with EventProducer(
+            kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
+            inner = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
+            ingestor = UnacknowledgedLast(inner, unacknowledged)
+            return await importer.import_csv(path, ingestor, Source("import"), chunk_orders=2)
+
+    try:
+        with pytest.raises(ConnectionError):
+            asyncio.run(run(unacknowledged=3))  # the third chunk's last event: no ack
+        report = asyncio.run(run(unacknowledged=None))
+    finally:
+        ledger.close()
+    assert report.resumed_at > 0  # after the second chunk
+    assert (report.orders, report.accepted, report.rejected_orders, report.rejected_rows) == (3, 1, 2, 2)
+    rejected = list(csv.DictReader((tmp_path / "export.csv.rejected.csv").open(encoding="utf-8")))
+    assert [r["order_id"] for r in rejected] == ["S1-bad", "S1-sum"]  # once each

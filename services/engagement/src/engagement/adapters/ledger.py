@@ -53,6 +53,10 @@ class OrderLedger(Protocol):
     #: a database across the network.
     in_process: bool
 
+    def busy(self) -> bool:
+        """Whether a call now would wait for another of this process's calls."""
+        ...
+
     def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]: ...
     def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None: ...
@@ -164,6 +168,9 @@ class SQLiteOrderLedger:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def busy(self) -> bool:
+        return self._lock.locked()
+
     def ping(self) -> None:
         with self._lock:
             self._db.execute("SELECT 1").fetchone()
@@ -211,6 +218,9 @@ class PostgresOrderLedger:
         self._pool: Any = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True, timeout=5)
         with self._pool.connection() as conn:
             conn.execute(_PG_SCHEMA)
+
+    def busy(self) -> bool:
+        return False  # never called on the loop (not in process)
 
     def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]:
         wanted = list(set(keys))

@@ -47,8 +47,8 @@ T = TypeVar("T")
 PRODUCER = "engagement.api"
 #: From this many events, a request's events go out as record batches of their own.
 BATCH_THRESHOLD = 50
-#: Up to this many rows a local ledger is read and written on the event loop: a one-row
-#: SQLite commit costs less than handing it to a thread and being woken for the result.
+#: Up to this many keys a local ledger is read on the event loop: a lookup costs less than
+#: handing it to a thread and being woken for the result.
 INLINE_LEDGER_ROWS = 16
 #: Which identifier names the customer key (the Kafka partition key) when several are seen.
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
@@ -132,9 +132,13 @@ class Ingestor:
         return items
 
     async def _on_ledger(self, rows: int, call: Callable[..., T], *args: Any) -> T:
-        """A few rows of a local ledger on the loop (a thread hop costs more than the
-        query); many rows, or a database over the network, on a thread."""
-        if self.ledger.in_process and rows <= INLINE_LEDGER_ROWS:
+        """A lookup of a few rows in a local ledger that nobody is using runs on the loop
+        (a thread hop costs more than the query, and WAL readers never wait for a
+        writer); anything else on a thread: many rows, a database across the network,
+        a ledger busy with another request's batch. Writes always go to a thread: they
+        may wait for another process's write."""
+        ledger = self.ledger
+        if ledger.in_process and rows <= INLINE_LEDGER_ROWS and not ledger.busy():
             return call(*args)
         return await asyncio.to_thread(call, *args)
 
@@ -337,7 +341,7 @@ class Ingestor:
         if not orders and not returns:
             return  # interactions: nothing for the ledger
         try:
-            await self._on_ledger(len(orders) + len(returns), self.ledger.record, orders, returns)
+            await asyncio.to_thread(self.ledger.record, orders, returns)
         except Exception:
             # On the broker but not recorded: the source must retry (same event ids, so
             # consumers see one fact), and the retry records it.
