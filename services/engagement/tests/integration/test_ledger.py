@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from pathlib import Path
+
 import pytest
 
 from crm_platform.settings import Settings
-from engagement.adapters.ledger import LedgerOrder, LedgerReturn, open_ledger
+from engagement.adapters.ledger import LedgerOrder, LedgerReturn, SQLiteOrderLedger, open_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -30,4 +34,29 @@ def test_orders_returns_and_replays(store_settings: Settings) -> None:
         }
         ledger.ping()
     finally:
+        ledger.close()
+
+
+def test_try_record_never_waits_for_another_writer(tmp_path: Path) -> None:
+    """What the API does on its event loop: write at once, or leave it to a thread."""
+    ledger = SQLiteOrderLedger(tmp_path / "ledger.sqlite")
+    other = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)  # another API worker
+    order = LedgerOrder("store", "S1-1", "e-1", "k1", {1: ("TS", 1, 1000)})
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        started = time.monotonic()
+        assert ledger.try_record([order], []) is False
+        assert time.monotonic() - started < 0.5  # not the 10 s a record() would wait
+        other.execute("COMMIT")
+        assert ledger.orders([("store", "S1-1")]) == {}
+        with ledger._lock:  # this process's own call in progress (a batch on a thread)
+            assert ledger.try_record([order], []) is False
+        assert ledger.try_record([order], []) is True
+        assert ledger.orders([("store", "S1-1")])[("store", "S1-1")].event_id == "e-1"
+        other.execute("BEGIN IMMEDIATE")
+        assert ledger.try_record([order], []) is False
+        other.execute("ROLLBACK")
+        ledger.record([LedgerOrder("store", "S1-2", "e-2", "k1", {1: ("TS", 1, 1000)})], [])  # waits fine
+    finally:
+        other.close()
         ledger.close()

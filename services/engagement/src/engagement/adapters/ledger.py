@@ -57,6 +57,10 @@ class OrderLedger(Protocol):
         """Whether a call now would wait for another of this process's calls."""
         ...
 
+    def try_record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> bool:
+        """Record without waiting for anyone, or do nothing and say False."""
+        ...
+
     def orders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LedgerOrder]: ...
     def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None: ...
@@ -72,7 +76,9 @@ class SQLiteOrderLedger:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -134,39 +140,40 @@ class SQLiteOrderLedger:
 
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None:
         """Record acknowledged orders and returns, all or nothing (a replay is a no-op)."""
-        order_rows = [
-            (
-                o.group,
-                o.order_id,
-                o.event_id,
-                o.customer_key,
-                orjson.dumps({str(k): v for k, v in o.lines.items()}),
-            )
-            for o in orders
-        ]
-        return_rows = [
-            (
-                r.group,
-                r.order_id,
-                r.return_id,
-                r.event_id,
-                orjson.dumps({str(k): v for k, v in r.lines.items()}),
-            )
-            for r in returns
-        ]
+        order_rows, return_rows = _rows(orders, returns)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._write(order_rows, return_rows)
+
+    def try_record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> bool:
+        """:meth:`record` if it can be done without waiting — for this process's other
+        calls or for another process's write — else nothing, and False."""
+        order_rows, return_rows = _rows(orders, returns)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._db.execute("PRAGMA busy_timeout = 0")
             try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO ingested_orders VALUES (?, ?, ?, ?, ?)", order_rows
-                )
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO ingested_returns VALUES (?, ?, ?, ?, ?)", return_rows
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._write(order_rows, return_rows)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False
                 raise
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            return True
+        finally:
+            self._lock.release()
+
+    def _write(self, order_rows: list[tuple[Any, ...]], return_rows: list[tuple[Any, ...]]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO ingested_orders VALUES (?, ?, ?, ?, ?)", order_rows)
+            self._db.executemany("INSERT OR IGNORE INTO ingested_returns VALUES (?, ?, ?, ?, ?)", return_rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def busy(self) -> bool:
         return self._lock.locked()
@@ -181,6 +188,16 @@ class SQLiteOrderLedger:
 
 
 _FIVE = "?, ?, ?, ?, ?"
+#: How long a write waits for another process's (the other API worker's, an import's).
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _rows(
+    orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    order_rows = [(o.group, o.order_id, o.event_id, o.customer_key, _dump(o.lines)) for o in orders]
+    return_rows = [(r.group, r.order_id, r.return_id, r.event_id, _dump(r.lines)) for r in returns]
+    return order_rows, return_rows
 
 
 def _dump(lines: Mapping[int, object]) -> bytes:
@@ -218,6 +235,9 @@ class PostgresOrderLedger:
         self._pool: Any = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True, timeout=5)
         with self._pool.connection() as conn:
             conn.execute(_PG_SCHEMA)
+
+    def try_record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> bool:
+        return False  # across the network: always on a thread
 
     def busy(self) -> bool:
         return False  # never called on the loop (not in process)

@@ -47,8 +47,9 @@ T = TypeVar("T")
 PRODUCER = "engagement.api"
 #: From this many events, a request's events go out as record batches of their own.
 BATCH_THRESHOLD = 50
-#: Up to this many keys a local ledger is read on the event loop: a lookup costs less than
-#: handing it to a thread and being woken for the result.
+#: Up to this many rows a local ledger is used on the event loop when that needs no wait
+#: (a lookup, or a write nobody else holds the lock for): it costs less than handing the
+#: call to a thread and being woken for the result.
 INLINE_LEDGER_ROWS = 16
 #: Which identifier names the customer key (the Kafka partition key) when several are seen.
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
@@ -135,8 +136,7 @@ class Ingestor:
         """A lookup of a few rows in a local ledger that nobody is using runs on the loop
         (a thread hop costs more than the query, and WAL readers never wait for a
         writer); anything else on a thread: many rows, a database across the network,
-        a ledger busy with another request's batch. Writes always go to a thread: they
-        may wait for another process's write."""
+        a ledger busy with another request's batch."""
         ledger = self.ledger
         if ledger.in_process and rows <= INLINE_LEDGER_ROWS and not ledger.busy():
             return call(*args)
@@ -341,7 +341,13 @@ class Ingestor:
         if not orders and not returns:
             return  # interactions: nothing for the ledger
         try:
-            await asyncio.to_thread(self.ledger.record, orders, returns)
+            rows = len(orders) + len(returns)
+            if not (
+                rows <= INLINE_LEDGER_ROWS
+                and self.ledger.in_process
+                and self.ledger.try_record(orders, returns)
+            ):
+                await asyncio.to_thread(self.ledger.record, orders, returns)
         except Exception:
             # On the broker but not recorded: the source must retry (same event ids, so
             # consumers see one fact), and the retry records it.
