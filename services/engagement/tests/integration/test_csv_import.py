@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,32 +78,43 @@ class FailingAfter(Ingestor):
         return await super().commit(items)
 
 
-def test_import_reports_rejects_and_resumes(
-    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = Settings(
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
+    s = Settings(
         var_dir=tmp_path / "var",
         kafka_bootstrap=kafka_bootstrap,
         kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
     )
-    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=s.kafka_topic_prefix))
+    return s
+
+
+def import_with(
+    settings: Settings, path: Path, ledger: Any, wrap: Callable[[Ingestor], Ingestor]
+) -> importer.ImportReport:
+    """One ``crm import`` run of ``path`` in chunks of two orders, through ``wrap``'s
+    ingestor (a broker that goes away, …)."""
+
+    async def run() -> importer.ImportReport:
+        async with EventProducer(
+            settings.kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
+            ingestor = wrap(Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger))
+            return await importer.import_csv(path, ingestor, Source("import"), chunk_orders=2)
+
+    return asyncio.run(run())
+
+
+def test_import_reports_rejects_and_resumes(tmp_path: Path, kafka_bootstrap: str, settings: Settings) -> None:
     path = tmp_path / "export.csv"
     write_csv(path)
     ledger = open_ledger(settings)
 
-    async def run(fail_after: int | None) -> importer.ImportReport:
-        async with EventProducer(
-            kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
-        ) as producer:
-            ingestor = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
-            if fail_after is not None:
-                ingestor = FailingAfter(ingestor, fail_after)
-            return await importer.import_csv(path, ingestor, Source("import"), chunk_orders=2)
-
     try:
         with pytest.raises(ConnectionError):
-            asyncio.run(run(fail_after=1))  # the first chunk (two orders) lands, then the broker is gone
-        report = asyncio.run(run(fail_after=None))
+            # the first chunk (two orders) lands, then the broker is gone
+            import_with(settings, path, ledger, lambda inner: FailingAfter(inner, 1))
+        report = import_with(settings, path, ledger, lambda inner: inner)
     finally:
         ledger.close()
     assert report.resumed_at > 0
@@ -137,32 +149,19 @@ class UnacknowledgedLast(Ingestor):
 
 
 def test_a_chunk_the_broker_did_not_fully_acknowledge_writes_no_rejects_until_it_is_redone(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, settings: Settings
 ) -> None:
-    settings = Settings(
-        var_dir=tmp_path / "var",
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-    )
-    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
     path = tmp_path / "export.csv"
     # Chunks of two orders: [S1-1, S1-2], [S1-3, W-1], [S1-bad, S1-sum], [RT-1]. The third
     # holds a row that cannot be read (S1-bad) and an order the contract refuses (S1-sum).
     write_csv(path)
     ledger = open_ledger(settings)
 
-    async def run(unacknowledged: int | None) -> importer.ImportReport:
-        async with EventProducer(
-            kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
-        ) as producer:
-            inner = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
-            ingestor = UnacknowledgedLast(inner, unacknowledged)
-            return await importer.import_csv(path, ingestor, Source("import"), chunk_orders=2)
-
     try:
         with pytest.raises(ConnectionError):
-            asyncio.run(run(unacknowledged=3))  # the third chunk's last event: no ack
-        report = asyncio.run(run(unacknowledged=None))
+            # the third chunk's last event is not acknowledged
+            import_with(settings, path, ledger, lambda inner: UnacknowledgedLast(inner, 3))
+        report = import_with(settings, path, ledger, lambda inner: inner)
     finally:
         ledger.close()
     assert report.resumed_at > 0  # after the second chunk
