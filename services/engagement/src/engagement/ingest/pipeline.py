@@ -183,10 +183,7 @@ class Ingestor:
         }
         if isinstance(parsed, StoreOrderIn):
             payload = parsed.payload
-            if source.stores and payload.store_id not in source.stores:
-                raise Rejected(
-                    "payload.store_id", f"this API key may not send for store {payload.store_id!r}", 403
-                )
+            _check_store(source, payload.store_id)
             key = ("store", payload.order_id)
             event_id = parsed.event_id or deterministic_event_id(at, *key)
             return StoreOrderCompleted(
@@ -201,10 +198,8 @@ class Ingestor:
             )
         if isinstance(parsed, ReturnIn):
             payload_r = parsed.payload
-            if source.stores and payload_r.store_id is not None and payload_r.store_id not in source.stores:
-                raise Rejected(
-                    "payload.store_id", f"this API key may not send for store {payload_r.store_id!r}", 403
-                )
+            if payload_r.store_id is not None:
+                _check_store(source, payload_r.store_id)
             rkey = (order_group(payload_r.channel), "return", payload_r.return_id)
             event_id = parsed.event_id or deterministic_event_id(at, *rkey)
             # customer_key is set from the original order in _check_against_ledger, so the
