@@ -187,7 +187,6 @@ class SQLiteOrderLedger:
             self._db.close()
 
 
-_FIVE = "?, ?, ?, ?, ?"
 #: How long a write waits for another process's (the other API worker's, an import's).
 BUSY_TIMEOUT_MS = 10_000
 
@@ -219,9 +218,6 @@ CREATE TABLE IF NOT EXISTS ingested_returns (
     PRIMARY KEY (grp, return_id));
 CREATE INDEX IF NOT EXISTS ingested_returns_order ON ingested_returns (grp, order_id);
 """
-
-
-_PG5 = "%s, %s, %s, %s, %s"
 
 
 class PostgresOrderLedger:
@@ -283,8 +279,7 @@ class PostgresOrderLedger:
         return {(grp, return_id): event_id for grp, return_id, event_id in rows}
 
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None:
-        order_rows = [(o.group, o.order_id, o.event_id, o.customer_key, _dump(o.lines)) for o in orders]
-        return_rows = [(r.group, r.order_id, r.return_id, r.event_id, _dump(r.lines)) for r in returns]
+        order_rows, return_rows = _rows(orders, returns)
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if order_rows:
                 cur.executemany(
