@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     query_timeout_s: float = Field(default=10.0, gt=0, le=600)
     query_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)
 
+    # Membership (engagement)
+    #: A JSON file with the programme's ranks, window, point validity and birthday
+    #: multiplier (docs/engagement.md); without it the built-in Regular/Silver/Gold/Platinum.
+    membership_programme: Path | None = None
+    #: How often the membership worker expires points and re-ranks the members due.
+    membership_sweep_s: float = Field(default=3600.0, ge=1, le=86_400)
+
     # Telemetry
     otel_exporter_otlp_endpoint: str | None = None
     log_level: str = "INFO"

@@ -8,6 +8,7 @@ from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
 from engagement.membership import Attribution, MembershipApplication
+from engagement.programme import load_programme
 from engagement.translator import MembershipTranslator
 
 SERVICE = "engagement"
@@ -16,7 +17,9 @@ RELAY_NAME = "engagement.kafka-relay"
 
 def build_membership(settings: Settings) -> MembershipApplication:
     return MembershipApplication(
-        settings.eventsourcing_env(SERVICE), BlindIndexer(settings.blind_index_key_bytes)
+        settings.eventsourcing_env(SERVICE),
+        BlindIndexer(settings.blind_index_key_bytes),
+        load_programme(settings.membership_programme),
     )
 
 

@@ -9,18 +9,25 @@ to a customer, and keeps a local map identifier → customer → member numbers.
 whose identifiers do not lead to a member yet (the resolver has not linked the e-mail
 yet) waits, and is credited as soon as a profile update links it; orders of people who
 never become members are dropped after ``pending_days``.
+
+Time changes members too: points expire, purchases leave the rank's rolling window.
+``Attribution`` keeps when each member next falls due (``Member.next_due``) and
+:meth:`Attribution.sweep` evaluates those members — the worker runs it every
+``CRM_MEMBERSHIP_SWEEP_S`` — so nobody is read before something is due.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -32,6 +39,8 @@ from crm_contracts.events.identity import ProfileSnapshot
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import blind_identifier
 from engagement.domain.membership import Member, MembershipError, Programme, member_id
+
+T = TypeVar("T")
 
 
 class MemberNotFound(MembershipError):
@@ -60,12 +69,27 @@ class MembershipApplication(Application[uuid.UUID]):
         return blind_identifier(self.indexer, IdentifierKind.MEMBER_NO, member_no).hash
 
     def enrol(self, member_no: str, channel: str, at: datetime, birthday_month: int | None = None) -> Member:
-        member = Member.enrol(self.member_hash(member_no), channel, at, birthday_month)
+        member = Member.enrol(
+            self.member_hash(member_no), channel, at, birthday_month, self.programme.ranks[0].name
+        )
         try:
             self.save(member)
         except IntegrityError:
             raise MemberExists(f"member {member_no!r} is enrolled already") from None
         return member
+
+    def enrol_new(self, channel: str, at: datetime, birthday_month: int | None = None) -> tuple[str, Member]:
+        """Enrol under a member number the programme issues: 12 random digits and a Luhn
+        check digit (a mistyped or misread digit is caught at the till). Random, not a
+        sequence, so API processes on any number of machines need nothing shared but
+        the store, whose uniqueness makes a collision a retry."""
+        for _ in range(8):
+            number = issue_member_no()
+            try:
+                return number, self.enrol(number, channel, at, birthday_month)
+            except MemberExists:
+                continue
+        raise MembershipError("could not issue a free member number; retry")  # pragma: no cover
 
     def member(self, member_no_hash: str) -> Member:
         try:
@@ -116,6 +140,20 @@ class MembershipApplication(Application[uuid.UUID]):
         return member
 
 
+def luhn_digit(digits: str) -> str:
+    """The Luhn check digit of ``digits`` (the one card numbers end with)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+
+def issue_member_no() -> str:
+    body = str(secrets.randbelow(9 * 10**11) + 10**11)  # 12 digits, no leading zero
+    return body + luhn_digit(body)
+
+
 @dataclass(frozen=True)
 class Credit:
     member_no_hash: str
@@ -134,6 +172,9 @@ class Attribution:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        (had_due,) = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'member_due'"
+        ).fetchone()
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS identifier_owner (ident TEXT PRIMARY KEY, customer_id TEXT NOT NULL);
@@ -142,8 +183,15 @@ class Attribution:
             CREATE TABLE IF NOT EXISTS pending (
                 order_key TEXT PRIMARY KEY, idents BLOB NOT NULL, at TEXT NOT NULL,
                 channel TEXT NOT NULL, amount INTEGER NOT NULL);
+            -- when each member next needs evaluating (epoch seconds, UTC)
+            CREATE TABLE IF NOT EXISTS member_due (member_hash TEXT PRIMARY KEY, due_at REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS member_due_at ON member_due (due_at);
             """
         )
+        if not had_due:
+            # Members credited before due dates were kept: due at once, the first sweep
+            # evaluates them and files their real due dates.
+            self._db.execute("INSERT OR IGNORE INTO member_due SELECT DISTINCT member_hash, 0 FROM credited")
 
     def close(self) -> None:
         with self._lock:
@@ -247,9 +295,16 @@ class Attribution:
         if member_hash is None:
             kind = "pending" if idents else "ignored"
             return Credit("", order_key, amount, kind)
-        self._retrying(lambda: self.app.credit(self.app.member(member_hash), order_key, at, channel, amount))
+
+        def change() -> Member:
+            member = self.app.member(member_hash)
+            self.app.credit(member, order_key, at, channel, amount)
+            return member
+
+        member = self._retrying(change)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO credited VALUES (?, ?)", (order_key, member_hash))
+        self._file_due(member, at)
         return Credit(member_hash, order_key, amount, "credited")
 
     def _reverse(self, event: OrderReturned) -> Credit:
@@ -269,21 +324,65 @@ class Attribution:
                 )
                 return Credit("", order_key, payload.refund_total, "ignored")
         member_hash, at, refunded = row[0], event.occurred_at, payload.refund_total
-        self._retrying(
-            lambda: self.app.reverse(self.app.member(member_hash), order_key, return_key, at, refunded)
-        )
+
+        def change() -> Member:
+            member = self.app.member(member_hash)
+            self.app.reverse(member, order_key, return_key, at, refunded)
+            return member
+
+        self._file_due(self._retrying(change), at)
         return Credit(member_hash, order_key, refunded, "reversed")
 
     @staticmethod
-    def _retrying(change: Callable[[], object], attempts: int = 5) -> None:
+    def _retrying(change: Callable[[], T], attempts: int = 5) -> T:
         """Redo a change that lost a race with another writer (the API redeeming points)."""
         for attempt in range(attempts):
             try:
-                change()
-                return
+                return change()
             except ConcurrentUpdate:
                 if attempt == attempts - 1:
                     raise
+        raise AssertionError("unreachable")
+
+    # -- time: expiry and rank decay -------------------------------------------------------
+
+    def _file_due(self, member: Member, evaluated_at: datetime) -> None:
+        due = member.next_due(evaluated_at, self.app.programme)
+        with self._lock:
+            if due is None:
+                self._db.execute("DELETE FROM member_due WHERE member_hash = ?", (member.member_no_hash,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO member_due VALUES (?, ?)",
+                    (member.member_no_hash, due.timestamp()),
+                )
+
+    def due(self, now: datetime, limit: int = 1000) -> list[str]:
+        """Members (blind indexes of their numbers) due for evaluation at ``now``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT member_hash FROM member_due WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+                (now.timestamp(), limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def sweep(self, now: datetime | None = None, batch: int = 1000) -> int:
+        """Expire points and re-rank every member due at ``now`` (events for each change,
+        published by the relay like any other); returns the members evaluated."""
+        now = now or datetime.now(UTC)
+        done: set[str] = set()
+        # Evaluated members fall due again only after ``now``; ``done`` guards the loop.
+        while hashes := [h for h in self.due(now, batch) if h not in done]:
+            for member_hash in hashes:
+                done.add(member_hash)
+                try:
+                    member = self._retrying(partial(self.app.evaluate, member_hash, now))
+                except MemberNotFound:  # its store was reset under it: nothing left to evaluate
+                    with self._lock:
+                        self._db.execute("DELETE FROM member_due WHERE member_hash = ?", (member_hash,))
+                    continue
+                self._file_due(member, now)
+        return len(done)
 
     def drop_stale(self, now: datetime) -> int:
         """Forget waiting orders older than ``pending_days`` (never members)."""

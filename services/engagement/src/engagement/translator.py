@@ -63,7 +63,7 @@ class MembershipTranslator:
                     payload=MemberEnrolledPayload(
                         member_key=key,
                         channel=event.channel,
-                        rank="regular",
+                        rank=getattr(event, "entry_rank", "regular"),  # older events: regular
                         birthday_month=event.birthday_month,
                     ),
                 )

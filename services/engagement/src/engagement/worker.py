@@ -4,7 +4,9 @@ Consumes ``crm.commerce.order`` (purchases and returns from every channel) and
 ``crm.identity.profile`` (who is who, from identity) with one consumer group;
 at-least-once with de-duplication by event id, offsets committed after the handler.
 Crediting is idempotent per order and per return, so a redelivered event changes
-nothing. A daily sweep forgets orders that never led to a member.
+nothing. A sweep every ``CRM_MEMBERSHIP_SWEEP_S`` (an hour by default) expires points
+and re-ranks the members that fell due (``Attribution.sweep``), and forgets orders that
+never led to a member.
 
 One worker per deployment for now: the profile map must see every partition of the
 profile topic, which a consumer group splits between workers.
@@ -54,7 +56,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | No
         )
         await consumer.start()
         try:
-            sweep = asyncio.create_task(_sweep(attribution, stop))
+            sweep = asyncio.create_task(_sweep(attribution, stop, settings.membership_sweep_s))
             await consumer.run(stop)
             sweep.cancel()
         finally:
@@ -63,12 +65,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | No
             app.close()
 
 
-async def _sweep(attribution: Attribution, stop: asyncio.Event) -> None:
+async def _sweep(attribution: Attribution, stop: asyncio.Event, every_s: float) -> None:
     while not stop.is_set():
-        dropped = await asyncio.to_thread(attribution.drop_stale, datetime.now(UTC))
-        if dropped:
-            log.info("forgot %d orders that never led to a member", dropped)
         try:
-            await asyncio.wait_for(stop.wait(), timeout=24 * 3600)
+            now = datetime.now(UTC)
+            evaluated = await asyncio.to_thread(attribution.sweep, now)
+            dropped = await asyncio.to_thread(attribution.drop_stale, now)
+        except Exception:  # a store that is briefly unavailable: the next round retries
+            log.exception("membership sweep failed")
+        else:
+            if evaluated:
+                log.info("evaluated %d members that fell due (points expiry, rank window)", evaluated)
+            if dropped:
+                log.info("forgot %d orders that never led to a member", dropped)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
         except TimeoutError:
             continue

@@ -18,6 +18,8 @@ from crm_platform.identifiers import blind_identifier
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.entrypoints.api import create
+from engagement.membership import luhn_digit
+from engagement.programme import InvalidProgramme
 from engagement.worker import run_worker
 
 pytestmark = pytest.mark.integration
@@ -196,3 +198,40 @@ def _check_membership_topic(settings: Settings) -> None:
     assert points == [200, 150, -200, -100]
     ranks = [e.payload.rank for e in events if e.event_type == "member.rank_changed"]  # type: ignore[attr-defined]
     assert ranks == ["silver", "regular"]
+
+
+def test_the_programme_issues_member_numbers_and_follows_its_own_file(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    programme = tmp_path / "programme.json"
+    programme.write_text(
+        '{"ranks": [{"name": "bronze", "min_spend": 0, "points_per_100": 1},'
+        ' {"name": "black", "min_spend": 50000, "points_per_100": 4, "discount_rate": 0.12}],'
+        ' "window_days": 180}'
+    )
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        api_keys={"staff": ["engagement:read", "engagement:write"]},
+        membership_programme=programme,
+    )
+    with TestClient(create(settings)) as client:
+        issued = client.post("/v1/members", json={"channel": "form", "birthday_month": 4}, headers=STAFF)
+        assert issued.status_code == 201, issued.text
+        number = issued.json()["member_no"]
+        assert len(number) == 13 and number.isdigit()
+        assert luhn_digit(number[:-1]) == number[-1]
+        assert issued.json()["rank"] == "bronze"
+        again = client.post("/v1/members", json={"channel": "form"}, headers=STAFF).json()["member_no"]
+        assert again != number  # each enrolment its own number
+
+        view = client.get(f"/v1/members/{number}", headers=STAFF).json()
+        assert view["member_no"] is None  # the number is handed out once, at enrolment
+        assert view["next_rank"] == {"rank": "black", "spend_needed": 50_000, "visits_needed": None}
+        typo = number[:-1] + str((int(number[-1]) + 1) % 10)
+        assert client.get(f"/v1/members/{typo}", headers=STAFF).status_code == 404
+
+    settings_bad = settings.model_copy(update={"membership_programme": tmp_path / "absent.json"})
+    with pytest.raises(InvalidProgramme, match=r"absent\.json"), TestClient(create(settings_bad)):
+        pass

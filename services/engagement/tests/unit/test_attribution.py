@@ -24,6 +24,7 @@ from crm_contracts.events.identity import ProfileSnapshot, ProfileSnapshotPayloa
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import blind_identifier
 from crm_platform.settings import Settings
+from engagement.domain.membership import Member
 from engagement.membership import Attribution, MemberExists, MembershipApplication
 
 T0 = datetime(2026, 6, 1, 10, tzinfo=UTC)
@@ -138,3 +139,51 @@ def test_enrolling_twice_is_refused(app: MembershipApplication) -> None:
     app.enrol("M0002", "online", T0)
     with pytest.raises(MemberExists):
         app.enrol("m-0002", "store", T0)  # the same number written another way
+
+
+def test_the_sweep_expires_points_and_lowers_ranks_when_members_fall_due(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    app.enrol("M0003", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0003")
+    attribution.apply(store_order("S001-G", 120_000, card))  # gold at once
+    assert app.member(card.hash).rank == "gold"
+    assert attribution.due(T0 + timedelta(days=364)) == []  # nothing due inside the year
+    assert attribution.sweep(T0 + timedelta(days=364)) == 0
+
+    # A year on the purchase leaves the window: the rank falls, with its reason.
+    year = T0 + timedelta(days=366)
+    assert attribution.due(year) == [card.hash]
+    assert attribution.sweep(year) == 1
+    member = app.member(card.hash)
+    assert member.rank == "regular"
+    assert member.points == 0  # its 1,200 points expired the same day (12 months)
+    stored = list(app.events.get(member.id))
+    expired = [e for e in stored if isinstance(e, Member.PointsExpired)]
+    fell = [e for e in stored if isinstance(e, Member.RankChanged) and e.rank == "regular"]
+    assert [(e.at, e.points) for e in expired] == [(year, 1_200)]
+    assert [(e.at, e.previous) for e in fell] == [(year, "gold")]
+    assert "below every threshold" in fell[0].reason
+    assert attribution.due(year + timedelta(days=3650)) == []  # nothing left to happen
+    assert attribution.sweep(year + timedelta(days=3650)) == 0
+
+
+def test_members_credited_before_due_dates_were_kept_are_swept_once(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    path = tmp_path / "attribution.sqlite"
+    attribution = Attribution(app, path)
+    app.enrol("M0004", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0004")
+    attribution.apply(store_order("S001-H", 40_000, card))
+    attribution.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # as a store written by the previous version
+        db.execute("DROP TABLE member_due")
+    attribution = Attribution(app, path)
+    assert attribution.due(T0) == [card.hash]  # due at once
+    assert attribution.sweep(T0) == 1
+    assert attribution.due(T0) == []
+    assert attribution.due(T0 + timedelta(days=366)) == [card.hash]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engagement.domain.membership import Member, MembershipError, NotEnoughPoints, Programme
+from engagement.domain.membership import Member, MembershipError, NotEnoughPoints, Programme, Rank
 
 P = Programme()
 T0 = datetime(2026, 3, 10, 12, tzinfo=UTC)
@@ -85,3 +85,44 @@ def test_bad_membership_input() -> None:
         Member.enrol("b" * 64, "store", T0, birthday_month=13)
     with pytest.raises(MembershipError):
         member().redeem("r", T0, 0, "checkout")
+
+
+def test_next_due_is_the_first_expiry_or_the_first_purchase_leaving_the_window() -> None:
+    m = member()
+    assert m.next_due(T0, P) is None  # nothing held, nothing to lose
+    m.credit_purchase("store:R1", T0, "store", 10_000, P)  # regular: only the points expire
+    assert m.next_due(T0, P) == datetime(2027, 3, 10, 12, tzinfo=UTC)
+    m.credit_purchase("store:R2", T0 + timedelta(days=10), "store", 30_000, P)  # silver now
+    assert m.rank == "silver"
+    # R1 leaves the 365-day window before any point expires (12 months = 365 days here).
+    assert m.next_due(T0 + timedelta(days=10), P) == T0 + timedelta(days=365)
+    # Points held past their expiry are due at once, whenever the member was evaluated.
+    assert m.next_due(T0 + timedelta(days=366), P) == datetime(2027, 3, 10, 12, tzinfo=UTC)
+    # Evaluated after R1 left and its points expired: R2 leaving the window is next.
+    m.expire_points(T0 + timedelta(days=366))
+    assert m.next_due(T0 + timedelta(days=366), P) == T0 + timedelta(days=375)
+    m.evaluate(T0 + timedelta(days=376), P)
+    assert m.rank == "regular"
+    # Back at the entry rank nothing can fall further: only R2's points are left to expire.
+    assert m.next_due(T0 + timedelta(days=376), P) == datetime(2027, 3, 20, 12, tzinfo=UTC)
+    m.expire_points(T0 + timedelta(days=376))
+    assert m.next_due(T0 + timedelta(days=376), P) is None
+
+
+def test_members_enrolled_before_programmes_were_configurable_still_load() -> None:
+    [enrolled] = member().collect_events()
+    stored = dict(enrolled.__dict__)
+    del stored["entry_rank"]  # as events stored by the earlier version
+    old = object.__new__(type(enrolled))
+    old.__dict__.update(stored)
+    assert old.mutate(None).rank == "regular"
+
+
+def test_a_rank_the_programme_dropped_counts_as_the_entry_rank_until_re_ranked() -> None:
+    m = member()
+    m.credit_purchase("store:R1", T0, "store", 40_000, P)
+    assert m.rank == "silver"
+    renamed = Programme(ranks=(P.ranks[0], Rank("argent", 30_000, 6, 1.5, 0.03), *P.ranks[2:]))
+    assert renamed.rank(m.rank) == renamed.ranks[0]
+    assert m.evaluate(T0 + timedelta(days=1), renamed)
+    assert m.rank == "argent"

@@ -64,10 +64,12 @@ class Programme:
     birthday_multiplier: float = 2.0
 
     def rank(self, name: str) -> Rank:
+        """The rank called ``name``; a rank the programme no longer has (the retailer
+        renamed or dropped it) counts as the entry rank until the member is re-ranked."""
         for rank in self.ranks:
             if rank.name == name:
                 return rank
-        raise MembershipError(f"unknown rank {name!r}")
+        return self.ranks[0]
 
     def rank_for(self, spend: int, visits: int) -> tuple[Rank, str]:
         """The highest rank whose spend or visits threshold is met, and why."""
@@ -114,23 +116,34 @@ class Member(Aggregate):
         channel: str
         enrolled_at: datetime
         birthday_month: int | None
+        entry_rank: str
 
     @event(Enrolled)
     def __init__(
-        self, member_no_hash: str, channel: str, enrolled_at: datetime, birthday_month: int | None
+        self,
+        member_no_hash: str,
+        channel: str,
+        enrolled_at: datetime,
+        birthday_month: int | None,
+        entry_rank: str = "regular",  # events stored before programmes were configurable
     ) -> None:
         self.member_no_hash = member_no_hash
         self.channel = channel
         self.enrolled_at = enrolled_at
         self.birthday_month = birthday_month
-        self.rank = "regular"
+        self.rank = entry_rank
         self.purchases: dict[str, Purchase] = {}
         self.lots: list[PointLot] = []
         self.redeemed: dict[str, int] = {}
 
     @classmethod
     def enrol(
-        cls, member_no_hash: str, channel: str, enrolled_at: datetime, birthday_month: int | None = None
+        cls,
+        member_no_hash: str,
+        channel: str,
+        enrolled_at: datetime,
+        birthday_month: int | None = None,
+        entry_rank: str = "regular",
     ) -> Member:
         if channel not in ("store", "online", "app", "form", "import"):
             raise MembershipError(f"unknown enrolment channel {channel!r}")
@@ -143,6 +156,7 @@ class Member(Aggregate):
             channel=channel,
             enrolled_at=enrolled_at,
             birthday_month=birthday_month,
+            entry_rank=entry_rank,
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -158,6 +172,20 @@ class Member(Aggregate):
         spend = sum(p.amount - p.refunded for p in inside)
         visits = len({p.at.date() for p in inside if p.amount > p.refunded})
         return spend, visits
+
+    def next_due(self, evaluated_at: datetime, programme: Programme) -> datetime | None:
+        """When time alone next changes this member, given it was last evaluated at
+        ``evaluated_at``: the earliest expiry of points still held, or (above the entry
+        rank, which nothing can lower) the first moment after ``evaluated_at`` that a
+        purchase leaves the rolling window. None when nothing is pending. It may lie in
+        the past — a purchase credited late, an expiry not applied yet — and is then due
+        at once. The sweep evaluates members as they fall due instead of every member
+        every day."""
+        instants = [lot.expires_at for lot in self.lots if lot.remaining > 0]
+        if self.rank != programme.ranks[0].name:
+            window = timedelta(days=programme.window_days)
+            instants += [p.at + window for p in self.purchases.values() if p.at + window > evaluated_at]
+        return min(instants, default=None)
 
     def benefits(self, now: datetime, programme: Programme) -> dict[str, Any]:
         rank = programme.rank(self.rank)

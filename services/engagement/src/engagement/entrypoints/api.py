@@ -133,7 +133,12 @@ Writer = Annotated[Principal, Depends(require_scope("engagement:write"))]
 
 class Enrolment(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    member_no: str = Field(min_length=1, max_length=64)
+    member_no: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the number on the member's card; omitted, the programme issues one (13 digits, Luhn)",
+    )
     channel: Literal["store", "online", "app", "form", "import"]
     enrolled_at: AwareDatetime | None = None
     birthday_month: int | None = Field(default=None, ge=1, le=12)
@@ -147,6 +152,11 @@ class Redemption(BaseModel):
 
 
 class MemberView(BaseModel):
+    member_no: str | None = Field(
+        default=None,
+        description="the member number the programme issued: only in the answer to an enrolment "
+        "without one (print it on the card; it is stored only as its blind index)",
+    )
     member_key: str = Field(description="blind index of the member number")
     channel: str
     enrolled_at: datetime
@@ -170,7 +180,7 @@ MembershipDep = Annotated[MembershipApplication, Depends(_membership)]
 def _view(app: MembershipApplication, member: Member, now: datetime) -> MemberView:
     spend, visits = member.window(now, app.programme)
     ranks = [r.name for r in app.programme.ranks]
-    position = ranks.index(member.rank)
+    position = ranks.index(app.programme.rank(member.rank).name)
     upcoming = app.programme.ranks[position + 1] if position + 1 < len(ranks) else None
     return MemberView(
         member_key=member.member_no_hash,
@@ -204,6 +214,11 @@ def _member_hash(app: MembershipApplication, member_no: str) -> str:
 @members.post("", status_code=201, response_model=MemberView, summary="Enrol a member (store, online, form)")
 async def enrol(body: Enrolment, app: MembershipDep, _: Writer) -> MemberView:
     now = datetime.now(UTC)
+    if body.member_no is None:
+        issued, member = await asyncio.to_thread(
+            app.enrol_new, body.channel, body.enrolled_at or now, body.birthday_month
+        )
+        return _view(app, member, now).model_copy(update={"member_no": issued})
     try:
         app.member_hash(body.member_no)
     except InvalidIdentifier as exc:
