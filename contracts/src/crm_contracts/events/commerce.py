@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from crm_contracts.envelope import ContractModel, Event
 from crm_contracts.topics import COMMERCE_INTERACTION, COMMERCE_ORDER
@@ -63,12 +63,18 @@ class _OrderBase(ContractModel):
     payment_method: PaymentMethod = PaymentMethod.OTHER
     points_used: int = Field(default=0, ge=0)
 
-    @model_validator(mode="after")
-    def _lines_sum_to_total(self) -> _OrderBase:
-        expected = sum(line.amount for line in self.lines) + self.shipping - self.order_discount
-        if expected != self.total:
-            raise ValueError(f"lines sum to {expected}, total says {self.total}")
-        return self
+    @field_validator("total")
+    @classmethod
+    def _lines_sum_to_total(cls, total: int, info: ValidationInfo) -> int:
+        """Checked on ``total`` (the error names it), once lines, shipping and the order
+        discount, declared before it, are valid themselves."""
+        data = info.data
+        if not {"lines", "shipping", "order_discount"} <= data.keys():
+            return total  # their own errors are reported; a sum of invalid lines means nothing
+        expected = sum(line.amount for line in data["lines"]) + data["shipping"] - data["order_discount"]
+        if expected != total:
+            raise ValueError(f"lines sum to {expected}, total says {total}")
+        return total
 
 
 class StoreOrderCompletedPayload(_OrderBase):
@@ -126,12 +132,15 @@ class OrderReturnedPayload(ContractModel):
     refund_total: int = Field(ge=0)
     reason: str | None = Field(default=None, max_length=64, description="e.g. size, defect, changed_mind")
 
-    @model_validator(mode="after")
-    def _lines_sum_to_refund(self) -> OrderReturnedPayload:
-        expected = sum(line.amount for line in self.lines)
-        if expected != self.refund_total:
-            raise ValueError(f"lines sum to {expected}, refund_total says {self.refund_total}")
-        return self
+    @field_validator("refund_total")
+    @classmethod
+    def _lines_sum_to_refund(cls, refund_total: int, info: ValidationInfo) -> int:
+        if "lines" not in info.data:
+            return refund_total  # the lines' own errors are reported
+        expected = sum(line.amount for line in info.data["lines"])
+        if expected != refund_total:
+            raise ValueError(f"lines sum to {expected}, refund_total says {refund_total}")
+        return refund_total
 
 
 class OrderReturned(Event):

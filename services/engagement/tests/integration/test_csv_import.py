@@ -127,7 +127,7 @@ def test_import_reports_rejects_and_resumes(tmp_path: Path, kafka_bootstrap: str
     store = next(e for e in events if getattr(e.payload, "order_id", None) == "S1-1")
     assert store.occurred_at.isoformat() == "2025-01-10T03:00:00+00:00"  # a bare time is Tokyo time
     rejected = list(csv.DictReader((tmp_path / "export.csv.rejected.csv").open(encoding="utf-8")))
-    assert [(r["order_id"], r["reject_field"]) for r in rejected] == [("S1-bad", ""), ("S1-sum", "payload")]
+    assert [(r["order_id"], r["reject_field"]) for r in rejected] == [("S1-bad", ""), ("S1-sum", "payload.total")]
     assert "not a whole number" in rejected[0]["reject_reason"]
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import ValidationError
 
-from crm_contracts.envelope import Event, Identifier, deterministic_event_id, new_event_id
+from crm_contracts.envelope import Event, Identifier, deterministic_event_id
 from crm_contracts.events.commerce import (
     InteractionRecorded,
     OnlineOrderCompleted,
@@ -209,7 +209,26 @@ class Ingestor:
             )
         payload_i = parsed.payload
         anonymous = ("session", payload_i.session_id) if payload_i.session_id else ("event",)
-        event_id = parsed.event_id or new_event_id()
+        # Without an event_id from the source, an interaction is known by what it says:
+        # the same view of the same product in the same session at the same millisecond,
+        # resent after a timeout, is the same fact (the same id, which every consumer
+        # de-duplicates), not a second view.
+        event_id = parsed.event_id or deterministic_event_id(
+            at,
+            "interaction",
+            source.name,
+            *(i.hash for i in identifiers),
+            payload_i.kind.value,
+            payload_i.channel,
+            payload_i.session_id,
+            payload_i.sku,
+            payload_i.category,
+            payload_i.quantity,
+            payload_i.unit_price,
+            payload_i.query,
+            payload_i.page,
+            payload_i.app_version,
+        )
         if anonymous == ("event",):
             anonymous = ("event", str(event_id))
         return InteractionRecorded(
