@@ -86,7 +86,7 @@ def migrate(client: Client) -> list[Migration]:
 
 
 _ENGINE = re.compile(r"ENGINE\s*=\s*(Replacing|Aggregating|Summing)?MergeTree(?:\((.*?)\))?", re.S)
-_TABLE_REF = re.compile(r"\b(FROM|JOIN) (events|orders|identity_map|customers)\b")
+_TABLE_REF = re.compile(r"\b(FROM|JOIN) (events|orders|order_lines|identity_map|customers)\b")
 _CREATE = re.compile(r"^CREATE (TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (\w+)", re.M)
 
 
@@ -108,6 +108,12 @@ def render(cluster: str, database: str = "crm") -> str:
         out.append(f"-- {migration.version:04d}_{migration.name}")
         for original in migration.statements():
             statement = original
+            if statement.startswith("INSERT"):
+                # A backfill reads and writes one node's local tables: on a cluster it
+                # runs on one replica of every shard (the rows then replicate).
+                commented = statement.replace("\n", "\n-- ")
+                out.append("-- backfill, run on one replica of each shard:\n-- " + commented)
+                continue
             created = _CREATE.search(statement)
             if created:
                 kind, name = created.groups()
@@ -147,7 +153,7 @@ def render(cluster: str, database: str = "crm") -> str:
 def readonly_role(database: str = "crm", role: str = "bi_reader") -> str:
     """DDL of the read-only role BI tools connect with on a server deployment: SELECT on
     the bi_* views only, read-only profile, bounded queries."""
-    views = ("bi_orders", "bi_events", "bi_customers")
+    views = ("bi_orders", "bi_order_lines", "bi_events", "bi_customers")
     grants = "\n".join(f"GRANT SELECT ON {database}.{v} TO {role};" for v in views)
     return (
         f"CREATE ROLE IF NOT EXISTS {role};\n"
