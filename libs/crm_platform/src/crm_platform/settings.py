@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     #: Processes that validate the sink's records against the contracts, beside the
     #: sink's own (0: validate in the sink's process).
     sink_validators: int = Field(default=1, ge=0, le=64)
+    #: Port of the standalone sink's ``/metrics`` and ``/healthz`` (on ``http_host``);
+    #: an embedded sink's metrics are on the API's port.
+    sink_metrics_port: int = Field(default=8014, ge=1, le=65_535)
     #: Budgets of one analytics query: past either it is stopped with a clear error.
     query_timeout_s: float = Field(default=10.0, gt=0, le=600)
     query_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from crm_platform.process import process_settings, quiet_gc, run_until_signal
+from crm_platform.process import process_settings, run_until_signal
 from crm_platform.settings import Settings
 
 cli = typer.Typer(add_completion=False, help="analytics service processes")
@@ -42,28 +42,12 @@ def api(
 
 @cli.command("sink")
 def sink_() -> None:
-    """Run the sink alone (a ClickHouse server deployment; chDB runs it inside the API)."""
-    from analytics.sink import Sink, dead_letter_producer
-    from analytics.store.clickhouse import connect
-    from analytics.store.migrations import migrate
-    from crm_platform.kafka import ensure_topics
+    """Run the sink alone (a ClickHouse server deployment; chDB runs it inside the API),
+    with /metrics and /healthz on CRM_SINK_METRICS_PORT (default 127.0.0.1:8014)."""
+    from analytics.entrypoints.sink import run
 
     settings = _settings("sink")
-
-    async def main(stop: asyncio.Event) -> None:
-        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
-        client = connect(settings)
-        await asyncio.to_thread(migrate, client)
-        async with dead_letter_producer(settings) as producer:
-            sink = Sink.for_settings(settings, client, producer)
-            await sink.start()
-            quiet_gc()
-            try:
-                await sink.run(stop)
-            finally:
-                await sink.stop()
-
-    run_until_signal(main)
+    run_until_signal(lambda stop: run(settings, stop))
 
 
 @cli.command()

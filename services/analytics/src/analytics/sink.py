@@ -21,8 +21,9 @@
   (``store/daily.py``); rebuilding the in-memory identity lookup when it has grown
   (``store/lookup.py``).
 * **Observability:** a span per batch linked to the producers' traces (W3C context from
-  the Kafka headers), and :class:`SinkStats` with consumer lag per partition, which the
-  API exposes at ``/metrics``.
+  the Kafka headers), and :class:`SinkStats` with consumer lag per partition, served at
+  ``/metrics`` by the API (embedded sink) or on the standalone sink's own port
+  (``entrypoints/metrics.py``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -10,9 +12,11 @@ from pathlib import Path
 
 import clickhouse_connect
 import factory as f
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from analytics.entrypoints import sink as standalone
 from analytics.entrypoints.api import create
 from analytics.sink import Sink
 from analytics.store.migrations import migrate
@@ -130,6 +134,73 @@ def test_an_order_on_kafka_reaches_the_kpi_api_within_two_seconds(
             time.sleep(0.05)
         status = api.get("/v1/status", headers=READ).json()
         assert status["events"] == 1 and status["sink"]["consumer_lag"] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+_LAG = re.compile(r'^crm_sink_consumer_lag\{topic="([^"]+)",partition="(\d+)"\} (\d+)$', re.MULTILINE)
+
+
+def test_the_standalone_sink_serves_its_consumer_lag_on_its_metrics_port(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``python -m analytics sink`` as it runs (the same coroutine), on chDB and Kafka:
+    /metrics on CRM_SINK_METRICS_PORT has the lag per partition, /healthz answers, and
+    the port is let go of when the sink stops."""
+    prefix = _prefix()
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))
+    orders = [f.store_order(f"m{i}", "2026-02-01", f"o{i}", ("tops", 1, 1_000)) for i in range(12)]
+    raws: list[tuple[str, bytes | None, bytes]] = [
+        (COMMERCE_ORDER.name, encode(e), e.customer_key.encode()) for e in orders
+    ]
+    asyncio.run(_produce(kafka_bootstrap, prefix, raws))
+    port = _free_port()
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=prefix,
+        sink_metrics_port=port,
+        sink_validators=0,
+    )
+
+    async def scrape_until_caught_up() -> tuple[str, httpx.Response]:
+        stop = asyncio.Event()
+        running = asyncio.create_task(standalone.run(settings, stop))
+        text = ""
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                deadline = time.monotonic() + 30
+                # caught up: every record read, and each partition's lag down to 0 (it is
+                # what was taken, less what is committed, until the last commit lands)
+                while "crm_sink_records_total 12\n" not in text or {
+                    value for *_, value in _LAG.findall(text)
+                } != {"0"}:
+                    assert not running.done(), running.exception()
+                    assert time.monotonic() < deadline, f"not caught up in 30 s; /metrics:\n{text}"
+                    await asyncio.sleep(0.1)
+                    try:
+                        text = (await http.get("/metrics")).text
+                    except httpx.ConnectError:  # not listening yet (topics, migrations first)
+                        continue
+                health = await http.get("/healthz")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, timeout=30)
+        return text, health
+
+    text, health = asyncio.run(scrape_until_caught_up())
+    lag = {(topic, int(partition)): int(value) for topic, partition, value in _LAG.findall(text)}
+    order_topic = prefix + COMMERCE_ORDER.name
+    assert order_topic in {topic for topic, _ in lag}
+    assert "# TYPE crm_sink_consumer_lag gauge" in text
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from analytics.entrypoints.metrics import CONTENT_TYPE
+from analytics.entrypoints.metrics import render as render_metrics
 from analytics.queries import CHANNELS, MAX_COHORT_PERIODS, SEGMENTS, Queries, RfmRules, cohort_periods
 from analytics.sink import Sink, dead_letter_producer
 from analytics.store.clickhouse import connect, embedded, query_budget
@@ -310,36 +312,6 @@ async def status(analytics: AnalyticsDep, _: Reader) -> dict[str, Any]:
     }
 
 
-def _metrics(analytics: Analytics) -> str:
-    sink = analytics.sink
-    lines = []
-    if sink is not None:
-        s = sink.stats
-        for name, kind, value, help_ in (
-            ("crm_sink_records_total", "counter", s.records_in, "records consumed from Kafka"),
-            ("crm_sink_rows_inserted_total", "counter", s.rows_inserted, "rows inserted into ClickHouse"),
-            ("crm_sink_batches_total", "counter", s.batches, "batches flushed"),
-            (
-                "crm_sink_dead_lettered_total",
-                "counter",
-                s.dead_lettered,
-                "records sent to the dead-letter topic",
-            ),
-            ("crm_sink_insert_failures_total", "counter", s.insert_failures, "failed inserts (retried)"),
-            ("crm_sink_last_batch_rows", "gauge", s.last_batch_rows, "rows in the last batch"),
-            ("crm_sink_last_insert_seconds", "gauge", s.last_insert_seconds, "duration of the last insert"),
-        ):
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        lines += [
-            "# HELP crm_sink_consumer_lag records not yet committed",
-            "# TYPE crm_sink_consumer_lag gauge",
-        ]
-        for tp, lag in sorted(s.lag.items()):
-            topic, partition = tp.rsplit("/", 1)
-            lines.append(f'crm_sink_consumer_lag{{topic="{topic}",partition="{partition}"}} {lag}')
-    return "\n".join(lines) + "\n"
-
-
 def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: int = 3) -> FastAPI:
     run_sink = embedded(settings) if embedded_sink is None else embedded_sink
 
@@ -393,9 +365,8 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
     async def metrics(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(
-            _metrics(request.app.state.analytics), media_type="text/plain; version=0.0.4"
-        )
+        sink = request.app.state.analytics.sink
+        return PlainTextResponse(render_metrics(sink.stats if sink else None), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
