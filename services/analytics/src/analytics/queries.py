@@ -288,10 +288,11 @@ class Queries:
 
     # -- RFM segments -----------------------------------------------------------------
 
-    def _rfm_sql(self, rules: RfmRules, *, ids: bool = False) -> str:
-        """Every customer scored as of a day; ``ids``: with their customer_id (for lists:
-        reading the keys' text costs, sizes do without)."""
-        r, f, m = rules.recency_days, rules.frequency, rules.monetary
+    @staticmethod
+    def _rfm_sql(*, ids: bool = False) -> str:
+        """Every customer scored as of a day by the rules :func:`_rfm_params` binds;
+        ``ids``: with their customer_id (for lists: reading the keys' text costs, sizes do
+        without)."""
         key_text = "any(person_key) AS person_key," if ids else ""
         customer_id = f"{_CUSTOMER_ID} AS customer_id," if ids else ""
         return f"""
@@ -313,32 +314,46 @@ class Queries:
         scored AS (
             SELECT *,
                    dateDiff('day', last_day, {{as_of:Date}}) AS recency_days,
-                   multiIf(recency_days <= {r[0]}, 5, recency_days <= {r[1]}, 4, recency_days <= {r[2]}, 3,
-                           recency_days <= {r[3]}, 2, 1) AS r,
-                   multiIf(orders >= {f[3]}, 5, orders >= {f[2]}, 4, orders >= {f[1]}, 3, orders >= {f[0]}, 2, 1) AS f,
-                   multiIf(revenue >= {m[3]}, 5, revenue >= {m[2]}, 4, revenue >= {m[1]}, 3,
-                           revenue >= {m[0]}, 2, 1) AS m,
-                   multiIf(recency_days > {rules.dormant_days}, 'dormant',
-                           orders >= {rules.loyal_min_orders} AND revenue >= {rules.loyal_min_revenue}, 'loyal',
+                   multiIf(recency_days <= {{r0:UInt32}}, 5, recency_days <= {{r1:UInt32}}, 4,
+                           recency_days <= {{r2:UInt32}}, 3, recency_days <= {{r3:UInt32}}, 2, 1) AS r,
+                   multiIf(orders >= {{f3:UInt32}}, 5, orders >= {{f2:UInt32}}, 4, orders >= {{f1:UInt32}}, 3,
+                           orders >= {{f0:UInt32}}, 2, 1) AS f,
+                   multiIf(revenue >= {{m3:Int64}}, 5, revenue >= {{m2:Int64}}, 4, revenue >= {{m1:Int64}}, 3,
+                           revenue >= {{m0:Int64}}, 2, 1) AS m,
+                   multiIf(recency_days > {{dormant_days:UInt32}}, 'dormant',
+                           orders >= {{loyal_min_orders:UInt32}} AND revenue >= {{loyal_min_revenue:Int64}}, 'loyal',
                            orders >= 2, 'repeat', 'new') AS segment
             FROM per_customer
         )
         """
 
+    @staticmethod
+    def _rfm_params(rules: RfmRules) -> dict[str, int]:
+        """The rules as the bound parameters of :func:`_rfm_sql` (revenue as Int64, like
+        the sums it is compared with)."""
+        return {
+            **{f"r{i}": days for i, days in enumerate(rules.recency_days)},
+            **{f"f{i}": orders for i, orders in enumerate(rules.frequency)},
+            **{f"m{i}": revenue for i, revenue in enumerate(rules.monetary)},
+            "dormant_days": rules.dormant_days,
+            "loyal_min_orders": rules.loyal_min_orders,
+            "loyal_min_revenue": rules.loyal_min_revenue,
+        }
+
     def segments(self, as_of: date, channel: Channel = "all", rules: RfmRules = RfmRules()) -> dict[str, Any]:
         sql = (
-            self._rfm_sql(rules)
+            self._rfm_sql()
             + """
         SELECT segment, count() AS customers, sum(revenue) AS revenue, avg(orders) AS avg_orders,
                avg(recency_days) AS avg_recency_days
         FROM scored GROUP BY segment"""
         )
-        rows = {r["segment"]: r for r in self._rows(sql, as_of=as_of, channel=channel)}
+        params = {"as_of": as_of, "channel": channel, **self._rfm_params(rules)}
+        rows = {r["segment"]: r for r in self._rows(sql, **params)}
         ranks = self._rows(
-            self._rfm_sql(rules)
+            self._rfm_sql()
             + " SELECT r, f, m, count() AS customers FROM scored GROUP BY r, f, m ORDER BY r DESC, f DESC, m DESC",
-            as_of=as_of,
-            channel=channel,
+            **params,
         )
         return {
             "as_of": as_of.isoformat(),
@@ -367,14 +382,22 @@ class Queries:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         sql = (
-            self._rfm_sql(rules, ids=True)
+            self._rfm_sql(ids=True)
             + """
         SELECT customer_id, first_day, last_day, orders, revenue, recency_days,
                concat('R', toString(r), 'F', toString(f), 'M', toString(m)) AS rfm
         FROM scored WHERE segment = {segment:String}
         ORDER BY revenue DESC, customer_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"""
         )
-        rows = self._rows(sql, as_of=as_of, channel=channel, segment=segment, limit=limit, offset=offset)
+        rows = self._rows(
+            sql,
+            as_of=as_of,
+            channel=channel,
+            segment=segment,
+            limit=limit,
+            offset=offset,
+            **self._rfm_params(rules),
+        )
         return [
             {**r, "first_day": r["first_day"].isoformat(), "last_day": r["last_day"].isoformat()}
             for r in rows

@@ -22,7 +22,7 @@ import factory as f
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from analytics.queries import PRICE_BANDS, Queries
+from analytics.queries import PRICE_BANDS, Queries, RfmRules
 from analytics.sink import encode_row, insert_rows, repoint_merged
 from analytics.store import daily, lookup, maintenance
 from analytics.store.migrations import migrate
@@ -337,12 +337,21 @@ def test_merge_and_undo_reattribute_every_figure_at_once(client: Client) -> None
     assert {p: queries.kpi_overview(*p) for p in PERIODS} == before  # type: ignore[arg-type]
 
 
-def test_segments_partition_the_customers(client: Client) -> None:
+@pytest.mark.parametrize(
+    "rules",
+    [
+        RfmRules(),
+        RfmRules(dormant_days=60, loyal_min_orders=3, loyal_min_revenue=20_000),
+        RfmRules(loyal_min_orders=1, loyal_min_revenue=5_000_000_000),  # past UInt32: no one
+    ],
+    ids=["default", "tighter", "unreachable-revenue"],
+)
+def test_segments_partition_the_customers(client: Client, rules: RfmRules) -> None:
     world = _world()
     _deliver(client, world.events)
     queries = Queries(client)
     as_of = date(2026, 4, 1)
-    result = queries.segments(as_of)
+    result = queries.segments(as_of, rules=rules)
     sizes = {s["segment"]: s["customers"] for s in result["segments"]}
     # reference: per customer, orders/revenue/last purchase before as_of
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"orders": 0, "revenue": 0, "last": date.min})
@@ -354,9 +363,9 @@ def test_segments_partition_the_customers(client: Client) -> None:
         per[x.owner]["orders"] += x.kind == "order"
     want: dict[str, int] = defaultdict(int)
     for p in per.values():
-        if (as_of - p["last"]).days > 180:
+        if (as_of - p["last"]).days > rules.dormant_days:
             want["dormant"] += 1
-        elif p["orders"] >= 5 and p["revenue"] >= 50_000:
+        elif p["orders"] >= rules.loyal_min_orders and p["revenue"] >= rules.loyal_min_revenue:
             want["loyal"] += 1
         elif p["orders"] >= 2:
             want["repeat"] += 1
@@ -364,7 +373,8 @@ def test_segments_partition_the_customers(client: Client) -> None:
             want["new"] += 1
     assert sizes == {s: want.get(s, 0) for s in ("new", "repeat", "loyal", "dormant")}
     assert sum(r["customers"] for r in result["rfm"]) == len(per)
-    members = queries.segment_members("repeat", as_of, limit=1000)
+    assert sizes["repeat"] > 0  # the rules leave something to list
+    members = queries.segment_members("repeat", as_of, rules=rules, limit=1000)
     assert len(members) == sizes["repeat"]
     assert [m["revenue"] for m in members] == sorted((m["revenue"] for m in members), reverse=True)
 
