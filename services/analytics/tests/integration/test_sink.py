@@ -256,6 +256,58 @@ def test_a_query_past_its_budget_is_stopped_with_a_clear_error(tmp_path: Path) -
         assert api.get("/healthz").status_code == 200  # and the service goes on
 
 
+def test_a_query_past_its_memory_budget_gets_a_clear_422_through_the_api(tmp_path: Path) -> None:
+    """A million customers' orders (written straight into ``orders``) and a 16 MiB budget,
+    the smallest the settings allow: the overview's per-key aggregation needs more, so
+    ClickHouse stops it and the API says which budget and what to do; with the default
+    budget the same request answers."""
+    var = tmp_path / "var"
+    client = clickhouse_connect.get_client(dsn=f"chdb://{var / 'analytics' / 'clickhouse'}")
+    migrate(client)
+    client.command(
+        "INSERT INTO orders (event_id, person_key, key_hash, occurred_at, day, kind, channel, amount, items)"
+        " SELECT generateUUIDv4(), toString(number), number, toDateTime64('2026-01-10 03:00:00', 3, 'UTC'),"
+        " toDate('2026-01-01') + number % 28, 'order', 'store', 1000, 1 FROM numbers(1000000)"
+    )
+    client.close()
+    params = {"start": "2026-01-01", "end": "2026-02-01"}
+
+    tight = Settings(var_dir=var, query_max_memory_bytes=16 * 2**20)
+    with TestClient(create(tight, embedded_sink=False)) as api:
+        r = api.get("/v1/kpis/overview", params=params, headers=READ)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "query_budget_exceeded"
+        message = r.json()["error"]["message"]
+        assert "16 MiB memory budget" in message and "narrow the period" in message
+        assert api.get("/healthz").status_code == 200  # and the service goes on
+
+    with TestClient(create(Settings(var_dir=var), embedded_sink=False)) as api:
+        r = api.get("/v1/kpis/overview", params=params, headers=READ)
+        assert r.status_code == 200 and r.json()["active_customers"] == 1_000_000
+
+
+def test_clickhouse_short_of_memory_is_a_503_not_the_callers_budget(tmp_path: Path) -> None:
+    """The server's (or the user's) memory limit is no fault of the request: 503 with
+    Retry-After, not 422 telling the caller to narrow a query that fits its budget."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from crm_platform.http import ApiError
+
+    def short_of_memory(_: object) -> None:
+        raise DatabaseError(
+            "Code: 241. DB::Exception: Memory limit (total) exceeded: would use 3.60 GiB (attempt to"
+            " allocate chunk of 4194304 bytes), maximum: 3.60 GiB. (MEMORY_LIMIT_EXCEEDED)"
+        )
+
+    api = TestClient(create(Settings(var_dir=tmp_path / "var"), embedded_sink=False))
+    with api:
+        analytics = api.app.state.analytics  # type: ignore[attr-defined]
+        with pytest.raises(ApiError) as caught:
+            asyncio.run(analytics.run(short_of_memory))
+        assert (caught.value.status_code, caught.value.code) == (503, "unavailable")
+        assert "memory" in caught.value.message and caught.value.headers["Retry-After"]
+
+
 def test_segment_csv_export_and_dates(api: TestClient) -> None:
     with api:
         r = api.get(

@@ -3,7 +3,8 @@
 Every endpoint needs ``analytics:read``; figures are attributed to the current
 customer (see ``analytics.queries``). Each query runs within a time and memory budget
 (``CRM_QUERY_TIMEOUT_S``, ``CRM_QUERY_MAX_MEMORY_BYTES``): past it ClickHouse stops it
-and the caller gets 422 ``query_budget_exceeded`` instead of a slow service.
+and the caller gets 422 ``query_budget_exceeded`` instead of a slow service. A query
+stopped because ClickHouse as a whole is short of memory gets 503 ``unavailable``.
 
 In embedded mode (chDB) the sink runs in this process — chDB allows one process per
 data directory; with a ClickHouse server it is its own process (``python -m analytics
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_PERIOD_DAYS = 3_660
 _STEP = re.compile(r"^[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?$")
+#: A query past its own ``max_memory_usage`` (ClickHouse's wording, then older releases');
+#: the server's total and a user's limit are worded "(total)" / "for user".
+_QUERY_MEMORY = re.compile(r"Query memory limit exceeded|Memory limit \(for query\) exceeded", re.IGNORECASE)
 T = TypeVar("T")
 
 Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
@@ -104,11 +108,21 @@ class Analytics:
                     " narrow the period or the filter",
                 ) from None
             if "MEMORY_LIMIT_EXCEEDED" in text or "memory limit exceeded" in text.lower():
+                if _QUERY_MEMORY.search(text):
+                    raise ApiError(
+                        422,
+                        "query_budget_exceeded",
+                        f"the query needed more than its {self.settings.query_max_memory_bytes // 2**20} MiB"
+                        " memory budget and was stopped; narrow the period or the filter",
+                    ) from None
+                # The server's or the user's limit, reached by all the queries running
+                # together: this one may fit its budget, and may pass in a moment.
                 raise ApiError(
-                    422,
-                    "query_budget_exceeded",
-                    f"the query needed more than its {self.settings.query_max_memory_bytes // 2**20} MiB"
-                    " memory budget and was stopped; narrow the period or the filter",
+                    503,
+                    "unavailable",
+                    "ClickHouse is short of memory (its own limit, not this query's budget) and"
+                    " stopped the query; try again shortly",
+                    headers={"Retry-After": "5"},
                 ) from None
             raise
 
