@@ -39,6 +39,19 @@ CHANNELS: tuple[str, ...] = ("all", "store", "online", "app")
 SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
 #: Upper bounds (yen, exclusive) of the price bands of up-sell; beyond the last, the top band.
 PRICE_BANDS: tuple[int, ...] = (3_000, 10_000, 30_000)
+#: KPIs whose series are built from one overview per bucket, and how many buckets at most.
+OVERVIEW_SERIES: tuple[str, ...] = (
+    "repeat_customers",
+    "repeat_purchase_rate",
+    "retention_rate",
+    "churn_rate",
+    "purchase_frequency",
+    "historical_ltv",
+    "cross_sell_rate",
+    "up_sell_rate",
+    "omnichannel_share",
+)
+MAX_OVERVIEW_BUCKETS = 36
 
 #: In a per-key stage (grouped by ``key_hash``): the key's owner now, NULL when unknown,
 #: the nil UUID when its owner let go of it (unlinked, erased).
@@ -185,6 +198,15 @@ class Queries:
     def timeseries(
         self, metric: str, start: date, end: date, interval: str = "day", channel: Channel = "all"
     ) -> list[dict[str, Any]]:
+        if metric in OVERVIEW_SERIES:
+            # Rates and per-customer figures do not add up across days: each point is
+            # the KPI overview of its bucket (the same definitions, the previous period
+            # of the same length for retention and up-sell), one statement per bucket.
+            points = []
+            for lo, hi in buckets(start, end, interval):
+                overview = self.kpi_overview(lo, hi, channel)
+                points.append({"bucket": bucket_label(lo, interval).isoformat(), "value": overview[metric]})
+            return points
         truncate = {"day": "", "week": "toMonday", "month": "toStartOfMonth"}[interval]
         bucket = f"{truncate}(day)"
         if metric == "new_customers":
@@ -550,6 +572,30 @@ def _iso(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def buckets(start: date, end: date, interval: str) -> list[tuple[date, date]]:
+    """``[start, end)`` cut into days, weeks (Monday) or months: each bucket's first day
+    and its end, clipped to the period."""
+    out: list[tuple[date, date]] = []
+    lo = start
+    while lo < end:
+        if interval == "day":
+            hi = lo + timedelta(days=1)
+        elif interval == "week":
+            hi = lo + timedelta(days=7 - lo.weekday())
+        else:
+            hi = date(lo.year + lo.month // 12, lo.month % 12 + 1, 1)
+        out.append((lo, min(hi, end)))
+        lo = hi
+    return out
+
+
+def bucket_label(day: date, interval: str) -> date:
+    """The first day of ``day``'s bucket, as the summed series label theirs."""
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1) if interval == "month" else day
 
 
 def cohort_periods(start: date, end: date, grain: str) -> tuple[date, int]:

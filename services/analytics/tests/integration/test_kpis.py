@@ -22,7 +22,7 @@ import factory as f
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from analytics.queries import PRICE_BANDS, Queries, RfmRules
+from analytics.queries import OVERVIEW_SERIES, PRICE_BANDS, Queries, RfmRules
 from analytics.sink import encode_row, insert_rows, repoint_merged
 from analytics.store import daily, lookup, maintenance
 from analytics.store.migrations import migrate
@@ -286,6 +286,19 @@ def _check(queries: Queries, facts: list[Fact]) -> None:
     for metric, want in reference_series(facts, start, end).items():
         got = {p["bucket"]: p["value"] for p in queries.timeseries(metric, start, end, "month")}
         assert got == want, metric
+    # Series of rates: each month's point is that month's figure (previous month for
+    # retention and up-sell), computed independently; a partial first week is clipped.
+    months = [(date(2026, m, 1), date(2026, m + 1, 1)) for m in (1, 2, 3)]
+    for metric in OVERVIEW_SERIES:
+        got = queries.timeseries(metric, months[0][0], months[-1][1], "month", "store")
+        want = [reference_kpis(facts, lo, hi, "store")[metric] for lo, hi in months]
+        assert [p["value"] for p in got] == want, metric
+        assert [p["bucket"] for p in got] == [lo.isoformat() for lo, _ in months]
+    weekly = queries.timeseries("repeat_purchase_rate", date(2026, 1, 7), date(2026, 1, 21), "week")
+    assert [p["bucket"] for p in weekly] == ["2026-01-05", "2026-01-12", "2026-01-19"]
+    assert weekly[0]["value"] == reference_kpis(facts, date(2026, 1, 7), date(2026, 1, 12), "all")[
+        "repeat_purchase_rate"
+    ]
 
 
 def test_kpis_and_cohorts_match_the_reference_and_survive_duplicates(client: Client) -> None:

@@ -224,6 +224,13 @@ def test_bad_requests_get_a_clear_4xx(api: TestClient) -> None:
             "/v1/cohorts", params={"start": "2016-01-01", "end": "2026-01-01", "grain": "week"}, headers=READ
         )
         assert r.status_code == 422 and "at most 256 weeks" in r.json()["error"]["message"]
+        series = {"metric": "retention_rate", "start": "2026-01-01", "end": "2026-03-01", "interval": "day"}
+        r = api.get("/v1/kpis/timeseries", params=series, headers=READ)
+        assert r.status_code == 422 and "at most 36 days" in r.json()["error"]["message"]
+        r = api.get("/v1/kpis/timeseries", params={**series, "interval": "week"}, headers=READ)
+        assert r.status_code == 200 and len(r.json()["points"]) == 9
+        r = api.get("/v1/kpis/timeseries", params={**series, "metric": "happiness"}, headers=READ)
+        assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "query.metric"
         r = api.get("/v1/segments/vip/customers", headers=READ)
         assert r.status_code == 404 and "unknown segment" in r.json()["error"]["message"]
         r = api.get(

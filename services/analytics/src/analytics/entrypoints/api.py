@@ -35,7 +35,17 @@ from fastapi.staticfiles import StaticFiles
 
 from analytics.entrypoints.metrics import CONTENT_TYPE
 from analytics.entrypoints.metrics import render as render_metrics
-from analytics.queries import CHANNELS, MAX_COHORT_PERIODS, SEGMENTS, Queries, RfmRules, cohort_periods
+from analytics.queries import (
+    CHANNELS,
+    MAX_COHORT_PERIODS,
+    MAX_OVERVIEW_BUCKETS,
+    OVERVIEW_SERIES,
+    SEGMENTS,
+    Queries,
+    RfmRules,
+    buckets,
+    cohort_periods,
+)
 from analytics.sink import Sink, dead_letter_producer
 from analytics.store.clickhouse import connect, embedded, query_budget
 from analytics.store.migrations import migrate
@@ -154,13 +164,35 @@ async def kpi_overview(
 async def kpi_timeseries(
     analytics: AnalyticsDep,
     _: Reader,
-    metric: Literal["revenue", "orders", "active_customers", "new_customers", "aov"],
+    metric: Literal[
+        "revenue",
+        "orders",
+        "aov",
+        "active_customers",
+        "new_customers",
+        "repeat_customers",
+        "repeat_purchase_rate",
+        "retention_rate",
+        "churn_rate",
+        "purchase_frequency",
+        "historical_ltv",
+        "cross_sell_rate",
+        "up_sell_rate",
+        "omnichannel_share",
+    ],
     start: Start,
     end: End,
     interval: Literal["day", "week", "month"] = "day",
     channel: ChannelParam = "all",
 ) -> dict[str, Any]:
     _period(start, end)
+    if metric in OVERVIEW_SERIES and len(buckets(start, end, interval)) > MAX_OVERVIEW_BUCKETS:
+        raise ApiError(
+            422,
+            "invalid_period",
+            f"a series of {metric} covers at most {MAX_OVERVIEW_BUCKETS} {interval}s: a shorter period"
+            " or a coarser interval",
+        )
     points = await analytics.run(lambda q: q.timeseries(metric, start, end, interval, channel))
     return {"metric": metric, "interval": interval, "channel": channel, "points": points}
 
