@@ -296,9 +296,10 @@ def _check(queries: Queries, facts: list[Fact]) -> None:
         assert [p["bucket"] for p in got] == [lo.isoformat() for lo, _ in months]
     weekly = queries.timeseries("repeat_purchase_rate", date(2026, 1, 7), date(2026, 1, 21), "week")
     assert [p["bucket"] for p in weekly] == ["2026-01-05", "2026-01-12", "2026-01-19"]
-    assert weekly[0]["value"] == reference_kpis(facts, date(2026, 1, 7), date(2026, 1, 12), "all")[
-        "repeat_purchase_rate"
-    ]
+    assert (
+        weekly[0]["value"]
+        == reference_kpis(facts, date(2026, 1, 7), date(2026, 1, 12), "all")["repeat_purchase_rate"]
+    )
 
 
 def test_kpis_and_cohorts_match_the_reference_and_survive_duplicates(client: Client) -> None:
