@@ -127,7 +127,10 @@ def test_import_reports_rejects_and_resumes(tmp_path: Path, kafka_bootstrap: str
     store = next(e for e in events if getattr(e.payload, "order_id", None) == "S1-1")
     assert store.occurred_at.isoformat() == "2025-01-10T03:00:00+00:00"  # a bare time is Tokyo time
     rejected = list(csv.DictReader((tmp_path / "export.csv.rejected.csv").open(encoding="utf-8")))
-    assert [(r["order_id"], r["reject_field"]) for r in rejected] == [("S1-bad", ""), ("S1-sum", "payload.total")]
+    assert [(r["order_id"], r["reject_field"]) for r in rejected] == [
+        ("S1-bad", ""),
+        ("S1-sum", "payload.total"),
+    ]
     assert "not a whole number" in rejected[0]["reject_reason"]
 
 
@@ -168,3 +171,40 @@ def test_a_chunk_the_broker_did_not_fully_acknowledge_writes_no_rejects_until_it
     assert (report.orders, report.accepted, report.rejected_orders, report.rejected_rows) == (3, 1, 2, 2)
     rejected = list(csv.DictReader((tmp_path / "export.csv.rejected.csv").open(encoding="utf-8")))
     assert [r["order_id"] for r in rejected] == ["S1-bad", "S1-sum"]  # once each
+
+
+def test_the_cli_imports_with_a_progress_bar_and_a_summary(tmp_path: Path, settings: Settings) -> None:
+    """``engagement import`` (``crm import``) as an operator runs it: a process, a bar on
+    stderr, a summary line, the rejected rows beside the file, exit 0; run again, nothing
+    is imported twice."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "export.csv"
+    write_csv(path)
+    env = {
+        **os.environ,
+        "CRM_VAR_DIR": str(settings.var_dir),
+        "CRM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CRM_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "COLUMNS": "120",
+    }
+    command = [sys.executable, "-m", "engagement", "import", str(path)]
+    first = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "importing" in first.stderr  # the progress bar's label
+    assert "10 rows, 7 orders" in first.stderr and "5 accepted" in first.stderr
+    assert "2 rejected (2 rows, see export.csv.rejected.csv)" in first.stderr
+    assert (tmp_path / "export.csv.rejected.csv").exists()
+
+    again = subprocess.run(
+        [*command, "--restart"], check=False, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 accepted, 5 already imported" in again.stderr
+
+    missing = subprocess.run(
+        [*command[:-1], str(tmp_path / "absent.csv")], check=False, env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "absent.csv" in missing.stderr

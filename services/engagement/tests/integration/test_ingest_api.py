@@ -345,3 +345,38 @@ def test_openapi_documents_every_event_type(client: TestClient) -> None:
     incoming = orjson.dumps(schema["components"]["schemas"]["Incoming"]).decode()
     for name in ("StoreOrderIn", "OnlineOrderIn", "ReturnIn", "InteractionIn"):
         assert name in incoming
+
+
+def test_an_online_order_cancelled_before_shipping(client: TestClient, settings: Settings) -> None:
+    assert (
+        client.post("/v1/events", json=online_order("W-5001", "c@example.jp"), headers=SHOP).status_code
+        == 202
+    )
+    cancel = {
+        "type": "return",
+        "occurred_at": "2026-11-21T22:00:00+09:00",
+        "payload": {
+            "return_id": "CAN-5001",
+            "kind": "cancellation",
+            "original_order_id": "W-5001",
+            "channel": "online",
+            "lines": [{"line_no": 1, "sku": "CT-9", "category": "outer", "quantity": 1, "amount": 12900}],
+            "refund_total": 12900,
+        },
+    }
+    response = client.post("/v1/events", json=cancel, headers=SHOP)
+    assert response.status_code == 202, response.text
+    assert client.post("/v1/events", json=cancel, headers=SHOP).json()["status"] == "duplicate"
+    unknown = {
+        **cancel,
+        "payload": {**cancel["payload"], "original_order_id": "S001-R1-1", "return_id": "C2"},
+    }
+    # A cancellation of an order the web shop never sent is refused, naming the field.
+    refused = client.post("/v1/events", json=unknown, headers=SHOP)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["fields"][0]["field"] == "payload.original_order_id"
+    records = topic_records(settings, COMMERCE_ORDER.name, 2)
+    [cancelled] = [decode(r.value) for r in records if decode(r.value).event_type == "order.returned"]
+    assert (cancelled.payload.kind, cancelled.payload.refund_total) == ("cancellation", 12900)
+    order = next(decode(r.value) for r in records if decode(r.value).event_type == "order.online_completed")
+    assert cancelled.customer_key == order.customer_key
