@@ -187,3 +187,13 @@ def test_members_credited_before_due_dates_were_kept_are_swept_once(
     assert attribution.sweep(T0) == 1
     assert attribution.due(T0) == []
     assert attribution.due(T0 + timedelta(days=366)) == [card.hash]
+
+
+def test_issued_member_numbers_carry_a_luhn_check_digit() -> None:
+    from engagement.membership import issue_member_no, luhn_digit
+
+    assert luhn_digit("7992739871") == "3"  # the textbook example
+    assert luhn_digit("453914880343646") == "7"
+    numbers = {issue_member_no() for _ in range(200)}
+    assert len(numbers) == 200
+    assert all(len(n) == 13 and n[0] != "0" and luhn_digit(n[:-1]) == n[-1] for n in numbers)
