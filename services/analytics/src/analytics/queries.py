@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from clickhouse_connect.driver.client import Client
 
@@ -39,8 +39,8 @@ CHANNELS: tuple[str, ...] = ("all", "store", "online", "app")
 SEGMENTS: tuple[str, ...] = ("new", "repeat", "loyal", "dormant")
 #: Upper bounds (yen, exclusive) of the price bands of up-sell; beyond the last, the top band.
 PRICE_BANDS: tuple[int, ...] = (3_000, 10_000, 30_000)
-#: KPIs whose series are built from one overview per bucket, and how many buckets at most.
-OVERVIEW_SERIES: tuple[str, ...] = (
+#: KPIs whose series are built from one overview per bucket (at most MAX_OVERVIEW_BUCKETS)...
+OverviewMetric = Literal[
     "repeat_customers",
     "repeat_purchase_rate",
     "retention_rate",
@@ -50,7 +50,10 @@ OVERVIEW_SERIES: tuple[str, ...] = (
     "cross_sell_rate",
     "up_sell_rate",
     "omnichannel_share",
-)
+]
+#: ...and every KPI a series can be asked for.
+SeriesMetric = Literal["revenue", "orders", "aov", "active_customers", "new_customers", OverviewMetric]
+OVERVIEW_SERIES: tuple[str, ...] = get_args(OverviewMetric)
 MAX_OVERVIEW_BUCKETS = 36
 
 #: In a per-key stage (grouped by ``key_hash``): the key's owner now, NULL when unknown,
