@@ -138,6 +138,8 @@ class Sink:
         self._clock = clock
         self._committed: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}
+        #: the partitions whose lag is followed (the consumer's assignment, once learnt)
+        self._followed: set[TopicPartition] = set()
         self._lookup_baseline = 0
         self._lookup_checked = 0.0
         self._compacted_at = clock()
@@ -223,6 +225,8 @@ class Sink:
                 for tp, records in batches.items():
                     self._take(pending, tp, records)
                     got += len(records)
+                if self._consumer.assignment() != self._followed:
+                    await self._follow_assignment()
                 self._update_lag()
                 full = pending.count >= self._batch_rows
                 if pending.count and (full or self._clock() - pending.started >= self._batch_s or not got):
@@ -374,6 +378,28 @@ class Sink:
         await self._dead_letter.publish_raw(
             DEAD_LETTER.name, record.value or b"", key=record.key, headers=headers
         )
+
+    async def _follow_assignment(self) -> None:
+        """Lag for every partition assigned, from the start: a partition newly assigned
+        (the sink restarted with a backlog, a rebalance) is known from the group's
+        committed offset — or the log's start when the group has none — before any of
+        its records is taken; a partition taken away leaves the figures."""
+        assigned = set(self._consumer.assignment())
+        for tp in self._followed - assigned:
+            self._committed.pop(tp, None)
+            self._taken.pop(tp, None)
+            self.stats.lag.pop(f"{tp.topic}/{tp.partition}", None)
+        new = assigned - self._followed
+        if new:
+            try:
+                starts = await self._consumer.beginning_offsets(list(new))
+                for tp in new:
+                    committed = await self._consumer.committed(tp)
+                    self._committed.setdefault(tp, committed if committed is not None else starts[tp])
+            except Exception as exc:  # a figure, not the pipeline: learnt at the next change
+                log.warning("could not read the committed offsets of %d partitions: %s", len(new), exc)
+                return
+        self._followed = assigned
 
     def _update_lag(self) -> None:
         for tp in self._consumer.assignment():
