@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,10 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path) -> None:
-    env = {**os.environ, "CRM_VAR_DIR": str(tmp_path / "var")}
+    # A topic prefix of its own: the platform's consumer groups and topics of this run stay
+    # out of the unprefixed ones a `make run` on the same broker uses.
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    env = {**os.environ, "CRM_VAR_DIR": str(tmp_path / "var"), "CRM_KAFKA_TOPIC_PREFIX": prefix}
     with running_platform(env, up_within_s=90) as platform:
         for port in (8001, 8002):
             status, body = _get(f"http://127.0.0.1:{port}/readyz")

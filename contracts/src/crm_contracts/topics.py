@@ -123,25 +123,8 @@ def by_name(name: str) -> Topic:
 
 #: Consumer groups of the platform's own stream processors. A deployment's topic prefix
 #: comes first (``<prefix>identity-resolver``); the embedded analytics sink adds a suffix
-#: per ClickHouse data directory (``analytics-sink-<hash>``). Operators' tools tell the
-#: platform's lag from a BI tool's by these names (:func:`is_platform_group`).
+#: per ClickHouse data directory (``analytics-sink-<hash>``). A deployment's exact names:
+#: ``crm_platform.settings.Settings.platform_groups()``.
 IDENTITY_RESOLVER_GROUP = "identity-resolver"
 ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
 ANALYTICS_SINK_GROUP = "analytics-sink"
-PLATFORM_GROUPS: tuple[str, ...] = (
-    IDENTITY_RESOLVER_GROUP,
-    ENGAGEMENT_MEMBERSHIP_GROUP,
-    ANALYTICS_SINK_GROUP,
-)
-
-
-def is_platform_group(group: str, prefix: str = "") -> bool:
-    """Whether ``group`` is one of the platform's processors: a name above (after
-    ``prefix``), or an embedded sink's ``analytics-sink-<10 hex digits>`` (per data
-    directory, not per prefix). Not the scratch groups of ``crm replay``, which are left
-    behind when it finishes."""
-    name = group[len(prefix) :] if prefix and group.startswith(prefix) else group
-    if name in PLATFORM_GROUPS:
-        return True
-    head, _, suffix = name.rpartition("-")
-    return head == ANALYTICS_SINK_GROUP and len(suffix) == 10 and all(c in "0123456789abcdef" for c in suffix)

@@ -264,7 +264,9 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
     from crm_platform.settings import Settings
 
     settings = Settings()
-    asyncio.run(wait_until_settled(settings.kafka_bootstrap, settings.kafka_topic_prefix))
+    asyncio.run(
+        wait_until_settled(settings.kafka_bootstrap, settings.platform_groups(), settings.kafka_topic_prefix)
+    )
     counted = asyncio.run(demo.wait_until_counted(endpoints, truth))
     current = asyncio.run(
         demo.current_customers(endpoints, {r["customer_id"] for r in truth["registrations"]})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from crm_contracts.topics import ALL_TOPICS, is_platform_group
+from crm_contracts.topics import ALL_TOPICS
 
 
 async def kafka_overview(
@@ -51,20 +52,28 @@ async def kafka_overview(
 
 
 async def wait_until_settled(
-    bootstrap: str, prefix: str = "", *, quiet_s: float = 2.0, timeout_s: float = 120.0
+    bootstrap: str,
+    groups: Collection[str],
+    prefix: str = "",
+    *,
+    quiet_s: float = 2.0,
+    timeout_s: float = 120.0,
 ) -> None:
-    """Wait until the pipeline has nothing in flight: every platform worker's group has
-    consumed its topics to the end and no topic has grown for ``quiet_s`` seconds (so no
-    relay or worker is still publishing consequences, such as a merge decided after the
-    purchases were counted). Raises TimeoutError."""
+    """Wait until the pipeline has nothing in flight: each of ``groups`` (the
+    deployment's stream processors, ``Settings.platform_groups()``) has consumed its
+    topics to the end and no topic has grown for ``quiet_s`` seconds (so no relay or
+    worker is still publishing consequences, such as a merge decided after the purchases
+    were counted). Groups not named — a BI tool's, another data directory's sink left
+    behind by a test — are not waited for. Raises TimeoutError."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     previous: dict[str, tuple[int, int]] | None = None
     behind: dict[str, int] = {}
     quiet_since = loop.time()
+    wanted = set(groups)
     while loop.time() < deadline:
         topics, lag = await kafka_overview(bootstrap, prefix)
-        behind = {group: n for group, n in lag.items() if n and is_platform_group(group, prefix)}
+        behind = {group: n for group, n in lag.items() if n and group in wanted}
         now = loop.time()
         if behind or topics != previous:
             quiet_since = now

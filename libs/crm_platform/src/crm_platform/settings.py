@@ -9,12 +9,15 @@ instead of shipping a well-known key.
 from __future__ import annotations
 
 import base64
+import hashlib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crm_contracts.topics import ANALYTICS_SINK_GROUP, ENGAGEMENT_MEMBERSHIP_GROUP, IDENTITY_RESOLVER_GROUP
 
 # Well-known development values. Local mode works out of the box with them; production
 # refuses them (see ``_refuse_dev_secrets_in_production``).
@@ -145,6 +148,35 @@ class Settings(BaseSettings):
     @property
     def master_key_bytes(self) -> bytes:
         return base64.b64decode(self.master_key.get_secret_value())
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """Analytics' ClickHouse: the server of ``CRM_CLICKHOUSE_URL``, or chDB under
+        ``var/analytics/clickhouse``."""
+        if self.clickhouse_url is not None:
+            return self.clickhouse_url.get_secret_value()
+        return f"chdb://{self.service_dir('analytics') / 'clickhouse'}"
+
+    @property
+    def analytics_sink_group(self) -> str:
+        """The analytics sink's consumer group. Its committed offsets describe what one
+        ClickHouse holds, so an embedded data directory gets a group of its own: a fresh
+        ``var/`` (or a test's) is filled from the start of the log, not from another's
+        offsets."""
+        if self.clickhouse_url is not None:
+            return ANALYTICS_SINK_GROUP
+        return f"{ANALYTICS_SINK_GROUP}-" + hashlib.sha256(self.clickhouse_dsn.encode()).hexdigest()[:10]
+
+    def platform_groups(self) -> tuple[str, ...]:
+        """The consumer groups of this deployment's stream processors — the resolver,
+        the membership worker, the analytics sink — and no one else's (a BI tool's, a
+        ``crm replay`` scratch group, the sink of another data directory)."""
+        prefix = self.kafka_topic_prefix
+        return (
+            prefix + IDENTITY_RESOLVER_GROUP,
+            prefix + ENGAGEMENT_MEMBERSHIP_GROUP,
+            self.analytics_sink_group,
+        )
 
     def service_dir(self, service: str) -> Path:
         path = self.var_dir / service

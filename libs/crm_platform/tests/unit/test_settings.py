@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -39,3 +40,17 @@ def test_production_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_must_be_32_byte_base64() -> None:
     with pytest.raises(ValidationError, match="exactly 32 bytes"):
         Settings(master_key=base64.b64encode(b"short").decode())
+
+
+def test_a_deployment_names_its_own_consumer_groups(tmp_path: Path) -> None:
+    local = Settings(var_dir=tmp_path / "a", kafka_topic_prefix="t1.")
+    resolver, worker, sink = local.platform_groups()
+    assert (resolver, worker) == ("t1.identity-resolver", "t1.engagement-membership")
+    # an embedded sink's group follows its data directory, whatever the prefix
+    assert sink.startswith("analytics-sink-") and len(sink) == len("analytics-sink-") + 10
+    assert sink == Settings(var_dir=tmp_path / "a").analytics_sink_group
+    assert sink != Settings(var_dir=tmp_path / "b").analytics_sink_group  # a test's var/ is another
+    server = Settings(var_dir=tmp_path / "a", clickhouse_url="http://u:p@ch:8123/crm")
+    assert server.platform_groups()[2] == "analytics-sink"
+    assert server.clickhouse_dsn == "http://u:p@ch:8123/crm"
+    assert local.clickhouse_dsn == f"chdb://{tmp_path / 'a' / 'analytics' / 'clickhouse'}"

@@ -56,7 +56,7 @@ def replay() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from analytics.replay import replay as run_replay
-    from analytics.store.clickhouse import connect, sink_group
+    from analytics.store.clickhouse import connect
 
     settings = _settings("replay")
     client = connect(settings)
@@ -72,7 +72,7 @@ def replay() -> None:
             run_replay(
                 client,
                 bootstrap=settings.kafka_bootstrap,
-                group_id=sink_group(settings),
+                group_id=settings.analytics_sink_group,
                 topic_prefix=settings.kafka_topic_prefix,
                 validators=settings.sink_validators,
                 progress=progress,

@@ -149,12 +149,10 @@ class Sink:
     def for_settings(cls, settings: Settings, client: Client, dead_letter: EventProducer | None) -> Sink:
         """The sink as a deployment configures it (``CRM_SINK_*``, the topic prefix, the
         consumer group that goes with the ClickHouse it fills)."""
-        from analytics.store.clickhouse import sink_group
-
         return cls(
             client,
             bootstrap=settings.kafka_bootstrap,
-            group_id=sink_group(settings),
+            group_id=settings.analytics_sink_group,
             topic_prefix=settings.kafka_topic_prefix,
             batch_rows=settings.sink_batch_rows,
             batch_ms=settings.sink_batch_ms,

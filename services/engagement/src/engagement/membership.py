@@ -172,9 +172,13 @@ class Attribution:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        (had_due,) = self._db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'member_due'"
-        ).fetchone()
+        had = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT name FROM sqlite_master"
+                " WHERE type = 'table' AND name IN ('member_due', 'pending_ident')"
+            )
+        }
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS identifier_owner (ident TEXT PRIMARY KEY, customer_id TEXT NOT NULL);
@@ -183,15 +187,25 @@ class Attribution:
             CREATE TABLE IF NOT EXISTS pending (
                 order_key TEXT PRIMARY KEY, idents BLOB NOT NULL, at TEXT NOT NULL,
                 channel TEXT NOT NULL, amount INTEGER NOT NULL);
+            -- the waiting orders by identifier: a profile finds the orders it explains
+            -- without reading every waiting order
+            CREATE TABLE IF NOT EXISTS pending_ident (
+                ident TEXT NOT NULL, order_key TEXT NOT NULL, PRIMARY KEY (ident, order_key)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS pending_ident_order ON pending_ident (order_key);
             -- when each member next needs evaluating (epoch seconds, UTC)
             CREATE TABLE IF NOT EXISTS member_due (member_hash TEXT PRIMARY KEY, due_at REAL NOT NULL);
             CREATE INDEX IF NOT EXISTS member_due_at ON member_due (due_at);
             """
         )
-        if not had_due:
+        if "member_due" not in had:
             # Members credited before due dates were kept: due at once, the first sweep
             # evaluates them and files their real due dates.
             self._db.execute("INSERT OR IGNORE INTO member_due SELECT DISTINCT member_hash, 0 FROM credited")
+        if "pending_ident" not in had:  # orders waiting since before the index was kept
+            self._db.execute(
+                "INSERT OR IGNORE INTO pending_ident"
+                " SELECT value, order_key FROM pending, json_each(CAST(pending.idents AS TEXT))"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -219,18 +233,20 @@ class Attribution:
                 self._db.execute("DELETE FROM customer_members WHERE customer_id = ?", (customer,))
             self._db.execute("COMMIT")
             waiting = self._db.execute(
-                "SELECT order_key, idents, at, channel, amount FROM pending"
+                "SELECT order_key, idents, at, channel, amount FROM pending WHERE order_key IN"
+                " (SELECT order_key FROM pending_ident WHERE ident IN (SELECT value FROM json_each(?)))",
+                (orjson.dumps(idents).decode(),),
             ).fetchall()
         credits = []
-        wanted = set(idents)
         for order_key, raw_idents, at, channel, amount in waiting:
             order_idents = orjson.loads(raw_idents)
-            if wanted.isdisjoint(order_idents):
-                continue
             credit = self._credit(order_key, order_idents, datetime.fromisoformat(at), channel, amount)
             if credit.kind == "credited":
                 with self._lock:
+                    self._db.execute("BEGIN")
                     self._db.execute("DELETE FROM pending WHERE order_key = ?", (order_key,))
+                    self._db.execute("DELETE FROM pending_ident WHERE order_key = ?", (order_key,))
+                    self._db.execute("COMMIT")
                 credits.append(credit)
         return credits
 
@@ -248,6 +264,7 @@ class Attribution:
             )
             if credit.kind == "pending":
                 with self._lock:
+                    self._db.execute("BEGIN")
                     self._db.execute(
                         "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
                         (
@@ -258,6 +275,11 @@ class Attribution:
                             credit.amount,
                         ),
                     )
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO pending_ident VALUES (?, ?)",
+                        [(i, credit.order_key) for i in idents],
+                    )
+                    self._db.execute("COMMIT")
             return [credit]
         if isinstance(event, OrderReturned):
             return [self._reverse(event)]
@@ -388,7 +410,14 @@ class Attribution:
         """Forget waiting orders older than ``pending_days`` (never members)."""
         cutoff = (now - timedelta(days=self.pending_days)).isoformat()
         with self._lock:
-            return self._db.execute("DELETE FROM pending WHERE at < ?", (cutoff,)).rowcount
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "DELETE FROM pending_ident WHERE order_key IN (SELECT order_key FROM pending WHERE at < ?)",
+                (cutoff,),
+            )
+            dropped = self._db.execute("DELETE FROM pending WHERE at < ?", (cutoff,)).rowcount
+            self._db.execute("COMMIT")
+            return int(dropped)
 
     def pending_orders(self) -> int:
         with self._lock:

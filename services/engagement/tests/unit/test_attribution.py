@@ -197,3 +197,28 @@ def test_issued_member_numbers_carry_a_luhn_check_digit() -> None:
     numbers = {issue_member_no() for _ in range(200)}
     assert len(numbers) == 200
     assert all(len(n) == 13 and n[0] != "0" and luhn_digit(n[:-1]) == n[-1] for n in numbers)
+
+
+def test_orders_waiting_from_before_the_identifier_index_are_still_found(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    path = tmp_path / "attribution.sqlite"
+    attribution = Attribution(app, path)
+    app.enrol("M0005", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0005")
+    email = ident(app, IdentifierKind.EMAIL, "old@example.jp")
+    other = ident(app, IdentifierKind.EMAIL, "someone-else@example.jp")
+    assert attribution.apply(online_order("W-OLD", 8_000, email))[0].kind == "pending"
+    assert attribution.apply(online_order("W-OTHER", 3_000, other))[0].kind == "pending"
+    attribution.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # as a store written by the previous version
+        db.execute("DROP TABLE pending_ident")
+    attribution = Attribution(app, path)
+    [credit] = attribution.apply(profile(uuid.uuid4(), card, email))
+    assert (credit.kind, credit.order_key) == ("credited", "online:W-OLD")
+    assert attribution.pending_orders() == 1  # the other person's order still waits
+    assert app.member(card.hash).window(T0 + timedelta(days=2), app.programme) == (8_000, 1)
+    assert attribution.drop_stale(T0 + timedelta(days=40)) == 1
+    assert attribution.pending_orders() == 0
