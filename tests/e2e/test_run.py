@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
