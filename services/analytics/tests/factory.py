@@ -7,7 +7,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from crm_contracts.envelope import Identifier, IdentifierKind
+from clickhouse_connect.driver.client import Client
+
+from analytics.sink import encode_row, insert_rows
+from analytics.store import daily
+from crm_contracts.envelope import Event, Identifier, IdentifierKind
 from crm_contracts.events.commerce import (
     InteractionPayload,
     InteractionRecorded,
@@ -192,3 +196,12 @@ def unlinked(
             customer_id=customer_id, unlinked=tuple(identifiers), reason="shared card"
         ),
     )
+
+
+def deliver(client: Client, events: list[Event], offset: int = 0) -> None:
+    """What the sink does with a batch (re-pointing after merges aside): the records
+    inserted as they would come off Kafka, then the days they touched re-aggregated."""
+    from crm_contracts.registry import encode
+
+    insert_rows(client, [encode_row(e.TOPIC, 0, offset + i, encode(e)) for i, e in enumerate(events)])
+    daily.refresh(client, {d for e in events if (d := daily.order_day(e))})

@@ -22,12 +22,10 @@ from fastapi.testclient import TestClient
 
 from analytics.entrypoints.api import create
 from analytics.queries import Queries
-from analytics.sink import encode_row, insert_rows, repoint_merged
-from analytics.store import daily
+from analytics.sink import repoint_merged
 from analytics.store.clickhouse import connect
 from analytics.store.migrations import migrate
 from crm_contracts.envelope import Event
-from crm_contracts.registry import encode
 from crm_platform.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -110,11 +108,6 @@ def client(settings: Settings) -> Iterator[Client]:
     c.close()
 
 
-def _deliver(client: Client, events: list[Event], offset: int = 0) -> None:
-    insert_rows(client, [encode_row(e.TOPIC, 0, offset + i, encode(e)) for i, e in enumerate(events)])
-    daily.refresh(client, {d for e in events if (d := daily.order_day(e))})
-
-
 def _counts(result: dict[str, Any]) -> list[int]:
     return [step["customers"] for step in result["steps"]]
 
@@ -124,7 +117,7 @@ def test_funnel_counts_customers_through_ordered_steps_within_the_window(
 ) -> None:
     eve, eve_work = uuid.uuid4(), uuid.uuid4()
     private, work = f.ident("eve@example.jp"), f.ident("eve.work@example.jp")
-    _deliver(client, [*EVENTS, f.profile(eve, [private]), f.profile(eve_work, [work])])
+    f.deliver(client, [*EVENTS, f.profile(eve, [private]), f.profile(eve_work, [work])])
     queries = Queries(client)
 
     # viewed: ann, ben, cat, dan, fay, eve; carted after: ann, ben, fay, eve; ordered: ann, fay
@@ -152,7 +145,7 @@ def test_funnel_counts_customers_through_ordered_steps_within_the_window(
         f.profile(eve, [private, work], recorded_at=t0 + timedelta(milliseconds=5)),
         f.profile(eve_work, [], status="merged", merged_into=eve, recorded_at=t0 + timedelta(milliseconds=5)),
     ]
-    _deliver(client, [merge, *snapshots], offset=1_000)
+    f.deliver(client, [merge, *snapshots], offset=1_000)
     repoint_merged(client, merge)
     after = queries.funnel(STEPS, START, END, DAY)
     assert _counts(after) == [6, 4, 3]

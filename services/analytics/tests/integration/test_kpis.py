@@ -11,23 +11,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import factory as f
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from analytics.queries import OVERVIEW_SERIES, PRICE_BANDS, Queries, RfmRules
-from analytics.sink import encode_row, insert_rows, repoint_merged
-from analytics.store import daily, lookup, maintenance
-from analytics.store.migrations import migrate
+from analytics.sink import repoint_merged
+from analytics.store import lookup, maintenance
 from crm_contracts.envelope import Event, Identifier, IdentifierKind
-from crm_contracts.registry import encode
 
 CATEGORIES = ("tops", "bottoms", "shoes", "bags", "cosmetics")
 PRICES = (980, 2_900, 4_900, 9_800, 15_000, 39_000)
@@ -248,20 +243,6 @@ def reference_series(facts: list[Fact], start: date, end: date) -> dict[str, dic
 # -- fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
-    migrate(c)
-    yield c
-    c.close()
-
-
-def _deliver(client: Client, events: list[Event], offset: int = 0) -> None:
-    """What the sink does with a batch (repointing after merges aside)."""
-    insert_rows(client, [encode_row(e.TOPIC, 0, offset + i, encode(e)) for i, e in enumerate(events)])
-    daily.refresh(client, {d for e in events if (d := daily.order_day(e))})
-
-
 PERIODS = [
     (date(2026, 1, 1), date(2026, 4, 1), "all"),
     (date(2026, 1, 1), date(2026, 4, 1), "store"),
@@ -304,20 +285,20 @@ def _check(queries: Queries, facts: list[Fact]) -> None:
 
 def test_kpis_and_cohorts_match_the_reference_and_survive_duplicates(client: Client) -> None:
     world = _world()
-    _deliver(client, world.events)
+    f.deliver(client, world.events)
     queries = Queries(client)
     facts = world.facts
     assert reference_kpis(facts, *PERIODS[0])["active_customers"] > 10  # the data set is not trivial
     _check(queries, facts)
 
     # Every event delivered again (a sink retry after a crash): nothing counts twice.
-    _deliver(client, world.events, offset=10_000)
+    f.deliver(client, world.events, offset=10_000)
     _check(queries, facts)
 
 
 def test_merge_and_undo_reattribute_every_figure_at_once(client: Client) -> None:
     world = _world()
-    _deliver(client, world.events)
+    f.deliver(client, world.events)
     queries = Queries(client)
     a, b = "c2", "c5"  # c5 has two identifiers, c2 one
     survivor, absorbed = world.customers[a], world.customers[b]
@@ -333,7 +314,7 @@ def test_merge_and_undo_reattribute_every_figure_at_once(client: Client) -> None
             absorbed, [], status="merged", merged_into=survivor, recorded_at=t0 + timedelta(milliseconds=5)
         ),
     ]
-    _deliver(client, [merge, *snapshots], offset=20_000)
+    f.deliver(client, [merge, *snapshots], offset=20_000)
     repoint_merged(client, merge)
     merged_facts = [Fact(a if x.owner == b else x.owner, *list(x.__dict__.values())[1:]) for x in world.facts]
     _check(queries, merged_facts)
@@ -346,7 +327,7 @@ def test_merge_and_undo_reattribute_every_figure_at_once(client: Client) -> None
         f.profile(survivor, world.identifiers[a], recorded_at=t1 + timedelta(milliseconds=5)),
         f.profile(absorbed, world.identifiers[b], recorded_at=t1 + timedelta(milliseconds=5)),
     ]
-    _deliver(client, [undo, *snapshots], offset=30_000)
+    f.deliver(client, [undo, *snapshots], offset=30_000)
     _check(queries, world.facts)
     assert {p: queries.kpi_overview(*p) for p in PERIODS} == before  # type: ignore[arg-type]
 
@@ -362,7 +343,7 @@ def test_merge_and_undo_reattribute_every_figure_at_once(client: Client) -> None
 )
 def test_segments_partition_the_customers(client: Client, rules: RfmRules) -> None:
     world = _world()
-    _deliver(client, world.events)
+    f.deliver(client, world.events)
     queries = Queries(client)
     as_of = date(2026, 4, 1)
     result = queries.segments(as_of, rules=rules)
@@ -399,7 +380,7 @@ def test_timeline_follows_the_customer_across_channels(client: Client) -> None:
     who = world.identifiers["c5"][1]
     views = [f.viewed("c5@example.jp", when + timedelta(minutes=i)) for i in range(3)]
     assert views[0].customer_key == who.hash
-    _deliver(client, [*world.events, *views])
+    f.deliver(client, [*world.events, *views])
     queries = Queries(client)
     timeline = queries.timeline(str(world.customers["c5"]), limit=500)
     owned = [x for x in world.facts if x.owner == "c5"]
@@ -414,7 +395,7 @@ def test_timeline_pages_without_skipping_events_at_the_same_instant(client: Clie
     same = datetime(2026, 3, 30, 3, tzinfo=UTC)
     views = [f.viewed("twin@example.jp", same) for _ in range(5)]
     profile = f.profile(uuid.uuid4(), [f.ident("twin@example.jp")])
-    _deliver(client, [*views, profile])
+    f.deliver(client, [*views, profile])
     queries = Queries(client)
     cid = str(profile.payload.customer_id)
     seen: list[str] = []
@@ -432,7 +413,7 @@ def test_timeline_pages_without_skipping_events_at_the_same_instant(client: Clie
 
 def test_weekly_and_monthly_series_of_new_customers(client: Client) -> None:
     world = _world()
-    _deliver(client, world.events)
+    f.deliver(client, world.events)
     queries = Queries(client)
     weekly = queries.timeseries("new_customers", date(2025, 10, 1), date(2026, 4, 1), "week")
     monthly = queries.timeseries("new_customers", date(2025, 10, 1), date(2026, 4, 1), "month")
@@ -447,11 +428,11 @@ def test_weekly_and_monthly_series_of_new_customers(client: Client) -> None:
 def test_a_merge_chain_in_one_batch_ends_at_the_last_survivor(client: Client) -> None:
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     ids = {x: f.ident(f"{x}@example.jp") for x in (a, b, c)}
-    _deliver(client, [f.profile(x, [ids[x]]) for x in (a, b, c)])
+    f.deliver(client, [f.profile(x, [ids[x]]) for x in (a, b, c)])
     t0 = datetime.now(UTC)
     first = f.merged(b, a, [ids[a]], t0)  # A into B
     second = f.merged(c, b, [ids[b]], t0 + timedelta(milliseconds=1))  # then B into C
-    _deliver(client, [first, second], offset=100)
+    f.deliver(client, [first, second], offset=100)
     repoint_merged(client, first, second)
     owners = dict(client.query("SELECT person_key, toString(customer_id) FROM identity_current").result_rows)
     assert owners[str(a)] == owners[str(b)] == owners[ids[a].hash] == owners[ids[b].hash] == str(c)
@@ -461,21 +442,21 @@ def test_a_merge_chain_in_one_batch_ends_at_the_last_survivor(client: Client) ->
 
 def test_the_lookup_keeps_the_newest_owner_and_rebuilds_to_the_same_figures(client: Client) -> None:
     world = _world()
-    _deliver(client, world.events)
+    f.deliver(client, world.events)
     queries = Queries(client)
     a, b = "c2", "c5"
     t0 = datetime.now(UTC)
     merge = f.merged(world.customers[a], world.customers[b], world.identifiers[b], t0)
     undo = f.undone(world.customers[a], world.customers[b], world.identifiers[b], t0 + timedelta(seconds=1))
     # The undo arrives first, the merge it undid afterwards: the older decision loses.
-    _deliver(client, [undo], offset=40_000)
-    _deliver(client, [merge], offset=40_001)
+    f.deliver(client, [undo], offset=40_000)
+    f.deliver(client, [merge], offset=40_001)
     _check(queries, world.facts)
 
     # An identifier let go of (a shared card): its purchases stand on their own key,
     # apart from the customer's other identifier's.
     card = world.identifiers[b][0]
-    _deliver(client, [f.unlinked(world.customers[b], [card], t0 + timedelta(seconds=2))], offset=40_002)
+    f.deliver(client, [f.unlinked(world.customers[b], [card], t0 + timedelta(seconds=2))], offset=40_002)
     loose = [
         Fact("loose", *list(x.__dict__.values())[1:]) if x.owner == b and x.key == card.hash else x
         for x in world.facts
@@ -500,8 +481,8 @@ def test_the_lookup_keeps_the_newest_owner_and_rebuilds_to_the_same_figures(clie
 
 def test_compacting_quiet_partitions_leaves_one_part_each_and_the_same_figures(client: Client) -> None:
     world = _world()
-    _deliver(client, world.events)
-    _deliver(client, world.events, offset=10_000)  # every order twice, in other parts
+    f.deliver(client, world.events)
+    f.deliver(client, world.events, offset=10_000)  # every order twice, in other parts
     queries = Queries(client)
     client.command("SYSTEM STOP MERGES orders")  # ClickHouse's own merges would blur what is measured
     parts = (

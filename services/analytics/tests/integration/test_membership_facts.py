@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import clickhouse_connect
 import factory as f
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from analytics.queries import Queries
 from analytics.sink import encode_row, insert_rows
-from analytics.store.migrations import migrate
 from crm_contracts.envelope import Event, IdentifierKind
 from crm_contracts.events.membership import (
     MemberEnrolled,
@@ -27,14 +23,6 @@ from crm_contracts.events.membership import (
 from crm_contracts.registry import encode
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
-    migrate(c)
-    yield c
-    c.close()
 
 
 def member_event(cls: type[Event], payload: object, day: str) -> Event:
