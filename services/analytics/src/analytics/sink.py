@@ -59,6 +59,8 @@ LOOKUP_SLACK_BYTES = 64 * 2**20
 #: quiet partitions of orders are looked for this often, and merged after this long quiet
 COMPACT_EVERY_S = 300.0
 COMPACT_QUIET_S = 600.0
+#: A sink with records waiting and no flush for this long is reported stalled (readiness)
+STALL_S = 120.0
 
 
 @dataclass
@@ -74,9 +76,15 @@ class SinkStats:
     last_flush_at: float = 0.0
     #: topic/partition → records on the broker not yet committed by the sink
     lag: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
 
     def total_lag(self) -> int:
         return sum(self.lag.values())
+
+    def stalled(self, now: float, after_s: float = STALL_S) -> bool:
+        """Records are waiting and nothing was flushed for ``after_s`` seconds (since the
+        start, before the first flush): ClickHouse refusing inserts, a consumer stuck."""
+        return self.total_lag() > 0 and now - max(self.last_flush_at, self.started_at) > after_s
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 An embedded sink (chDB, inside the API's process) is measured at the API's ``/metrics``;
 a sink in its own process (``python -m analytics sink``) serves the same text on a port
 of its own, ``CRM_SINK_METRICS_PORT`` (8014) on ``CRM_HTTP_HOST`` (127.0.0.1 unless set;
-the image sets 0.0.0.0), with ``/healthz`` beside it. Both render with :func:`render`.
+the image sets 0.0.0.0), with ``/healthz`` (the process answers) and ``/readyz`` (the
+sink makes progress) beside it. Both render with :func:`render`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from analytics.sink import SinkStats
 
@@ -74,6 +76,20 @@ def create(stats: SinkStats) -> FastAPI:
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Progress: 503 when records wait and nothing was flushed for two minutes
+        (ClickHouse refusing inserts, a stuck consumer), so an orchestrator or an alert
+        sees a sink that is up but not sinking."""
+        now = time.time()
+        body = {
+            "status": "stalled" if stats.stalled(now) else "ok",
+            "consumer_lag": stats.total_lag(),
+            "seconds_since_flush": round(now - max(stats.last_flush_at, stats.started_at), 1),
+            "insert_failures": stats.insert_failures,
+        }
+        return JSONResponse(body, status_code=503 if body["status"] == "stalled" else 200)
 
     return app
 
