@@ -81,6 +81,7 @@ def replay() -> None:
     client.close()
     typer.echo(
         f"rebuilt from {result.records:,} records in {result.seconds:.1f}s: {result.rate:,.0f} events/s"
+        f" ({result.consuming_rate:,.0f} events/s while consuming, start-up aside)"
     )
 
 

@@ -74,6 +74,8 @@ class SinkStats:
     last_batch_rows: int = 0
     last_insert_seconds: float = 0.0
     last_flush_at: float = 0.0
+    #: when this run took its first record (wall clock; 0 before)
+    first_taken_at: float = 0.0
     #: topic/partition → records on the broker not yet committed by the sink
     lag: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
@@ -277,6 +279,8 @@ class Sink:
                 span_context = trace.get_current_span(extract_context(record.headers)).get_span_context()
                 if span_context.is_valid:
                     pending.links.append(trace.Link(span_context))
+        if not self.stats.first_taken_at:
+            self.stats.first_taken_at = time.time()
         self.stats.records_in += len(records)
 
     async def _flush(

@@ -367,6 +367,8 @@ def test_replay_rebuilds_the_tables_from_the_log_with_identical_kpis(
 
     result = asyncio.run(replay(client, bootstrap=kafka_bootstrap, group_id=group, topic_prefix=prefix))
     assert result.records == 61
+    assert 0 < result.consuming_seconds <= result.seconds  # the pace, start-up aside
+    assert result.consuming_rate >= result.rate > 0
     assert queries.kpi_overview(date(2026, 1, 1), date(2026, 4, 1)) == before
     assert queries.cohorts(date(2026, 1, 1), date(2026, 4, 1)) == cohorts
     # The sink's group goes on after the replay: nothing is consumed again.
