@@ -323,10 +323,7 @@ class Attribution:
             self.app.credit(member, order_key, at, channel, amount)
             return member
 
-        member = self._retrying(change)
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO credited VALUES (?, ?)", (order_key, member_hash))
-        self._file_due(member, at)
+        self._file_due(self._retrying(change), at, credited=order_key)
         return Credit(member_hash, order_key, amount, "credited")
 
     def _reverse(self, event: OrderReturned) -> Credit:
@@ -368,9 +365,16 @@ class Attribution:
 
     # -- time: expiry and rank decay -------------------------------------------------------
 
-    def _file_due(self, member: Member, evaluated_at: datetime) -> None:
+    def _file_due(self, member: Member, evaluated_at: datetime, credited: str | None = None) -> None:
+        """Keep when ``member`` next falls due; with ``credited``, also that this order
+        was credited to it — in one transaction (one commit per order, not two)."""
         due = member.next_due(evaluated_at, self.app.programme)
         with self._lock:
+            self._db.execute("BEGIN")
+            if credited is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO credited VALUES (?, ?)", (credited, member.member_no_hash)
+                )
             if due is None:
                 self._db.execute("DELETE FROM member_due WHERE member_hash = ?", (member.member_no_hash,))
             else:
@@ -378,6 +382,7 @@ class Attribution:
                     "INSERT OR REPLACE INTO member_due VALUES (?, ?)",
                     (member.member_no_hash, due.timestamp()),
                 )
+            self._db.execute("COMMIT")
 
     def due(self, now: datetime, limit: int = 1000) -> list[str]:
         """Members (blind indexes of their numbers) due for evaluation at ``now``."""
