@@ -27,6 +27,14 @@ RUN apt-get update \
 
 RUN pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
 
+# The ingestion API's native fast path (services/engagement/native) is Rust, built by
+# maturin when uv installs it; the toolchain stays in this stage.
+COPY --from=rust:1-slim-bookworm /usr/local/cargo /usr/local/cargo
+COPY --from=rust:1-slim-bookworm /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo \
+    RUSTUP_HOME=/usr/local/rustup \
+    PATH=/usr/local/cargo/bin:$PATH
+
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
@@ -43,6 +51,7 @@ COPY libs/crm_platform/pyproject.toml libs/crm_platform/pyproject.toml
 COPY libs/crm_cli/pyproject.toml libs/crm_cli/pyproject.toml
 COPY services/identity/pyproject.toml services/identity/pyproject.toml
 COPY services/engagement/pyproject.toml services/engagement/pyproject.toml
+COPY services/engagement/native/pyproject.toml services/engagement/native/pyproject.toml
 COPY services/support/pyproject.toml services/support/pyproject.toml
 COPY services/analytics/pyproject.toml services/analytics/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/uv \

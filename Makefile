@@ -2,6 +2,9 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 BENCH ?=
+# rustup's cargo, for uv to rebuild the native fast path (services/engagement/native)
+# when its sources change.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: run test bench lint fmt install kafka-start kafka-stop schemas clean
 
@@ -23,6 +26,7 @@ lint: install
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
 	$(UV) run --frozen lint-imports
+	cd services/engagement/native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 fmt: install
 	$(UV) run --frozen ruff format .

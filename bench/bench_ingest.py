@@ -32,7 +32,7 @@ from common import Metric, free_port, wait_until_ok
 from crm_platform.kafka import ensure_topics
 
 BOOTSTRAP = os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-BATCHES = int(os.environ.get("BENCH_INGEST_BATCHES", "120"))
+BATCHES = int(os.environ.get("BENCH_INGEST_BATCHES", "400"))
 BATCH = 500
 RATE = int(os.environ.get("BENCH_RATE", "500"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))

@@ -6,6 +6,9 @@
 #   - PostgreSQL (Debian package) for the production-mode tests   [--with-postgres]
 #   - Chromium (Debian package) for the dashboard tests             [--with-chromium]
 #   - the Kafka broker jars (Maven Central, cached under ~/.cache/crm)
+# The ingestion API's native fast path (services/engagement/native) is Rust: uv builds
+# it with maturin and the machine's cargo (rustup's, in ~/.cargo/bin on this kind of
+# machine; Debian's rustc is too old for its crates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +59,14 @@ fi
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   apt_install "${need[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo (Rust 1.82 or later) is needed to build services/engagement/native; install it with rustup and re-run" >&2
+  exit 1
 fi
 
 say "syncing the Python environment (uv.lock)"

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="${PYTHON:-python3} -m uv"
+# rustup's cargo builds the native fast path (services/engagement/native).
+if [ -d "$HOME/.cargo/bin" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 
 ./scripts/bootstrap.sh --with-postgres --with-chromium
 
@@ -28,6 +30,7 @@ echo "==> lint: ruff, mypy, import-linter, contract schemas"
 $UV run --frozen ruff check .
 $UV run --frozen ruff format --check .
 $UV run --frozen mypy
+(cd services/engagement/native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings)
 $UV run --frozen lint-imports
 $UV run --frozen python -m crm_contracts.schemas --check
 

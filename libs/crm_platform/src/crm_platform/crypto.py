@@ -44,8 +44,14 @@ class BlindIndexer:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("blind index key must be at least 32 bytes")
+        self._key = key
         # Keyed once; each index copies the keyed state (the key schedule is not redone).
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    @property
+    def key(self) -> bytes:
+        """The key, for a native implementation of the same index at a hot edge."""
+        return self._key
 
     def index(self, kind: IdentifierKind | str, normalised_value: str) -> str:
         mac = self._keyed.copy()

@@ -68,13 +68,47 @@ class PublishError(Exception):
 def event_headers(event: Event, extra: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
     """An event's Kafka headers; ``extra`` defaults to the current trace context (pass
     it in when sending many events under one span: it is the same for all)."""
+    return _headers(event.event_type, event.schema_version, str(event.event_id), extra)
+
+
+def _headers(
+    event_type: str, schema_version: int, event_id: str, extra: Iterable[tuple[str, bytes]] | None
+) -> list[tuple[str, bytes]]:
     return [
-        ("event_type", event.event_type.encode()),
-        ("schema_version", str(event.schema_version).encode()),
-        ("event_id", str(event.event_id).encode()),
+        ("event_type", event_type.encode()),
+        ("schema_version", str(schema_version).encode()),
+        ("event_id", event_id.encode()),
         ("content-type", b"application/json"),
         *(inject_headers() if extra is None else extra),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class WireEvent:
+    """A contract event already in its wire form: what a producer needs of it. An edge
+    that writes the bytes itself (the ingestion API's native path) hands these over;
+    :meth:`of` makes one from an :class:`Event`."""
+
+    topic: str  #: the contract's topic, without the deployment's prefix
+    event_type: str
+    schema_version: int
+    event_id: str
+    customer_key: str
+    value: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> WireEvent:
+        return cls(
+            event.TOPIC,
+            event.event_type,
+            event.schema_version,
+            str(event.event_id),
+            event.customer_key,
+            encode(event),
+        )
+
+    def headers(self, extra: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+        return _headers(self.event_type, self.schema_version, self.event_id, extra)
 
 
 class EventProducer:
@@ -141,13 +175,19 @@ class EventProducer:
         self, event: Event, *, headers: Iterable[tuple[str, bytes]] = ()
     ) -> asyncio.Future[Any]:
         """Append to the send buffer; the returned future resolves on the broker's ack."""
+        return await self.enqueue_wire(WireEvent.of(event), headers=headers)
+
+    async def enqueue_wire(
+        self, wire: WireEvent, *, headers: Iterable[tuple[str, bytes]] = ()
+    ) -> asyncio.Future[Any]:
+        """:meth:`enqueue` of an event already in its wire form."""
         if not self._started:
             await self.start()
         future: asyncio.Future[Any] = await self._producer.send(
-            self.topic_prefix + event.TOPIC,
-            value=encode(event),
-            key=event.customer_key.encode(),
-            headers=event_headers(event, [*inject_headers(), *headers]),
+            self.topic_prefix + wire.topic,
+            value=wire.value,
+            key=wire.customer_key.encode(),
+            headers=wire.headers([*inject_headers(), *headers]),
         )
         return future
 
@@ -155,45 +195,52 @@ class EventProducer:
         """Append many events as whole record batches, one per partition (far cheaper
         than one ``send`` per record); each event's future resolves on its batch's ack.
         Partitions are Kafka's default partitioner's, so ordering per key is kept."""
+        return await self.enqueue_many_wire([WireEvent.of(event) for event in events])
+
+    async def enqueue_many_wire(self, wires: Sequence[WireEvent]) -> list[asyncio.Future[Any]]:
+        """:meth:`enqueue_many` of events already in their wire form."""
         if not self._started:
             await self.start()
         producer = self._producer
-        groups: dict[tuple[str, int], list[Event]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         counts: dict[str, int] = {}
-        for event in events:
-            topic = self.topic_prefix + event.TOPIC
+        for n, wire in enumerate(wires):
+            topic = self.topic_prefix + wire.topic
             if topic not in counts:
                 await producer.client._wait_on_metadata(topic)
                 counts[topic] = len(producer.client.cluster.partitions_for_topic(topic) or ()) or 1
-            partition = kafka_partition(event.customer_key.encode(), counts[topic])
-            groups.setdefault((topic, partition), []).append(event)
-        futures: dict[int, asyncio.Future[Any]] = {}
+            partition = kafka_partition(wire.customer_key.encode(), counts[topic])
+            groups.setdefault((topic, partition), []).append(n)
+        futures: list[asyncio.Future[Any] | None] = [None] * len(wires)
         trace_headers = inject_headers()  # one span sends them all
 
-        async def send(batch: Any, members: list[Event], topic: str, partition: int) -> None:
+        async def send(batch: Any, members: list[int], topic: str, partition: int) -> None:
             future = await producer.send_batch(batch, topic, partition=partition)
             for member in members:
-                futures[id(member)] = future
+                futures[member] = future
 
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
-            members: list[Event] = []
-            for event in group:
+            members: list[int] = []
+            for n in group:
+                wire = wires[n]
                 record = {
-                    "key": event.customer_key.encode(),
-                    "value": encode(event),
+                    "key": wire.customer_key.encode(),
+                    "value": wire.value,
                     "timestamp": None,
-                    "headers": event_headers(event, trace_headers),
+                    "headers": wire.headers(trace_headers),
                 }
                 if batch.append(**record) is None:  # full: send it, start the next one
                     await send(batch, members, topic, partition)
                     batch, members = producer.create_batch(), []
                     if batch.append(**record) is None:
-                        raise PublishError(f"event {event.event_id} does not fit in a record batch")
-                members.append(event)
+                        raise PublishError(f"event {wire.event_id} does not fit in a record batch")
+                members.append(n)
             if members:
                 await send(batch, members, topic, partition)
-        return [futures[id(event)] for event in events]
+        sent = [f for f in futures if f is not None]
+        assert len(sent) == len(wires)  # every event is in exactly one batch
+        return sent
 
     async def publish_many(self, events: Sequence[Event], *, timeout: float | None = None) -> None:
         """Publish and wait for every ack (raises :class:`PublishError` otherwise)."""

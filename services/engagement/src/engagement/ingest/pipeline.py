@@ -12,12 +12,15 @@ and the event ids make the retry harmless.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import orjson
+from engagement_native import FastPath
 from pydantic import ValidationError
 
 from crm_contracts.envelope import Event, Identifier, deterministic_event_id
@@ -29,7 +32,7 @@ from crm_contracts.events.commerce import (
 )
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import BlindIdentifiers, InvalidIdentifier
-from crm_platform.kafka import EventProducer
+from crm_platform.kafka import EventProducer, WireEvent
 from engagement.adapters.ledger import LedgerOrder, LedgerReturn, OrderLedger, order_group
 from engagement.ingest.schemas import (
     MAX_EVENT_BYTES,
@@ -55,6 +58,12 @@ INLINE_LEDGER_ROWS = 16
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
 
 Parsed = StoreOrderIn | OnlineOrderIn | ReturnIn | InteractionIn
+#: What the native path's ``kind`` stands for: (topic, event_type, order group).
+_NATIVE_KINDS = {
+    0: (StoreOrderCompleted.TOPIC, "order.store_completed", "store"),
+    1: (OnlineOrderCompleted.TOPIC, "order.online_completed", "online"),
+    2: (InteractionRecorded.TOPIC, "interaction.recorded", None),
+}
 
 
 class Rejected(Exception):
@@ -72,24 +81,37 @@ class Source:
     stores: frozenset[str] = frozenset()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     index: int
-    parsed: Parsed | None = None
+    #: The contract event, on the Python path (the native path writes the wire form).
     event: Event | None = None
+    #: What goes to Kafka: the native path's from the start, the Python path's once the
+    #: ledger check is done (a return takes its order's customer key there).
+    wire: WireEvent | None = None
+    event_id: str | None = None
+    #: An order's ledger key (group, order_id) and lines: line_no -> (sku, quantity, amount).
+    order_key: tuple[str, str] | None = None
+    order_lines: dict[int, tuple[str, int, int]] | None = None
     status: Literal["accepted", "duplicate", "rejected", "unavailable"] = "rejected"
     errors: list[dict[str, str]] = field(default_factory=list)
     http_status: int = 422
     ledger_order: LedgerOrder | None = None
     ledger_return: LedgerReturn | None = None
 
+    @property
+    def customer_key(self) -> str:
+        if self.wire is not None:
+            return self.wire.customer_key
+        assert self.event is not None
+        return self.event.customer_key
+
     def reject(self, reason: Rejected) -> None:
         self.status, self.http_status = "rejected", reason.status
         self.errors = [{"field": reason.field, "reason": reason.reason}]
 
     def result(self) -> EventResult:
-        event_id = self.event.event_id if self.event is not None else None
-        return EventResult(index=self.index, status=self.status, event_id=event_id, errors=self.errors)
+        return EventResult(index=self.index, status=self.status, event_id=self.event_id, errors=self.errors)
 
     def as_json(self) -> dict[str, Any]:
         """:meth:`result` as its JSON object, without building the model (a batch
@@ -97,7 +119,7 @@ class _Item:
         return {
             "index": self.index,
             "status": self.status,
-            "event_id": str(self.event.event_id) if self.event is not None else None,
+            "event_id": self.event_id,
             "errors": self.errors,
         }
 
@@ -110,9 +132,14 @@ class Ingestor:
         ledger: OrderLedger,
         *,
         ack_timeout: float = 5.0,
+        native: bool = True,
     ) -> None:
         self.indexer = indexer
         self._blind = BlindIdentifiers(indexer)
+        #: The native fast path (``engagement_native``): valid events of the common
+        #: shapes are checked and written in Rust; everything else, and every error,
+        #: goes the Python way below.
+        self._native = FastPath(indexer.key, PRODUCER, MAX_EVENT_BYTES) if native else None
         self.producer = producer
         self.ledger = ledger
         self.ack_timeout = ack_timeout
@@ -123,7 +150,8 @@ class Ingestor:
     def prepare(self, raw_items: Sequence[Any], source: Source, first_index: int = 0) -> list[_Item]:
         """Each event validated and built (identifiers blind-indexed): CPU only, nothing
         read or written, so it may run while an earlier request's events are in flight."""
-        return [self._build(first_index + i, raw, source) for i, raw in enumerate(raw_items)]
+        recorded_at = time.time_ns() // 1000  # the native path's recorded_at, in µs
+        return [self._build(first_index + i, raw, source, recorded_at) for i, raw in enumerate(raw_items)]
 
     async def commit(self, items: list[_Item]) -> list[_Item]:
         """Prepared events checked against the ledger, published, acknowledged and
@@ -144,18 +172,34 @@ class Ingestor:
 
     # -- one event ----------------------------------------------------------------------
 
-    def _build(self, index: int, raw: Any, source: Source) -> _Item:
+    def _build(self, index: int, raw: Any, source: Source, recorded_at: int) -> _Item:
         item = _Item(index)
         try:
-            if len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
+            # The native path measures the event too, and leaves anything too large here.
+            fast = self._native.prepare(raw, source.name, recorded_at) if self._native is not None else None
+            if fast is not None and (fast[5] is None or not source.stores or fast[5] in source.stores):
+                kind, event_id, customer_key, value, order_id, _store, lines = fast
+                topic, event_type, group = _NATIVE_KINDS[kind]
+                item.wire = WireEvent(topic, event_type, 1, event_id, customer_key, value)
+                item.event_id = event_id
+                if group is not None and order_id is not None:
+                    item.order_key, item.order_lines = (group, order_id), lines
+                item.status, item.http_status = "accepted", 202
+                return item
+            if _size(raw) > MAX_EVENT_BYTES:
                 raise Rejected("", f"event larger than {MAX_EVENT_BYTES} bytes", 413)
             try:
                 parsed = incoming.validate_python(raw)
             except ValidationError as exc:
                 item.errors = [{"field": _field(err), "reason": err["msg"]} for err in exc.errors()]
                 return item
-            item.parsed = parsed
-            item.event = self._event(parsed, source)
+            event = item.event = self._event(parsed, source)
+            item.event_id = str(event.event_id)
+            if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
+                item.order_key = (order_group(_channel(event)), event.payload.order_id)
+                item.order_lines = {
+                    line.line_no: (line.sku, line.quantity, line.amount) for line in event.payload.lines
+                }
             item.status, item.http_status = "accepted", 202
         except Rejected as reason:
             item.reject(reason)
@@ -242,8 +286,8 @@ class Ingestor:
         return_keys: list[tuple[str, str]] = []
         for item in items:
             event = item.event
-            if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
-                order_keys.append((order_group(_channel(event)), event.payload.order_id))
+            if item.order_key is not None:
+                order_keys.append(item.order_key)
             elif isinstance(event, OrderReturned):
                 group = order_group(event.payload.channel)
                 order_keys.append((group, event.payload.original_order_id))
@@ -267,10 +311,10 @@ class Ingestor:
         returns: dict[tuple[str, str], str],
     ) -> None:
         event = item.event
-        assert event is not None
-        event_id = str(event.event_id)
-        if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
-            key = (order_group(_channel(event)), event.payload.order_id)
+        event_id = item.event_id
+        assert event_id is not None
+        if item.order_key is not None:
+            key = item.order_key
             known = orders.get(key)
             if known is not None:
                 if known.event_id != event_id:
@@ -279,13 +323,8 @@ class Ingestor:
                     )
                 item.status = "duplicate"
                 return
-            order = LedgerOrder(
-                key[0],
-                key[1],
-                event_id,
-                event.customer_key,
-                {line.line_no: (line.sku, line.quantity, line.amount) for line in event.payload.lines},
-            )
+            assert item.order_lines is not None
+            order = LedgerOrder(key[0], key[1], event_id, item.customer_key, item.order_lines)
             orders[key] = order  # a return later in the same request may refer to it
             item.ledger_order = order
         elif isinstance(event, OrderReturned):
@@ -331,13 +370,18 @@ class Ingestor:
         if not items:
             return
         futures: list[asyncio.Future[Any] | None] = [None] * len(items)
+        wires = []
+        for item in items:
+            if item.wire is None:
+                assert item.event is not None
+                item.wire = WireEvent.of(item.event)
+            wires.append(item.wire)
         try:
             async with asyncio.timeout(self.ack_timeout):
-                events = [item.event for item in items if item.event is not None]
-                if len(events) >= BATCH_THRESHOLD:
-                    futures = list(await self.producer.enqueue_many(events))
+                if len(wires) >= BATCH_THRESHOLD:
+                    futures = list(await self.producer.enqueue_many_wire(wires))
                 else:  # a few events join the producer's shared batches (many requests, one batch)
-                    futures = [await self.producer.enqueue(event) for event in events]
+                    futures = [await self.producer.enqueue_wire(wire) for wire in wires]
                 await asyncio.gather(*{f for f in futures if f is not None})
         except Exception as exc:  # broker unreachable, timeout, or refused
             log.warning("broker did not acknowledge %d events: %r", len(items), exc)
@@ -383,6 +427,15 @@ def _field(error: Any) -> str:
     if not loc and str(error["type"]).startswith("union_tag"):
         return "type"
     return ".".join(str(p) for p in loc)
+
+
+def _size(raw: Any) -> int:
+    """An event's size as JSON. orjson refuses integers past 64 bits (a CSV cell of 25
+    digits): those are measured by the standard library, and pydantic names the field."""
+    try:
+        return len(orjson.dumps(raw))
+    except TypeError:
+        return len(json.dumps(raw, ensure_ascii=False, default=str).encode())
 
 
 def _check_store(source: Source, store_id: str) -> None:
