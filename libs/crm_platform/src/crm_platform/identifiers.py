@@ -138,10 +138,18 @@ class BlindIdentifiers:
         return self._indexer.index(kind, normalise(kind, raw))
 
     def __call__(self, kind: IdentifierKind | str, raw: str) -> Identifier:
-        try:
-            kind = IdentifierKind(kind)
-        except ValueError:
-            raise InvalidIdentifier(
-                str(kind), f"unknown identifier kind; one of {[k.value for k in IdentifierKind]}"
-            ) from None
+        kind = _kind(kind)
         return Identifier(kind=kind, hash=self._memo(kind.value, raw))  # a key of two strings
+
+    def hash(self, kind: IdentifierKind | str, raw: str) -> str:
+        """Only the blind index (what a native edge writes itself)."""
+        return self._memo(_kind(kind).value, raw)
+
+
+def _kind(kind: IdentifierKind | str) -> IdentifierKind:
+    try:
+        return IdentifierKind(kind)
+    except ValueError:
+        raise InvalidIdentifier(
+            str(kind), f"unknown identifier kind; one of {[k.value for k in IdentifierKind]}"
+        ) from None

@@ -3,13 +3,14 @@
 //! and its contract event written as the bytes that go to Kafka, in one pass.
 //!
 //! It answers only for the shapes it fully understands — a store order, an online order
-//! or an interaction, with plain JSON values, an RFC 3339 instant and ASCII identifiers
-//! other than a phone number — and returns `None` for anything else: an error, a phone,
-//! a width-folded e-mail, a number sent as a string. The caller then takes the Python
-//! path (pydantic and `crm_platform.identifiers`), which decides and explains. So this
-//! code never rejects anything; whatever it accepts must be exactly what the Python path
-//! accepts, byte for byte, which `tests/unit/test_native_fastpath.py` checks on a
-//! few thousand generated and mutated events.
+//! or an interaction, with plain JSON values and an RFC 3339 instant — and returns `None`
+//! for anything else: an error, a return, a number sent as a string, another form of
+//! timestamp. The caller then takes the Python path (pydantic), which decides and
+//! explains. So this code never rejects anything; whatever it accepts must be exactly
+//! what the Python path accepts, byte for byte, which `tests/unit/test_native_fastpath.py`
+//! checks on a few thousand generated and mutated events. Plain-ASCII identifiers are
+//! normalised here; a phone number or a full-width value is handed to the same Python
+//! normalisation the slow path uses (`crm_platform.identifiers`).
 
 use hmac::{Hmac, Mac};
 use pyo3::intern;
@@ -332,7 +333,7 @@ fn domain_ok(domain: &str) -> bool {
 }
 
 /// `crm_platform.identifiers.normalise` for a plain-ASCII value; `Err` for a phone
-/// number, anything else, and every invalid value (Python explains those).
+/// number, anything else, and every invalid value (Python normalises or refuses those).
 fn normalise(kind: &str, raw: &str) -> Result<String, ()> {
     if !plain_ascii(raw) {
         return Err(());
@@ -660,6 +661,10 @@ struct FastPath {
     mac: HmacSha256,
     producer: String,
     max_event_bytes: usize,
+    /// `(kind, raw) -> blind index` in Python, for the identifiers `normalise` leaves
+    /// alone (phone numbers, full-width or otherwise non-ASCII values); it raises for an
+    /// invalid one.
+    blind_in_python: Py<PyAny>,
 }
 
 impl FastPath {
@@ -724,7 +729,15 @@ impl FastPath {
                 if chars(&raw_value) > KIND_MAX[i] {
                     return Err(());
                 }
-                idents.push((i, self.blind(KINDS[i], &normalise(KINDS[i], &raw_value)?)));
+                let hash = match normalise(KINDS[i], &raw_value) {
+                    Ok(value) => self.blind(KINDS[i], &value),
+                    Err(()) => self
+                        .blind_in_python
+                        .call1(raw.py(), (KINDS[i], raw_value))
+                        .and_then(|h| h.extract::<String>(raw.py()))
+                        .map_err(|_| ())?, // invalid: the Python path says why
+                };
+                idents.push((i, hash));
             }
             idents.sort_by_key(|(i, _)| *i);
         }
@@ -907,7 +920,7 @@ impl FastPath {
 #[pymethods]
 impl FastPath {
     #[new]
-    fn new(key: &[u8], producer: &str, max_event_bytes: usize) -> PyResult<Self> {
+    fn new(key: &[u8], producer: &str, max_event_bytes: usize, blind_in_python: Py<PyAny>) -> PyResult<Self> {
         if key.len() < 32 {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "blind index key must be at least 32 bytes",
@@ -919,6 +932,7 @@ impl FastPath {
             mac,
             producer: producer.to_owned(),
             max_event_bytes,
+            blind_in_python,
         })
     }
 

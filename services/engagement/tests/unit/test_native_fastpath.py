@@ -347,3 +347,25 @@ def test_the_size_bound_is_the_same_on_both_paths_to_the_byte() -> None:
     fast, slow = _both(raw, Source("web"))
     assert fast.status == slow.status == "rejected"
     assert fast.http_status == slow.http_status == 413
+
+
+def test_identifiers_the_native_code_does_not_normalise_are_normalised_by_python_for_it() -> None:
+    """A phone number (phonenumbers) or a full-width e-mail (NFKC) keeps the event on the
+    native path: the same Python normalisation gives it its blind index."""
+    raw = {
+        "type": "online_order",
+        "occurred_at": "2026-11-01T10:00:00+09:00",
+        "identifiers": {"phone": "090-1234-5678", "email": "ＴＡＲＯ＠ＥＸＡＭＰＬＥ．ＪＰ"},
+        "payload": {
+            "order_id": "W1",
+            "total": 100,
+            "lines": [{"line_no": 1, "sku": "A", "category": "c", "quantity": 1, "unit_price": 100}],
+        },
+    }
+    fast, slow = _both(raw, Source("web"))
+    _same(fast, slow, raw)
+    assert fast.event is None and fast.wire is not None
+    raw["identifiers"]["phone"] = "12"  # not a phone number: the Python path refuses it
+    fast, slow = _both(raw, Source("web"))
+    assert fast.status == slow.status == "rejected"
+    assert fast.errors == [{"field": "identifiers.phone", "reason": slow.errors[0]["reason"]}]

@@ -139,7 +139,7 @@ class Ingestor:
         #: The native fast path (``engagement_native``): valid events of the common
         #: shapes are checked and written in Rust; everything else, and every error,
         #: goes the Python way below.
-        self._native = FastPath(indexer.key, PRODUCER, MAX_EVENT_BYTES) if native else None
+        self._native = FastPath(indexer.key, PRODUCER, MAX_EVENT_BYTES, self._blind.hash) if native else None
         self.producer = producer
         self.ledger = ledger
         self.ack_timeout = ack_timeout
