@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -304,9 +304,9 @@ def _print_report(
         f"{quality['precision']:.3f} / {quality['recall']:.3f} / {quality['f1']:.3f}",
     )
     console.print(who)
-    kpis = Table(
-        title=f"KPIs of the last 12 months, {overview['period']['start']} – {overview['period']['end']}"
-    )
+    # The API's periods end before their `end` day: the report names the last day in.
+    last_day = date.fromisoformat(overview["period"]["end"]) - timedelta(days=1)
+    kpis = Table(title=f"KPIs of the last 12 months, {overview['period']['start']} – {last_day}")
     kpis.add_column("KPI")
     kpis.add_column("value", justify="right")
     for key, label, fmt in _KPI_ROWS:
@@ -317,7 +317,7 @@ def _print_report(
         "all-time revenue generated / counted", f"¥{expected['revenue']:,} / ¥{counted['revenue']:,}"
     )
     console.print(kpis)
-    segs = Table(title=f"Segments as of {segments['as_of']}")
+    segs = Table(title=f"Segments, end of {date.fromisoformat(segments['as_of']) - timedelta(days=1)}")
     segs.add_column("segment")
     segs.add_column("customers", justify="right")
     names = {"new": "新規 new", "repeat": "リピート repeat", "loyal": "優良 loyal", "dormant": "休眠 dormant"}
