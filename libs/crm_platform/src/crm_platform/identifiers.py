@@ -29,8 +29,8 @@ class InvalidIdentifier(ValueError):
 _EMAIL = re.compile(
     r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
-# Providers where "+tag" is a sub-address of the same mailbox; Gmail also ignores dots.
-_PLUS_ADDRESSING = frozenset(
+#: Providers where "+tag" is a sub-address of the same mailbox; Gmail also ignores dots.
+PLUS_ADDRESSING = frozenset(
     {
         "gmail.com",
         "googlemail.com",
@@ -65,7 +65,7 @@ def normalise_email(raw: str) -> str:
     local, domain = value.rsplit("@", 1)
     if domain == "googlemail.com":
         domain = "gmail.com"
-    if domain in _PLUS_ADDRESSING:
+    if domain in PLUS_ADDRESSING:
         local = local.split("+", 1)[0]
     if domain in _DOT_INSENSITIVE:
         local = local.replace(".", "")

@@ -71,13 +71,7 @@ fn opt_str<'py>(
     match get(d, key)? {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(v) => {
-            let s = as_str(&v)?;
-            if chars(&s) > max {
-                return Err(());
-            }
-            Ok(Some(s))
-        }
+        Some(_) => Ok(Some(req_str(d, key, 0, max)?)),
     }
 }
 
@@ -298,20 +292,6 @@ const KINDS: [&str; 7] = [
     "device",
 ];
 const KIND_MAX: [usize; 7] = [128, 128, 128, 128, 320, 64, 128];
-const PLUS_ADDRESSING: [&str; 12] = [
-    "gmail.com",
-    "googlemail.com",
-    "outlook.com",
-    "outlook.jp",
-    "hotmail.com",
-    "hotmail.co.jp",
-    "live.jp",
-    "icloud.com",
-    "me.com",
-    "fastmail.com",
-    "proton.me",
-    "protonmail.com",
-];
 
 /// Printable ASCII without spaces: NFKC and `strip()` leave it as it is.
 fn plain_ascii(s: &str) -> bool {
@@ -334,7 +314,7 @@ fn domain_ok(domain: &str) -> bool {
 
 /// `crm_platform.identifiers.normalise` for a plain-ASCII value; `Err` for a phone
 /// number, anything else, and every invalid value (Python normalises or refuses those).
-fn normalise(kind: &str, raw: &str) -> Result<String, ()> {
+fn normalise(kind: &str, raw: &str, plus_addressing: &[String]) -> Result<String, ()> {
     if !plain_ascii(raw) {
         return Err(());
     }
@@ -351,7 +331,7 @@ fn normalise(kind: &str, raw: &str) -> Result<String, ()> {
                 domain
             };
             let mut local = local.to_owned();
-            if PLUS_ADDRESSING.contains(&domain) {
+            if plus_addressing.iter().any(|d| d == domain) {
                 local = local.split('+').next().unwrap_or("").to_owned();
             }
             if domain == "gmail.com" {
@@ -665,6 +645,8 @@ struct FastPath {
     /// alone (phone numbers, full-width or otherwise non-ASCII values); it raises for an
     /// invalid one.
     blind_in_python: Py<PyAny>,
+    /// Domains where `local+tag` is `local` (`crm_platform.identifiers.PLUS_ADDRESSING`).
+    plus_addressing: Vec<String>,
 }
 
 impl FastPath {
@@ -729,7 +711,7 @@ impl FastPath {
                 if chars(&raw_value) > KIND_MAX[i] {
                     return Err(());
                 }
-                let hash = match normalise(KINDS[i], &raw_value) {
+                let hash = match normalise(KINDS[i], &raw_value, &self.plus_addressing) {
                     Ok(value) => self.blind(KINDS[i], &value),
                     Err(()) => self
                         .blind_in_python
@@ -920,7 +902,13 @@ impl FastPath {
 #[pymethods]
 impl FastPath {
     #[new]
-    fn new(key: &[u8], producer: &str, max_event_bytes: usize, blind_in_python: Py<PyAny>) -> PyResult<Self> {
+    fn new(
+        key: &[u8],
+        producer: &str,
+        max_event_bytes: usize,
+        blind_in_python: Py<PyAny>,
+        plus_addressing: Vec<String>,
+    ) -> PyResult<Self> {
         if key.len() < 32 {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "blind index key must be at least 32 bytes",
@@ -933,6 +921,7 @@ impl FastPath {
             producer: producer.to_owned(),
             max_event_bytes,
             blind_in_python,
+            plus_addressing,
         })
     }
 

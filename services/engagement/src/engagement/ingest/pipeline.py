@@ -31,7 +31,7 @@ from crm_contracts.events.commerce import (
     StoreOrderCompleted,
 )
 from crm_platform.crypto import BlindIndexer
-from crm_platform.identifiers import BlindIdentifiers, InvalidIdentifier
+from crm_platform.identifiers import PLUS_ADDRESSING, BlindIdentifiers, InvalidIdentifier
 from crm_platform.kafka import EventProducer, WireEvent
 from engagement.adapters.ledger import LedgerOrder, LedgerReturn, OrderLedger, order_group
 from engagement.ingest.schemas import (
@@ -139,7 +139,11 @@ class Ingestor:
         #: The native fast path (``engagement_native``): valid events of the common
         #: shapes are checked and written in Rust; everything else, and every error,
         #: goes the Python way below.
-        self._native = FastPath(indexer.key, PRODUCER, MAX_EVENT_BYTES, self._blind.hash) if native else None
+        self._native = (
+            FastPath(indexer.key, PRODUCER, MAX_EVENT_BYTES, self._blind.hash, sorted(PLUS_ADDRESSING))
+            if native
+            else None
+        )
         self.producer = producer
         self.ledger = ledger
         self.ack_timeout = ack_timeout
