@@ -394,6 +394,27 @@ fn w_opt_int(out: &mut Vec<u8>, n: Option<i64>) {
     }
 }
 
+/// `"name":value` after the text `key` (which carries the comma and the quotes).
+fn kv_str(out: &mut Vec<u8>, key: &str, value: &str) {
+    w(out, key);
+    w_str(out, value);
+}
+
+fn kv_opt_str(out: &mut Vec<u8>, key: &str, value: &Option<String>) {
+    w(out, key);
+    w_opt_str(out, value);
+}
+
+fn kv_int(out: &mut Vec<u8>, key: &str, value: i64) {
+    w(out, key);
+    w_int(out, value);
+}
+
+fn kv_opt_int(out: &mut Vec<u8>, key: &str, value: Option<i64>) {
+    w(out, key);
+    w_opt_int(out, value);
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -560,10 +581,8 @@ fn order_base(p: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> Result<(String, Vec<L
     )?;
     let points_used = int_or(p, intern!(p.py(), "points_used"), 0, 0, i64::MAX)?;
 
-    w(out, "{\"order_id\":");
-    w_str(out, &order_id);
-    w(out, ",\"currency\":");
-    w_str(out, &currency);
+    kv_str(out, "{\"order_id\":", &order_id);
+    kv_str(out, ",\"currency\":", &currency);
     w(out, ",\"lines\":[");
     let mut lines = Vec::with_capacity(lines_l.len());
     let mut sum: i128 = 0;
@@ -583,20 +602,13 @@ fn order_base(p: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> Result<(String, Vec<L
         if n > 0 {
             w(out, ",");
         }
-        w(out, "{\"line_no\":");
-        w_int(out, line_no);
-        w(out, ",\"sku\":");
-        w_str(out, &sku);
-        w(out, ",\"category\":");
-        w_str(out, &category);
-        w(out, ",\"quantity\":");
-        w_int(out, quantity);
-        w(out, ",\"unit_price\":");
-        w_int(out, unit_price);
-        w(out, ",\"discount\":");
-        w_int(out, discount);
-        w(out, ",\"tax\":");
-        w_int(out, line_tax);
+        kv_int(out, "{\"line_no\":", line_no);
+        kv_str(out, ",\"sku\":", &sku);
+        kv_str(out, ",\"category\":", &category);
+        kv_int(out, ",\"quantity\":", quantity);
+        kv_int(out, ",\"unit_price\":", unit_price);
+        kv_int(out, ",\"discount\":", discount);
+        kv_int(out, ",\"tax\":", line_tax);
         w(out, "}");
         let amount = gross - discount;
         sum += i128::from(amount);
@@ -610,18 +622,12 @@ fn order_base(p: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> Result<(String, Vec<L
     if sum + i128::from(shipping) - i128::from(order_discount) != i128::from(total) {
         return Err(());
     }
-    w(out, "],\"order_discount\":");
-    w_int(out, order_discount);
-    w(out, ",\"shipping\":");
-    w_int(out, shipping);
-    w(out, ",\"total\":");
-    w_int(out, total);
-    w(out, ",\"tax\":");
-    w_int(out, tax);
-    w(out, ",\"payment_method\":");
-    w_str(out, &payment);
-    w(out, ",\"points_used\":");
-    w_int(out, points_used);
+    kv_int(out, "],\"order_discount\":", order_discount);
+    kv_int(out, ",\"shipping\":", shipping);
+    kv_int(out, ",\"total\":", total);
+    kv_int(out, ",\"tax\":", tax);
+    kv_str(out, ",\"payment_method\":", &payment);
+    kv_int(out, ",\"points_used\":", points_used);
     Ok((order_id, lines))
 }
 
@@ -738,14 +744,10 @@ impl FastPath {
                     let register = opt_str(&payload, intern!(payload.py(), "register_id"), 64)?;
                     let receipt = opt_str(&payload, intern!(payload.py(), "receipt_no"), 64)?;
                     let staff = opt_str(&payload, intern!(payload.py(), "staff_id"), 64)?;
-                    w(&mut body, ",\"store_id\":");
-                    w_str(&mut body, &sid);
-                    w(&mut body, ",\"register_id\":");
-                    w_opt_str(&mut body, &register);
-                    w(&mut body, ",\"receipt_no\":");
-                    w_opt_str(&mut body, &receipt);
-                    w(&mut body, ",\"staff_id\":");
-                    w_opt_str(&mut body, &staff);
+                    kv_str(&mut body, ",\"store_id\":", &sid);
+                    kv_opt_str(&mut body, ",\"register_id\":", &register);
+                    kv_opt_str(&mut body, ",\"receipt_no\":", &receipt);
+                    kv_opt_str(&mut body, ",\"staff_id\":", &staff);
                     store_id = Some(sid);
                     event_type = "order.store_completed";
                 } else {
@@ -758,14 +760,10 @@ impl FastPath {
                     let shop = str_or(&payload, intern!(payload.py(), "shop_id"), "web", 1, 64)?;
                     let prefecture = opt_str(&payload, intern!(payload.py(), "shipping_prefecture"), 8)?;
                     let coupon = opt_str(&payload, intern!(payload.py(), "coupon_code"), 64)?;
-                    w(&mut body, ",\"channel\":");
-                    w_str(&mut body, &channel);
-                    w(&mut body, ",\"shop_id\":");
-                    w_str(&mut body, &shop);
-                    w(&mut body, ",\"shipping_prefecture\":");
-                    w_opt_str(&mut body, &prefecture);
-                    w(&mut body, ",\"coupon_code\":");
-                    w_opt_str(&mut body, &coupon);
+                    kv_str(&mut body, ",\"channel\":", &channel);
+                    kv_str(&mut body, ",\"shop_id\":", &shop);
+                    kv_opt_str(&mut body, ",\"shipping_prefecture\":", &prefecture);
+                    kv_opt_str(&mut body, ",\"coupon_code\":", &coupon);
                     event_type = "order.online_completed";
                 }
                 w(&mut body, "}");
@@ -808,26 +806,16 @@ impl FastPath {
                 if ikind == "searched" && empty(&query) {
                     return Err(());
                 }
-                w(&mut body, "{\"kind\":");
-                w_str(&mut body, &ikind);
-                w(&mut body, ",\"channel\":");
-                w_str(&mut body, &channel);
-                w(&mut body, ",\"session_id\":");
-                w_opt_str(&mut body, &session);
-                w(&mut body, ",\"sku\":");
-                w_opt_str(&mut body, &sku);
-                w(&mut body, ",\"category\":");
-                w_opt_str(&mut body, &category);
-                w(&mut body, ",\"quantity\":");
-                w_opt_int(&mut body, quantity);
-                w(&mut body, ",\"unit_price\":");
-                w_opt_int(&mut body, unit_price);
-                w(&mut body, ",\"query\":");
-                w_opt_str(&mut body, &query);
-                w(&mut body, ",\"page\":");
-                w_opt_str(&mut body, &page);
-                w(&mut body, ",\"app_version\":");
-                w_opt_str(&mut body, &app_version);
+                kv_str(&mut body, "{\"kind\":", &ikind);
+                kv_str(&mut body, ",\"channel\":", &channel);
+                kv_opt_str(&mut body, ",\"session_id\":", &session);
+                kv_opt_str(&mut body, ",\"sku\":", &sku);
+                kv_opt_str(&mut body, ",\"category\":", &category);
+                kv_opt_int(&mut body, ",\"quantity\":", quantity);
+                kv_opt_int(&mut body, ",\"unit_price\":", unit_price);
+                kv_opt_str(&mut body, ",\"query\":", &query);
+                kv_opt_str(&mut body, ",\"page\":", &page);
+                kv_opt_str(&mut body, ",\"app_version\":", &app_version);
                 w(&mut body, "}");
                 event_type = "interaction.recorded";
                 event_id = match given_id {
@@ -861,18 +849,14 @@ impl FastPath {
         }
 
         let mut wire = Vec::with_capacity(body.len() + 400);
-        w(&mut wire, "{\"event_id\":");
-        w_str(&mut wire, &event_id);
-        w(&mut wire, ",\"event_type\":");
-        w_str(&mut wire, event_type);
+        kv_str(&mut wire, "{\"event_id\":", &event_id);
+        kv_str(&mut wire, ",\"event_type\":", event_type);
         w(&mut wire, ",\"schema_version\":1,\"occurred_at\":");
         write_instant(&mut wire, at);
         w(&mut wire, ",\"recorded_at\":");
         write_instant(&mut wire, recorded_at);
-        w(&mut wire, ",\"producer\":");
-        w_str(&mut wire, &self.producer);
-        w(&mut wire, ",\"customer_key\":");
-        w_str(&mut wire, &customer_key);
+        kv_str(&mut wire, ",\"producer\":", &self.producer);
+        kv_str(&mut wire, ",\"customer_key\":", &customer_key);
         w(&mut wire, ",\"identifiers\":[");
         for (i, (k, h)) in idents.iter().enumerate() {
             if i > 0 {
