@@ -920,7 +920,12 @@ impl FastPath {
         source: &str,
         recorded_at_micros: i64,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let Ok(p) = self.run(raw, source, recorded_at_micros) else {
+        // A bug here must cost the fast path, not the request: a panic takes the Python
+        // path like anything else this code does not handle.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(raw, source, recorded_at_micros)
+        }));
+        let Ok(Ok(p)) = run else {
             return Ok(None);
         };
         let lines = if p.kind == 2 {
