@@ -47,7 +47,10 @@ def utcnow() -> datetime:
 def _require_tz(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must include a timezone offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-01:00 is in year 10000 in UTC
+        raise ValueError("timestamp out of range once in UTC") from None
 
 
 #: A timezone-aware instant, normalised to UTC.

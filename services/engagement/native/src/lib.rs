@@ -205,7 +205,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` as microseconds since the epoch (UTC), for
-/// instants from 1970 to 9998; any other form is left to pydantic.
+/// instants from 1970 to 2255; any other form or instant is left to pydantic.
 fn parse_instant(s: &str) -> Result<i64, ()> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
@@ -252,10 +252,13 @@ fn parse_instant(s: &str) -> Result<i64, ()> {
     };
     let local = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
     let utc = local - offset_s;
-    if utc < 0 {
+    let micros = utc * 1_000_000 + micros;
+    // From 2255 on, microseconds since the epoch no longer fit a double exactly, and the
+    // millisecond of the event id would depend on the rounding (Python divides exactly).
+    if utc < 0 || micros >= 1 << 53 {
         return Err(());
     }
-    Ok(utc * 1_000_000 + micros)
+    Ok(micros)
 }
 
 /// How pydantic writes a UTC instant: `2026-11-01T00:00:00Z`, or with `.ffffff`.
@@ -487,7 +490,11 @@ fn truncate_chars(s: &str, n: usize) -> &str {
 /// The length of `v` as compact JSON (orjson's and serde_json's escaping are the same),
 /// or `None` for a value that is not plain JSON of dicts, lists, strings, ints, bools and
 /// nulls (a float, say: Python measures it).
-fn json_len(v: &Bound<'_, PyAny>) -> Option<usize> {
+fn json_len(v: &Bound<'_, PyAny>, depth: usize) -> Option<usize> {
+    // orjson stops at 255 levels; no event of ours is a tenth as deep.
+    if depth > 32 {
+        return None;
+    }
     if let Ok(s) = v.downcast_exact::<PyString>() {
         return Some(escaped_len(s.to_str().ok()?));
     }
@@ -503,14 +510,16 @@ fn json_len(v: &Bound<'_, PyAny>) -> Option<usize> {
     if let Ok(d) = v.downcast_exact::<PyDict>() {
         let mut n = 2 + d.len().saturating_sub(1); // braces, commas
         for (k, v) in d.iter() {
-            n += escaped_len(k.downcast_exact::<PyString>().ok()?.to_str().ok()?) + 1 + json_len(&v)?;
+            n += escaped_len(k.downcast_exact::<PyString>().ok()?.to_str().ok()?)
+                + 1
+                + json_len(&v, depth + 1)?;
         }
         return Some(n);
     }
     if let Ok(l) = v.downcast_exact::<PyList>() {
         let mut n = 2 + l.len().saturating_sub(1);
         for v in l.iter() {
-            n += json_len(&v)?;
+            n += json_len(&v, depth + 1)?;
         }
         return Some(n);
     }
@@ -666,7 +675,7 @@ impl FastPath {
 
     fn run(&self, raw: &Bound<'_, PyAny>, source: &str, recorded_at: i64) -> Result<Prepared, ()> {
         let e = dict(raw)?;
-        if json_len(raw).ok_or(())? > self.max_event_bytes {
+        if json_len(raw, 0).ok_or(())? > self.max_event_bytes {
             return Err(()); // Python measures it again and refuses it (413)
         }
         // The envelope refuses unknown fields (extra="forbid").

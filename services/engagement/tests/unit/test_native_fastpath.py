@@ -369,3 +369,56 @@ def test_identifiers_the_native_code_does_not_normalise_are_normalised_by_python
     fast, slow = _both(raw, Source("web"))
     assert fast.status == slow.status == "rejected"
     assert fast.errors == [{"field": "identifiers.phone", "reason": slow.errors[0]["reason"]}]
+
+
+def _interaction_at(occurred_at: str, **payload: Any) -> dict[str, Any]:
+    return {"type": "interaction", "occurred_at": occurred_at, "payload": {"kind": "app_opened", **payload}}
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "2255-09-02T15:17:38.065999Z",
+        "2300-01-01T00:00:00.999999Z",
+        "5942-08-23T22:33:35.064999Z",
+        "2200-01-01T00:00:00.999999Z",
+    ],
+)
+def test_far_future_instants_get_the_python_path_s_event_id(occurred_at: str) -> None:
+    """Past 2^53 microseconds a double cannot hold the instant exactly, and the event id's
+    millisecond would depend on rounding: the native path leaves those to Python."""
+    raw = _interaction_at(occurred_at)
+    fast, slow = _both(raw, Source("web"))
+    _same(fast, slow, raw)
+
+
+def test_an_instant_out_of_range_in_utc_is_refused_naming_the_field() -> None:
+    fast, slow = _both(_interaction_at("9999-12-31T23:00:00-01:00"), Source("web"))
+    assert fast.status == slow.status == "rejected"
+    assert fast.errors == [
+        {"field": "occurred_at", "reason": "Value error, timestamp out of range once in UTC"}
+    ]
+
+
+def test_deep_nesting_is_measured_alike_and_never_breaks_the_request() -> None:
+    import orjson
+
+    from engagement.ingest.schemas import MAX_EVENT_BYTES
+
+    nested: Any = 0
+    for _ in range(300):  # past orjson's 255 levels: Python measures it with json, compactly
+        nested = [nested]
+    raw = _interaction_at("2026-11-01T10:00:00+09:00", x=nested, note="")
+    size = len(orjson.dumps(_interaction_at("2026-11-01T10:00:00+09:00", note=""))) + len(',"x":') + 601
+    raw["payload"]["note"] = "a" * (MAX_EVENT_BYTES - size)
+    fast, slow = _both(raw, Source("web"))
+    assert fast.status == slow.status == "accepted"  # exactly at the bound
+    raw["payload"]["note"] += "a"
+    fast, slow = _both(raw, Source("web"))
+    assert fast.http_status == slow.http_status == 413
+    for _ in range(1020 - 300):  # orjson parses up to 1024 levels: more than json can walk
+        nested = [nested]
+    raw = _interaction_at("2026-11-01T10:00:00+09:00", x=nested)
+    for native in (True, False):  # (no deep copies here: copy.deepcopy cannot walk it either)
+        [item] = Ingestor(BlindIndexer(KEY), None, None, native=native).prepare([raw], Source("web"))  # type: ignore[arg-type]
+        assert item.errors == [{"field": "", "reason": "event nested too deeply"}]

@@ -19,8 +19,9 @@ from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from crm_contracts.envelope import AwareDatetime
 from crm_platform.crypto import BlindIndexer
 from crm_platform.http import ApiError, OrjsonRoute, Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier

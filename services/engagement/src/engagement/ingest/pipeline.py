@@ -434,12 +434,17 @@ def _field(error: Any) -> str:
 
 
 def _size(raw: Any) -> int:
-    """An event's size as JSON. orjson refuses integers past 64 bits (a CSV cell of 25
-    digits): those are measured by the standard library, and pydantic names the field."""
+    """An event's size as compact JSON. orjson refuses integers past 64 bits (a CSV cell
+    of 25 digits) and nesting past 255 levels: those are measured by the standard library
+    (and pydantic names the field); past what it can walk, the event is refused."""
     try:
         return len(orjson.dumps(raw))
     except TypeError:
-        return len(json.dumps(raw, ensure_ascii=False, default=str).encode())
+        pass
+    try:
+        return len(json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+    except RecursionError:
+        raise Rejected("", "event nested too deeply") from None
 
 
 def _check_store(source: Source, store_id: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from crm_contracts.envelope import AwareDatetime
 from crm_contracts.events.commerce import (
     InteractionPayload,
     OnlineOrderCompletedPayload,
