@@ -258,6 +258,10 @@ def create(settings: Settings | None = None) -> FastAPI:
             client_id="engagement-api",
             topic_prefix=settings.kafka_topic_prefix,
             request_timeout_ms=5000,
+            # A single event waits this long for others to share its record batch. At a
+            # few hundred requests a second none come (the wait is all latency: p50 7.5 ms
+            # at 5 ms, 3.7 ms at 1 ms); a batch request does not wait at all.
+            linger_ms=1,
         )
         app.state.kafka = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
         try:
