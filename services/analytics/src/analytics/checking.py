@@ -175,7 +175,7 @@ class Checker:
     async def start(self) -> None:
         """Start the worker processes and let them build their validators, so that the
         first batch is not held up by it."""
-        if self._processes:
+        if self._processes and self._pool is None:
             loop = asyncio.get_running_loop()
             pool = self._executor()
             await asyncio.gather(*(loop.run_in_executor(pool, _warm_up) for _ in range(self._processes)))

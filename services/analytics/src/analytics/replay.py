@@ -8,6 +8,7 @@ directory). With a server, stop the sink first (``analytics-sink`` replicas to 0
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from analytics.store.migrations import migrate
 @dataclass(frozen=True)
 class ReplayResult:
     records: int
-    #: the whole rebuild after the reset: the sink's start, the group's join, consuming
+    #: the whole rebuild: dropping the tables, the migrations, the sink's start, the
+    #: group's join, consuming
     seconds: float
     #: from the first record taken to the last batch flushed: the rebuild's own pace
     consuming_seconds: float
@@ -60,10 +62,7 @@ async def replay(
     validators: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    reset(client)
-    migrate(client)
-    ends = await _end_offsets(bootstrap, [topic_prefix + t for t in SINK_TOPICS])
-    total = sum(ends.values())
+    started = time.perf_counter()
     scratch = f"{group_id}-replay-{uuid.uuid4().hex[:8]}"
     sink = Sink(
         client,
@@ -73,7 +72,18 @@ async def replay(
         batch_rows=batch_rows,
         validators=validators,
     )
-    started = time.perf_counter()
+
+    def rebuild_schema() -> None:
+        reset(client)
+        migrate(client)
+
+    # The checker processes start while the tables are dropped and made again.
+    _, _, ends = await asyncio.gather(
+        asyncio.to_thread(rebuild_schema),
+        sink.warm_up(),
+        _end_offsets(bootstrap, [topic_prefix + t for t in SINK_TOPICS]),
+    )
+    total = sum(ends.values())
     await sink.start()
     try:
         done = 0

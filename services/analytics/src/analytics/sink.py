@@ -170,6 +170,12 @@ class Sink:
             validators=settings.sink_validators,
         )
 
+    async def warm_up(self) -> None:
+        """Start the checker processes (a second: they import the contracts). Needs no
+        table, so a replay does it while the tables are rebuilt; :meth:`start` does it
+        otherwise."""
+        await self._checker.start()
+
     async def start(self) -> None:
         await asyncio.gather(asyncio.to_thread(self._prepare_lookup), self._checker.start())
         await self._consumer.start()
