@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     #: Processes serving one API port (uvicorn workers; each has its own connections).
     api_workers: int = Field(default=1, ge=1, le=64)
+    #: The ingestion edge's native fast path (``engagement_native``); off, every event
+    #: takes the Python path (the same results, at about half the rate): a switch for
+    #: an operator who suspects the native code.
+    ingest_native: bool = True
     api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Personal data

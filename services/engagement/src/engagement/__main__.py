@@ -128,7 +128,11 @@ def import_(
                 topic_prefix=settings.kafka_topic_prefix,
             ) as producer:
                 ingestor = Ingestor(
-                    BlindIndexer(settings.blind_index_key_bytes), producer, ledger, ack_timeout=30
+                    BlindIndexer(settings.blind_index_key_bytes),
+                    producer,
+                    ledger,
+                    ack_timeout=30,
+                    native=settings.ingest_native,
                 )
                 with Progress(
                     TextColumn("[bold]importing"),

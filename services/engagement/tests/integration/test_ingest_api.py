@@ -380,3 +380,23 @@ def test_an_online_order_cancelled_before_shipping(client: TestClient, settings:
     assert (cancelled.payload.kind, cancelled.payload.refund_total) == ("cancellation", 12900)
     order = next(decode(r.value) for r in records if decode(r.value).event_type == "order.online_completed")
     assert cancelled.customer_key == order.customer_key
+
+
+def test_the_native_path_can_be_switched_off_and_publishes_the_same_record(
+    settings: Settings,
+) -> None:
+    """``CRM_INGEST_NATIVE=false`` (an operator's switch): every event takes the Python
+    path, and Kafka gets the same record — value (but for its id and recorded_at), key
+    and headers — as from the native path."""
+    import re
+
+    for n, native in enumerate((False, True)):
+        with TestClient(create(settings.model_copy(update={"ingest_native": native}))) as c:
+            assert (c.app.state.ingestor._native is not None) is native  # type: ignore[attr-defined]
+            order = store_order(f"S001-R2-SWITCH{n}", member="m-0001")
+            assert c.post("/v1/events", json=order, headers=POS).status_code == 202
+    python, rust = topic_records(settings, COMMERCE_ORDER.name, 2)  # one key: one partition, in order
+    strip = re.compile(rb'"(recorded_at|event_id)":"[^"]*"|SWITCH[01]')
+    assert strip.sub(b"", python.value) == strip.sub(b"", rust.value)
+    assert python.key == rust.key
+    assert [k for k, _ in python.headers] == [k for k, _ in rust.headers]

@@ -272,7 +272,9 @@ def create(settings: Settings | None = None) -> FastAPI:
             log.warning("Kafka not reachable at start-up (%r); ingestion answers 503 until it is", exc)
         app.state.producer = producer
         app.state.ledger = ledger
-        app.state.ingestor = Ingestor(BlindIndexer(settings.blind_index_key_bytes), producer, ledger)
+        app.state.ingestor = Ingestor(
+            BlindIndexer(settings.blind_index_key_bytes), producer, ledger, native=settings.ingest_native
+        )
         app.state.membership = build_membership(settings)
         try:
             yield
