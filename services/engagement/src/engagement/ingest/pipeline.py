@@ -7,6 +7,11 @@ published together and reported ``accepted`` only once Kafka acknowledged them; 
 orders and returns are recorded in the ledger. If the broker does not answer within
 ``ack_timeout`` the request reports them ``unavailable`` (HTTP 503): the source retries,
 and the event ids make the retry harmless.
+
+The common shapes (a store or online order, an interaction) are checked and written by
+the native fast path (``engagement_native``, Rust): it gives the very bytes this module's
+Python path would, and hands back anything else — every error included — to be judged
+here. ``tests/unit/test_native_fastpath.py`` holds the two to the same answers.
 """
 
 from __future__ import annotations
