@@ -182,6 +182,8 @@ class Attribution:
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS identifier_owner (ident TEXT PRIMARY KEY, customer_id TEXT NOT NULL);
+            -- a profile replaces its customer's identifiers: without this, a scan of all
+            CREATE INDEX IF NOT EXISTS identifier_owner_customer ON identifier_owner (customer_id);
             CREATE TABLE IF NOT EXISTS customer_members (customer_id TEXT PRIMARY KEY, members BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS credited (order_key TEXT PRIMARY KEY, member_hash TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS pending (

@@ -222,3 +222,35 @@ def test_orders_waiting_from_before_the_identifier_index_are_still_found(
     assert app.member(card.hash).window(T0 + timedelta(days=2), app.programme) == (8_000, 1)
     assert attribution.drop_stale(T0 + timedelta(days=40)) == 1
     assert attribution.pending_orders() == 0
+
+
+def test_no_statement_of_the_attribution_reads_a_whole_table(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    """Every statement a profile, an order, a return and a sweep run is an index lookup
+    (SQLite's plan says SEARCH, not SCAN): one scan per profile made the worker fall
+    hours behind at 20,000 customers (a lag of 154,725 records)."""
+    import sqlite3
+
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    db: sqlite3.Connection = attribution._db
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    app.enrol("M0001", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0001")
+    email = ident(app, IdentifierKind.EMAIL, "hanako@example.jp")
+    attribution.apply(online_order("W-1", 5000, email))  # waits: nobody owns the e-mail yet
+    attribution.apply(profile(uuid.uuid4(), card, email))  # explains it
+    attribution.apply(store_order("S-1", 3000, card))
+    attribution.apply(a_return("S-1", 3000))
+    attribution.sweep(T0 + timedelta(days=400))
+    db.set_trace_callback(None)
+    tables = ("identifier_owner", "customer_members", "credited", "pending", "pending_ident", "member_due")
+    checked = 0
+    for sql in statements:
+        if not sql.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE", "INSERT")):
+            continue
+        plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql))
+        checked += 1
+        assert not any(f"SCAN {t}" in plan.replace("SCAN TABLE ", "SCAN ") for t in tables), (sql, plan)
+    assert checked >= 10
