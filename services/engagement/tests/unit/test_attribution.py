@@ -254,3 +254,34 @@ def test_no_statement_of_the_attribution_reads_a_whole_table(
         checked += 1
         assert not any(f"SCAN {t}" in plan.replace("SCAN TABLE ", "SCAN ") for t in tables), (sql, plan)
     assert checked >= 10
+
+
+def test_a_member_changed_by_another_writer_meanwhile_is_read_again_and_credited(
+    app: MembershipApplication, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker credits the member it has just read; if another process (the API, the
+    other writer of the same store) saved that member in between, the save is refused
+    and the worker reads the member again: both changes stay, neither is lost."""
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    app.enrol("M0001", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0001")
+    settings = Settings(var_dir=tmp_path)
+    other = MembershipApplication(
+        settings.eventsourcing_env("engagement"), BlindIndexer(settings.blind_index_key_bytes)
+    )
+    original = MembershipApplication.credit
+    raced: list[str] = []
+
+    def credit_after_a_race(self: MembershipApplication, member: Member, *args: object) -> bool:
+        if not raced:  # the other writer gets in between the read and the save, once
+            raced.append(member.member_no_hash)
+            other.credit(other.member(member.member_no_hash), "online:API-1", T0, "online", 10_000)
+        return original(self, member, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MembershipApplication, "credit", credit_after_a_race)
+    [credit] = attribution.apply(store_order("S001-9", 20_000, card))
+    assert credit.kind == "credited" and raced == [card.hash]
+    member = app.member(card.hash)
+    assert set(member.purchases) == {"online:API-1", "store:S001-9"}
+    assert member.points == 100 + 200
+    other.close()
