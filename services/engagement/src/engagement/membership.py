@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -53,6 +53,16 @@ class MemberExists(MembershipError):
 
 class ConcurrentUpdate(MembershipError):
     pass
+
+
+def _project(aggregate: Member | None, events: Iterable[Any]) -> Member | None:
+    """eventsourcing's ``project_aggregate`` without its ``isinstance`` check of each
+    event against a runtime-checkable Protocol: a quarter of the membership worker's
+    time in a profile (Python 3.11's Protocol checks are slow), for events this
+    application stored itself."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class MembershipApplication(Application[uuid.UUID]):
@@ -93,7 +103,7 @@ class MembershipApplication(Application[uuid.UUID]):
 
     def member(self, member_no_hash: str) -> Member:
         try:
-            found: Member = self.repository.get(member_id(member_no_hash))
+            found: Member = self.repository.get(member_id(member_no_hash), projector_func=_project)
         except AggregateNotFoundError:
             raise MemberNotFound(member_no_hash) from None
         return found
