@@ -8,7 +8,7 @@ kept out of the domain event objects themselves: aggregates never see it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 from eventsourcing.domain import DomainEventProtocol
@@ -19,6 +19,16 @@ from opentelemetry import propagate
 TAggregateID = TypeVar("TAggregateID")
 
 _META_KEY = "__crm_meta__"
+
+
+def project(aggregate: Any, events: Iterable[Any]) -> Any:
+    """eventsourcing's ``project_aggregate`` without its per-event ``isinstance`` check
+    against a runtime-checkable Protocol (slow on Python 3.11: a quarter of the
+    membership worker's time in a profile), for events the application stored itself.
+    Pass it as ``repository.get(..., projector_func=project)``."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def current_trace_carrier() -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crm_platform.crypto import BlindIndexer
-from crm_platform.eventstore import TracingMapper
+from crm_platform.eventstore import TracingMapper, project
 from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
@@ -36,6 +36,8 @@ def build_relay(settings: Settings, app: MembershipApplication, producer: EventP
         recorder=app.recorder,
         mapper=mapper,
         tracking=app.factory.tracking_recorder(),
-        translate=MembershipTranslator(lambda member_id: app.repository.get(member_id).member_no_hash),
+        translate=MembershipTranslator(
+            lambda member_id: app.repository.get(member_id, projector_func=project).member_no_hash
+        ),
         producer=producer,
     )

@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -37,6 +37,7 @@ from crm_contracts.envelope import Event, IdentifierKind
 from crm_contracts.events.commerce import OnlineOrderCompleted, OrderReturned, StoreOrderCompleted
 from crm_contracts.events.identity import ProfileSnapshot
 from crm_platform.crypto import BlindIndexer
+from crm_platform.eventstore import project
 from crm_platform.identifiers import blind_identifier
 from engagement.domain.membership import Member, MembershipError, Programme, member_id
 
@@ -53,16 +54,6 @@ class MemberExists(MembershipError):
 
 class ConcurrentUpdate(MembershipError):
     pass
-
-
-def _project(aggregate: Member | None, events: Iterable[Any]) -> Member | None:
-    """eventsourcing's ``project_aggregate`` without its ``isinstance`` check of each
-    event against a runtime-checkable Protocol: a quarter of the membership worker's
-    time in a profile (Python 3.11's Protocol checks are slow), for events this
-    application stored itself."""
-    for event in events:
-        aggregate = event.mutate(aggregate)
-    return aggregate
 
 
 class MembershipApplication(Application[uuid.UUID]):
@@ -103,7 +94,7 @@ class MembershipApplication(Application[uuid.UUID]):
 
     def member(self, member_no_hash: str) -> Member:
         try:
-            found: Member = self.repository.get(member_id(member_no_hash), projector_func=_project)
+            found: Member = self.repository.get(member_id(member_no_hash), projector_func=project)
         except AggregateNotFoundError:
             raise MemberNotFound(member_no_hash) from None
         return found

@@ -26,6 +26,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from crm_platform.crypto import BlindIndexer
+from crm_platform.eventstore import project
 from identity.adapters.keystore import DataKeyStore
 from identity.adapters.mapper import PersonalDataMapper, personal_data_left_sealed
 from identity.adapters.recorders import IndexQueries
@@ -176,7 +177,7 @@ class IdentityApplication(Application[uuid.UUID]):
         if version is None and self._uow is not None and customer_id in self._uow:
             return cast(Customer, self._uow[customer_id])
         try:
-            return cast(Customer, self.repository.get(customer_id, version=version))
+            return cast(Customer, self.repository.get(customer_id, version=version, projector_func=project))
         except AggregateNotFoundError:
             raise CustomerNotFound(customer_id) from None
 
@@ -187,7 +188,7 @@ class IdentityApplication(Application[uuid.UUID]):
             if aggregate_id in self._absent:
                 return None
         try:
-            return self.repository.get(aggregate_id)
+            return self.repository.get(aggregate_id, projector_func=project)
         except AggregateNotFoundError:
             return None
 
