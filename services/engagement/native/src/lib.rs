@@ -46,20 +46,32 @@ fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
-/// A required string with pydantic's length bounds (in characters).
+/// A string with pydantic's length bounds (in characters).
+fn str_in(v: &Bound<'_, PyAny>, min: usize, max: usize) -> Result<String, ()> {
+    let s = as_str(v)?;
+    let n = chars(&s);
+    if n < min || n > max {
+        return Err(());
+    }
+    Ok(s)
+}
+
+/// An integer within pydantic's `ge`/`le` bounds.
+fn int_in(v: &Bound<'_, PyAny>, min: i64, max: i64) -> Result<i64, ()> {
+    let n = as_int(v)?;
+    if n < min || n > max {
+        return Err(());
+    }
+    Ok(n)
+}
+
 fn req_str<'py>(
     d: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
     min: usize,
     max: usize,
 ) -> Result<String, ()> {
-    let v = get(d, key)?.ok_or(())?;
-    let s = as_str(&v)?;
-    let n = chars(&s);
-    if n < min || n > max {
-        return Err(());
-    }
-    Ok(s)
+    str_in(&get(d, key)?.ok_or(())?, min, max)
 }
 
 /// An optional string (`null` or absent is `None`), at most `max` characters.
@@ -71,7 +83,7 @@ fn opt_str<'py>(
     match get(d, key)? {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(_) => Ok(Some(req_str(d, key, 0, max)?)),
+        Some(v) => Ok(Some(str_in(&v, 0, max)?)),
     }
 }
 
@@ -85,16 +97,12 @@ fn str_or<'py>(
 ) -> Result<String, ()> {
     match get(d, key)? {
         None => Ok(default.to_owned()),
-        Some(_) => req_str(d, key, min, max),
+        Some(v) => str_in(&v, min, max),
     }
 }
 
 fn req_int<'py>(d: &Bound<'py, PyDict>, key: &Bound<'py, PyString>, min: i64, max: i64) -> Result<i64, ()> {
-    let v = as_int(&get(d, key)?.ok_or(())?)?;
-    if v < min || v > max {
-        return Err(());
-    }
-    Ok(v)
+    int_in(&get(d, key)?.ok_or(())?, min, max)
 }
 
 fn int_or<'py>(
@@ -106,7 +114,7 @@ fn int_or<'py>(
 ) -> Result<i64, ()> {
     match get(d, key)? {
         None => Ok(default),
-        Some(_) => req_int(d, key, min, max),
+        Some(v) => int_in(&v, min, max),
     }
 }
 
@@ -119,7 +127,7 @@ fn opt_int<'py>(
     match get(d, key)? {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(_) => Ok(Some(req_int(d, key, min, max)?)),
+        Some(v) => Ok(Some(int_in(&v, min, max)?)),
     }
 }
 
