@@ -65,24 +65,6 @@ class PublishError(Exception):
     """The broker did not acknowledge in time: the caller must not report success."""
 
 
-def event_headers(event: Event, extra: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
-    """An event's Kafka headers; ``extra`` defaults to the current trace context (pass
-    it in when sending many events under one span: it is the same for all)."""
-    return _headers(event.event_type, event.schema_version, str(event.event_id), extra)
-
-
-def _headers(
-    event_type: str, schema_version: int, event_id: str, extra: Iterable[tuple[str, bytes]] | None
-) -> list[tuple[str, bytes]]:
-    return [
-        ("event_type", event_type.encode()),
-        ("schema_version", str(schema_version).encode()),
-        ("event_id", event_id.encode()),
-        ("content-type", b"application/json"),
-        *(inject_headers() if extra is None else extra),
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class WireEvent:
     """A contract event already in its wire form: what a producer needs of it. An edge
@@ -108,7 +90,15 @@ class WireEvent:
         )
 
     def headers(self, extra: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
-        return _headers(self.event_type, self.schema_version, self.event_id, extra)
+        """The record's Kafka headers; ``extra`` defaults to the current trace context
+        (pass it in when sending many events under one span: it is the same for all)."""
+        return [
+            ("event_type", self.event_type.encode()),
+            ("schema_version", str(self.schema_version).encode()),
+            ("event_id", self.event_id.encode()),
+            ("content-type", b"application/json"),
+            *(inject_headers() if extra is None else extra),
+        ]
 
 
 class EventProducer:
