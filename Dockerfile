@@ -65,6 +65,9 @@ COPY libs ./libs
 COPY services ./services
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --all-packages
+# UV_COMPILE_BYTECODE covers site-packages; the editable members are compiled here, as
+# the runtime (PYTHONDONTWRITEBYTECODE) never writes bytecode itself.
+RUN python -m compileall -qq contracts/src libs/*/src services/*/src
 
 # --------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

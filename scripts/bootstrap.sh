@@ -71,4 +71,11 @@ fi
 
 say "syncing the Python environment (uv.lock)"
 "$PY" -m uv sync --frozen --all-packages --quiet
+# Bytecode, compiled once here: with PYTHONDONTWRITEBYTECODE set (as on this kind of
+# machine, and in the image) Python never caches it, so every process start (each
+# service, each checker and API worker, each CLI call) would compile pydantic, numpy
+# and the rest from source again: 0.9 s instead of 0.4 s to import the analytics
+# service. Incremental: up-to-date files are skipped in about a second.
+.venv/bin/python -m compileall -qq -j 0 .venv/lib/python3*/site-packages contracts/src libs/*/src services/*/src \
+  >/dev/null 2>&1 || true
 say "ready"
