@@ -1,6 +1,8 @@
 """Rebuild ClickHouse from the log: drop every table, apply the migrations, consume every
-topic from its start (the log is the source of truth), then hand the sink's consumer
-group the positions reached, so the sink goes on from there and nothing counts twice.
+partition from its start to where the log ended when the replay began (the log is the
+source of truth), then hand the sink's consumer group those positions, so the sink goes
+on from there and nothing counts twice. The partitions are assigned, not joined: no
+group join to wait for, and the consumer connects while the tables are rebuilt.
 
 Embedded (chDB) mode: run it with the analytics API stopped (one process per data
 directory). With a server, stop the sink first (``analytics-sink`` replicas to 0).
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from analytics.sink import SINK_TOPICS, Sink
+from analytics.sink import Sink
 from analytics.store.migrations import migrate
 
 
@@ -64,6 +66,8 @@ async def replay(
 ) -> ReplayResult:
     started = time.perf_counter()
     scratch = f"{group_id}-replay-{uuid.uuid4().hex[:8]}"
+    # Every partition assigned, no group to join: the replay reads from the start and
+    # stops at the offsets the log had when it began.
     sink = Sink(
         client,
         bootstrap=bootstrap,
@@ -71,24 +75,23 @@ async def replay(
         topic_prefix=topic_prefix,
         batch_rows=batch_rows,
         validators=validators,
+        assign=True,
     )
 
     def rebuild_schema() -> None:
         reset(client)
         migrate(client)
 
-    # The checker processes start while the tables are dropped and made again.
-    _, _, ends = await asyncio.gather(
-        asyncio.to_thread(rebuild_schema),
-        sink.warm_up(),
-        _end_offsets(bootstrap, [topic_prefix + t for t in SINK_TOPICS]),
-    )
-    total = sum(ends.values())
-    await sink.start()
+    # The checker processes start, and the consumer connects, while the tables are
+    # dropped and made again.
     try:
+        await asyncio.gather(asyncio.to_thread(rebuild_schema), sink.warm_up(), sink.open())
+        ends = await sink.end_offsets()
+        total = sum(ends.values())
+        await sink.start()
         done = 0
         while done < total:
-            handled = await sink.drain(timeout_s=5)
+            handled = await sink.drain(timeout_s=5, until=ends)
             done += handled
             if progress:
                 progress(done, total)
@@ -101,26 +104,6 @@ async def replay(
     stats = sink.stats
     consuming = stats.last_flush_at - stats.first_taken_at if stats.first_taken_at else 0.0
     return ReplayResult(records=stats.records_in, seconds=seconds, consuming_seconds=consuming)
-
-
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    partitions = [
-        TopicPartition(d["topic"], p["partition"]) for d in described for p in d.get("partitions", ())
-    ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return dict(await consumer.end_offsets(partitions)) if partitions else {}
-    finally:
-        await consumer.stop()
 
 
 async def _commit(bootstrap: str, group_id: str, offsets: dict[TopicPartition, int]) -> None:

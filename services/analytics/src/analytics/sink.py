@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse_connect.driver.client import Client
 from opentelemetry import trace
 
@@ -125,13 +126,19 @@ class Sink:
         topics: Sequence[str] = SINK_TOPICS,
         clock: Callable[[], float] = time.monotonic,
         validators: int = 0,
+        assign: bool = False,
     ) -> None:
         self._client = client
         self._group = group_id
         self._prefix = topic_prefix
         self._topics = [topic_prefix + t for t in topics]
+        #: ``assign``: read every partition of the topics from the start without joining
+        #: the group (a replay: no join to wait for, no rebalance); commits still go to it
+        self._assign = assign
+        self._bootstrap = bootstrap
+        self._consumer_started = False
         self._consumer = AIOKafkaConsumer(
-            *self._topics,
+            *(() if assign else self._topics),
             bootstrap_servers=bootstrap,
             group_id=group_id,
             enable_auto_commit=False,
@@ -178,7 +185,22 @@ class Sink:
 
     async def start(self) -> None:
         await asyncio.gather(asyncio.to_thread(self._prepare_lookup), self._checker.start())
+        await self.open()
+
+    async def open(self) -> None:
+        """Connect to the broker (and, with ``assign``, take every partition). Needs no
+        table either: a replay connects while the tables are rebuilt."""
+        if self._consumer_started:
+            return
         await self._consumer.start()
+        self._consumer_started = True
+        if self._assign:
+            self._consumer.assign(await _partitions(self._bootstrap, self._topics))
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """Where each partition of the assignment ends now (after :meth:`open`)."""
+        partitions = list(self._consumer.assignment())
+        return dict(await self._consumer.end_offsets(partitions)) if partitions else {}
 
     def _prepare_lookup(self) -> None:
         if lookup.ensure(self._client):
@@ -195,13 +217,22 @@ class Sink:
         it is set is flushed first (a clean shutdown leaves nothing to re-deliver)."""
         await self._pump(stop, until_caught_up=False)
 
-    async def drain(self, timeout_s: float = 30.0) -> int:
-        """Consume and flush until caught up with the broker (tests, the bench, replays);
-        returns the records handled."""
-        return await self._pump(asyncio.Event(), until_caught_up=True, timeout_s=timeout_s)
+    async def drain(self, timeout_s: float = 30.0, until: Mapping[TopicPartition, int] | None = None) -> int:
+        """Consume and flush until caught up with the broker (tests, the bench, replays),
+        or, given ``until``, as soon as every partition has been read to its offset
+        there; returns the records handled."""
+        return await self._pump(asyncio.Event(), until_caught_up=True, timeout_s=timeout_s, until=until)
+
+    def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
+        return all(self._taken.get(tp, 0) >= end for tp, end in until.items())
 
     async def _pump(
-        self, stop: asyncio.Event, *, until_caught_up: bool, timeout_s: float | None = None
+        self,
+        stop: asyncio.Event,
+        *,
+        until_caught_up: bool,
+        timeout_s: float | None = None,
+        until: Mapping[TopicPartition, int] | None = None,
     ) -> int:
         """The loop, a pipeline: while batch N is inserted (in a thread: ClickHouse works
         outside the GIL), batch N+1 is validated (in a checker process) and batch N+2 is
@@ -246,6 +277,8 @@ class Sink:
                 if pending.count and (full or self._clock() - pending.started >= self._batch_s or not got):
                     await hand_off(pending)
                     pending = _Pending(started=self._clock())
+                if until is not None and self._reached(until):
+                    break
                 if until_caught_up and not got and not pending.count:
                     await land()
                     self._update_lag()
@@ -427,6 +460,20 @@ class Sink:
             if done is None:
                 continue
             self.stats.lag[f"{tp.topic}/{tp.partition}"] = max(0, highwater - done)
+
+
+async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of the topics; a topic missing on the broker is an error."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    missing = sorted(d["topic"] for d in described if d.get("error_code") or not d.get("partitions"))
+    if missing:
+        raise RuntimeError(f"topics missing on the broker: {', '.join(missing)}")
+    return [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
 
 
 def dead_letter_producer(settings: Settings) -> EventProducer:
