@@ -104,8 +104,12 @@ class TicketReplied(Event):
 class TicketEscalatedPayload(ContractModel):
     ticket_id: uuid.UUID
     escalated_to: str = Field(min_length=1, max_length=128, description="e.g. store-manager:S001, sales")
-    reason: str = Field(min_length=1, max_length=200, description="a code or short staff note, no personal data")
-    rule: str | None = Field(default=None, max_length=64, description="the routing rule that chose the target")
+    reason: str = Field(
+        min_length=1, max_length=200, description="a code or short staff note, no personal data"
+    )
+    rule: str | None = Field(
+        default=None, max_length=64, description="the routing rule that chose the target"
+    )
     escalated_by: str | None = Field(default=None, max_length=128)
 
 

@@ -576,7 +576,9 @@ def _ticket_summary(client: Client, budget: dict[str, Any], keys: list[str]) -> 
     from analytics.support_queries import SupportQueries
 
     found = SupportQueries(client, budget).customer_tickets(keys, limit=5)
-    return {k: found[k] for k in ("total", "open", "complaints", "last_opened_at")} | {"latest": found["tickets"]}
+    return {k: found[k] for k in ("total", "open", "complaints", "last_opened_at")} | {
+        "latest": found["tickets"]
+    }
 
 
 def _iso(value: datetime) -> str:

@@ -45,7 +45,8 @@ _PER_TICKET = """
         minIf(day, event_type = 'ticket.replied' AND first_response_seconds >= 0) AS frt_day,
         countIf(event_type = 'ticket.replied' AND first_response_seconds >= 0) > 0 AS answered,
         countIf(event_type = 'ticket.resolved' AND day >= {start:Date}) > 0 AS has_resolution,
-        argMaxIf(resolution_seconds, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date}) AS rt,
+        argMaxIf(resolution_seconds, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date})
+            AS rt,
         argMaxIf(sla_met, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date}) AS verdict,
         maxIf(satisfaction, event_type = 'ticket.rated' AND day >= {start:Date}) AS rating
     FROM tickets FINAL
@@ -54,7 +55,10 @@ _PER_TICKET = """
 """
 
 _BUCKET = "multiIf({by:String} = 'channel', channel, {by:String} = 'category', category, 'all')"
-_FILTER = "({channel:String} = '' OR channel = {channel:String}) AND ({category:String} = '' OR category = {category:String})"
+_FILTER = (
+    "({channel:String} = '' OR channel = {channel:String})"
+    " AND ({category:String} = '' OR category = {category:String})"
+)
 
 
 class SupportQueries:
@@ -68,6 +72,7 @@ class SupportQueries:
     def kpis(
         self, start: date, end: date, by: GroupBy = "none", channel: str = "", category: str = ""
     ) -> dict[str, Any]:
+        # Only fixed SQL fragments are spliced; every value is a bound parameter.
         sql = f"""
         WITH t AS ({_PER_TICKET})
         SELECT
@@ -80,14 +85,16 @@ class SupportQueries:
                 opened_day >= {{start:Date}} AND NOT anonymous
             ) AS customers,
             countIf(answered AND frt_day >= {{start:Date}}) AS first_responses,
-            quantileExactIf(0.5)(frt, answered AND frt_day >= {{start:Date}}) AS median_first_response_seconds,
+            quantileExactIf(0.5)(frt, answered AND frt_day >= {{start:Date}})
+                AS median_first_response_seconds,
             quantileExactIf(0.5)(rt, has_resolution AND rt >= 0) AS median_resolution_seconds,
             countIf(has_resolution AND verdict = 1) AS sla_met,
             countIf(has_resolution AND verdict >= 0) AS sla_judged,
             countIf(rating > 0) AS ratings,
             avgIf(rating, rating > 0) AS csat_average,
             countIf(rating >= 4) AS satisfied,
-            [countIf(rating = 1), countIf(rating = 2), countIf(rating = 3), countIf(rating = 4), countIf(rating = 5)]
+            [countIf(rating = 1), countIf(rating = 2), countIf(rating = 3),
+             countIf(rating = 4), countIf(rating = 5)]
                 AS csat_distribution
         FROM (
             SELECT *, joinGetOrNull('identity_lookup', 'customer_id', key_hash) AS owner
@@ -95,7 +102,7 @@ class SupportQueries:
         )
         GROUP BY bucket
         ORDER BY opened DESC, bucket
-        """
+        """  # noqa: S608
         rows = self._rows(sql, start=start, end=end, by=by, channel=channel, category=category)
         groups = [_kpi(r) for r in rows]
         return {
@@ -104,7 +111,11 @@ class SupportQueries:
             "by": by,
             "filters": {"channel": channel or None, "category": category or None},
             "groups": groups if by != "none" else [],
-            "total": _kpi(rows[0]) if by == "none" and rows else _kpi(None) if by == "none" else _total(groups),
+            "total": _kpi(rows[0])
+            if by == "none" and rows
+            else _kpi(None)
+            if by == "none"
+            else _total(groups),
         }
 
     def customer_tickets(self, keys: list[str], limit: int = 50) -> dict[str, Any]:

@@ -43,30 +43,51 @@ class T:
         self.ids = (who,) if who else ()
         self.key = who.hash if who else f"anonymous:ticket:{self.id}"
         self.events: list[Event] = [
-            self._e(TicketOpened, self.opened_at, TicketOpenedPayload(ticket_id=self.id, channel=channel, category=category))
+            self._e(
+                TicketOpened,
+                self.opened_at,
+                TicketOpenedPayload(ticket_id=self.id, channel=channel, category=category),
+            )
         ]
 
     def _e(self, cls: type[Event], at: datetime, payload: Any) -> Event:
-        return cls(occurred_at=at, producer="support.relay", customer_key=self.key, identifiers=self.ids, payload=payload)  # type: ignore[call-arg]
+        return cls(
+            occurred_at=at,
+            producer="support.relay",
+            customer_key=self.key,
+            identifiers=self.ids,
+            payload=payload,
+        )  # type: ignore[call-arg]
 
     def reply(self, after: timedelta) -> T:
-        p = TicketRepliedPayload(ticket_id=self.id, author="staff", first_response_seconds=int(after.total_seconds()))
+        p = TicketRepliedPayload(
+            ticket_id=self.id, author="staff", first_response_seconds=int(after.total_seconds())
+        )
         self.events.append(self._e(TicketReplied, self.opened_at + after, p))
         return self
 
     def resolve(self, after: timedelta, met: bool) -> T:
         p = TicketResolvedPayload(
-            ticket_id=self.id, resolution="answered", resolution_seconds=int(after.total_seconds()), sla_met=met
+            ticket_id=self.id,
+            resolution="answered",
+            resolution_seconds=int(after.total_seconds()),
+            sla_met=met,
         )
         self.events.append(self._e(TicketResolved, self.opened_at + after, p))
         return self
 
     def rate(self, after: timedelta, score: int) -> T:
-        self.events.append(self._e(TicketRated, self.opened_at + after, TicketRatedPayload(ticket_id=self.id, satisfaction=score)))
+        self.events.append(
+            self._e(
+                TicketRated, self.opened_at + after, TicketRatedPayload(ticket_id=self.id, satisfaction=score)
+            )
+        )
         return self
 
     def pending(self, after: timedelta) -> T:
-        p = TicketStatusChangedPayload(ticket_id=self.id, previous=TicketStatus.OPEN, status=TicketStatus.PENDING)
+        p = TicketStatusChangedPayload(
+            ticket_id=self.id, previous=TicketStatus.OPEN, status=TicketStatus.PENDING
+        )
         self.events.append(self._e(TicketStatusChanged, self.opened_at + after, p))
         return self
 
@@ -81,10 +102,16 @@ def test_support_kpis_of_a_period(client: Client) -> None:
     customer_a = uuid.uuid4()
     tickets = [
         T(a_mail, "2026-11-02", "email").reply(2 * H).resolve(26 * H, True).rate(48 * H, 5),
-        T(a_phone, "2026-11-05", "phone", "complaint").escalate(0 * H, "store-manager:S001").reply(30 * H).resolve(80 * H, False).rate(90 * H, 2),
+        T(a_phone, "2026-11-05", "phone", "complaint")
+        .escalate(0 * H, "store-manager:S001")
+        .reply(30 * H)
+        .resolve(80 * H, False)
+        .rate(90 * H, 2),
         T(f.ident("b@example.jp"), "2026-11-10", "chat"),  # never answered: backlog
         T(f.ident("c@example.jp"), "2026-10-20", "line").pending(24 * H),  # opened before, still pending
-        T(f.ident("d@example.jp"), "2026-11-20", "form").reply(H).resolve(13 * 24 * H, True),  # resolved after the end
+        T(f.ident("d@example.jp"), "2026-11-20", "form")
+        .reply(H)
+        .resolve(13 * 24 * H, True),  # resolved after the end
         T(None, "2026-11-15", "store").resolve(H, True),  # resolved at the counter, anonymous
     ]
     events: list[Event] = [f.profile(customer_a, [a_mail, a_phone])]
@@ -120,10 +147,16 @@ def test_support_kpis_of_a_period(client: Client) -> None:
     # The 360: both of A's tickets (e-mail and phone) are hers, with purchases' figures
     summary = Queries(client).customer_summary(str(customer_a))
     assert summary is not None
-    assert {k: summary["tickets"][k] for k in ("total", "open", "complaints")} == {"total": 2, "open": 0, "complaints": 1}
+    assert {k: summary["tickets"][k] for k in ("total", "open", "complaints")} == {
+        "total": 2,
+        "open": 0,
+        "complaints": 1,
+    }
     history = q.customer_tickets(Queries(client).customer_keys(str(customer_a)))
     assert [t["channel"] for t in history["tickets"]] == ["phone", "email"]
     assert history["tickets"][0]["escalated_to"] == "store-manager:S001"
     assert history["tickets"][0]["satisfaction"] == 2 and history["tickets"][0]["status"] == "resolved"
-    bi = client.query("SELECT count() FROM bi_tickets WHERE customer_id = {c:UUID}", parameters={"c": str(customer_a)})
+    bi = client.query(
+        "SELECT count() FROM bi_tickets WHERE customer_id = {c:UUID}", parameters={"c": str(customer_a)}
+    )
     assert bi.result_rows[0][0] == len(tickets[0].events) + len(tickets[1].events)

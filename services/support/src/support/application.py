@@ -125,7 +125,9 @@ class SupportApplication(Application[uuid.UUID]):
             "store_id": cmd.store_id,
             "order_id": cmd.order_id,
         }
-        return hmac.new(self.indexer.key, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), hashlib.sha256).hexdigest()
+        return hmac.new(
+            self.indexer.key, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), hashlib.sha256
+        ).hexdigest()
 
     # -- commands --------------------------------------------------------------------------
 
@@ -145,7 +147,12 @@ class SupportApplication(Application[uuid.UUID]):
         identifiers = self.blind(cmd.identifiers)
         content = self.keys.seal(
             ticket_id,
-            {"subject": cmd.subject, "body": cmd.body, "identifiers": cmd.identifiers, "contact": cmd.contact},
+            {
+                "subject": cmd.subject,
+                "body": cmd.body,
+                "identifiers": cmd.identifiers,
+                "contact": cmd.contact,
+            },
             _context(ticket_id, "content"),
         )
         ticket = Ticket.open(
@@ -196,7 +203,9 @@ class SupportApplication(Application[uuid.UUID]):
                 raise ConcurrentUpdate(f"ticket {ticket.id} changed concurrently; retry") from None
         return ticket
 
-    def assign(self, ticket_id: uuid.UUID, owner: str | None, team: str | None, at: datetime, by: str | None) -> Ticket:
+    def assign(
+        self, ticket_id: uuid.UUID, owner: str | None, team: str | None, at: datetime, by: str | None
+    ) -> Ticket:
         ticket = self.ticket(ticket_id)
         ticket.assign(owner, team, at, by)
         return self._save(ticket)
@@ -268,7 +277,9 @@ class SupportApplication(Application[uuid.UUID]):
             ]
             comment = None
             if ticket.rating_comment is not None:
-                comment = self.keys.open(ticket.id, ticket.rating_comment, _context(ticket.id, "rating"))["comment"]
+                comment = self.keys.open(ticket.id, ticket.rating_comment, _context(ticket.id, "rating"))[
+                    "comment"
+                ]
         except ContentErased:
             return None
         return {**opened, "messages": messages, "rating_comment": comment}

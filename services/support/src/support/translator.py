@@ -57,7 +57,9 @@ class TicketTranslator:
         known = self._tickets.get(event.originator_id)
         if known is None:
             source = event if isinstance(event, Ticket.Opened) else self._load(event.originator_id)
-            ids = tuple(Identifier(kind=IdentifierKind(i["kind"]), hash=i["hash"]) for i in source.identifiers)
+            ids = tuple(
+                Identifier(kind=IdentifierKind(i["kind"]), hash=i["hash"]) for i in source.identifiers
+            )
             known = (ids, source.opened_at, source.first_response_due)
             if len(self._tickets) > 100_000:
                 self._tickets.clear()
@@ -148,6 +150,8 @@ class TicketTranslator:
             )
             return [TicketResolved(**common, payload=payload_v)]
         if isinstance(event, Ticket.Rated):
-            payload_t = TicketRatedPayload(ticket_id=ticket_id, satisfaction=event.score, comment=_sealed(event.comment))
+            payload_t = TicketRatedPayload(
+                ticket_id=ticket_id, satisfaction=event.score, comment=_sealed(event.comment)
+            )
             return [TicketRated(**common, payload=payload_t)]
         return []

@@ -97,7 +97,9 @@ def test_a_ticket_is_worked_to_resolution_and_rated_once(client: TestClient) -> 
     assert r.json()["owner"] == "sato"
     r = client.post(f"{url}/replies", json={"body": "確認いたします。"}, headers=STAFF)
     assert r.json()["first_response_at"] is not None and r.json()["sla"]["first_response"] == "met"
-    assert client.post(f"{url}/status", json={"status": "pending"}, headers=STAFF).json()["status"] == "pending"
+    assert (
+        client.post(f"{url}/status", json={"status": "pending"}, headers=STAFF).json()["status"] == "pending"
+    )
     r = client.post(f"{url}/replies", json={"author": "customer", "body": "まだです"}, headers=STAFF)
     assert r.json()["status"] == "open"
     assert client.post(f"{url}/rating", json={"score": 5}, headers=STAFF).status_code == 409  # not resolved
@@ -123,7 +125,11 @@ def test_escalation_follows_the_routing_rules(client: TestClient) -> None:
     assert [e["to"] for e in complaint["escalations"]] == ["store-manager:S007"]
     plain = client.post("/v1/tickets", json=ticket(priority="urgent"), headers=STAFF).json()
     r = client.post(f"/v1/tickets/{plain['ticket_id']}/escalations", json={"reason": "vip"}, headers=STAFF)
-    assert r.json()["escalations"][-1] == {**r.json()["escalations"][-1], "to": "support-lead", "rule": "urgent"}
+    assert r.json()["escalations"][-1] == {
+        **r.json()["escalations"][-1],
+        "to": "support-lead",
+        "rule": "urgent",
+    }
     r = client.post(
         f"/v1/tickets/{plain['ticket_id']}/escalations", json={"reason": "vip", "to": "sales"}, headers=STAFF
     )
@@ -144,7 +150,9 @@ def test_search_by_customer_identifier_as_written_anywhere(client: TestClient) -
     by_mail = client.get("/v1/tickets", params={"email": "HANAKO.YAMADA@example.jp"}, headers=READ).json()
     assert [t["ticket_id"] for t in by_mail["tickets"]] == [a["ticket_id"]]
     assert by_mail["tickets"][0]["content"] is None  # lists leave content out unless asked
-    with_content = client.get("/v1/tickets", params={"email": "hanako.yamada@example.jp", "content": "true"}, headers=READ)
+    with_content = client.get(
+        "/v1/tickets", params={"email": "hanako.yamada@example.jp", "content": "true"}, headers=READ
+    )
     assert with_content.json()["tickets"][0]["content"]["subject"] == "荷物が届きません"
     paged = client.get("/v1/tickets", params={"limit": 2, "offset": 2}, headers=READ).json()
     assert (paged["total"], len(paged["tickets"])) == (3, 1)
@@ -155,10 +163,18 @@ def test_search_by_customer_identifier_as_written_anywhere(client: TestClient) -
 
 def test_history_is_imported_with_its_own_times_and_breaches_are_found(client: TestClient) -> None:
     past = datetime.now(UTC) - timedelta(days=10)
-    assert client.post("/v1/tickets", json=ticket(occurred_at=past.isoformat()), headers=STAFF).status_code == 403
+    assert (
+        client.post("/v1/tickets", json=ticket(occurred_at=past.isoformat()), headers=STAFF).status_code
+        == 403
+    )
     future = datetime.now(UTC) + timedelta(days=1)
-    assert client.post("/v1/tickets", json=ticket(occurred_at=future.isoformat()), headers=IMPORT).status_code == 422
-    late = client.post("/v1/tickets", json=ticket(occurred_at=past.isoformat(), priority="high"), headers=IMPORT)
+    assert (
+        client.post("/v1/tickets", json=ticket(occurred_at=future.isoformat()), headers=IMPORT).status_code
+        == 422
+    )
+    late = client.post(
+        "/v1/tickets", json=ticket(occurred_at=past.isoformat(), priority="high"), headers=IMPORT
+    )
     assert late.status_code == 201 and late.json()["opened_at"].startswith(past.date().isoformat())
     tid = late.json()["ticket_id"]
     on_time = client.post("/v1/tickets", json=ticket(occurred_at=past.isoformat()), headers=IMPORT).json()
@@ -170,7 +186,9 @@ def test_history_is_imported_with_its_own_times_and_breaches_are_found(client: T
     fresh = client.post("/v1/tickets", json=ticket(), headers=STAFF).json()
     # a change before the last one is refused
     r = client.post(
-        f"/v1/tickets/{tid}/replies", json={"body": "x", "occurred_at": (past - timedelta(hours=1)).isoformat()}, headers=IMPORT
+        f"/v1/tickets/{tid}/replies",
+        json={"body": "x", "occurred_at": (past - timedelta(hours=1)).isoformat()},
+        headers=IMPORT,
     )
     assert r.status_code == 422 and "before the ticket's last change" in r.text
     breached = client.get("/v1/tickets", params={"breached": "true"}, headers=READ).json()
@@ -189,7 +207,9 @@ def test_an_erased_customer_s_tickets_become_unreadable(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with TestClient(create(settings)) as client:
         theirs = client.post("/v1/tickets", json=ticket(), headers=STAFF).json()
-        other = client.post("/v1/tickets", json=ticket(customer={"email": "b@example.jp"}), headers=STAFF).json()
+        other = client.post(
+            "/v1/tickets", json=ticket(customer={"email": "b@example.jp"}), headers=STAFF
+        ).json()
         # what customer.erased names: the customer's identifiers as blind indexes
         phone = blind_identifier(BlindIndexer(settings.blind_index_key_bytes), "phone", "0312345678").hash
         app = build(settings)

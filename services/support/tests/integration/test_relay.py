@@ -41,7 +41,9 @@ def settings_for(tmp_path: Path, bootstrap: str) -> Settings:
     )
 
 
-def test_ticket_events_reach_kafka_sealed_and_keyed_by_the_customer(tmp_path: Path, kafka_bootstrap: str) -> None:
+def test_ticket_events_reach_kafka_sealed_and_keyed_by_the_customer(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
     settings = settings_for(tmp_path, kafka_bootstrap)
     asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
     body = {
@@ -60,7 +62,9 @@ def test_ticket_events_reach_kafka_sealed_and_keyed_by_the_customer(tmp_path: Pa
     async def relay_all() -> int:
         app = build(settings, with_index=False)
         try:
-            async with EventProducer(kafka_bootstrap, client_id="test", topic_prefix=settings.kafka_topic_prefix) as producer:
+            async with EventProducer(
+                kafka_bootstrap, client_id="test", topic_prefix=settings.kafka_topic_prefix
+            ) as producer:
                 relay = build_relay(settings, app, producer)
                 n = await relay.relay_available()
                 assert relay.lag() == 0
@@ -77,7 +81,9 @@ def test_ticket_events_reach_kafka_sealed_and_keyed_by_the_customer(tmp_path: Pa
     indexer = BlindIndexer(settings.blind_index_key_bytes)
     member = blind_identifier(indexer, IdentifierKind.MEMBER_NO, "M0001").hash
     assert {r.key.decode() for r in records} == {member}  # the strongest identifier, as engagement keys
-    assert all(e.customer_key == member and [i.kind for i in e.identifiers] == ["member_no", "phone"] for e in events)
+    assert all(
+        e.customer_key == member and [i.kind for i in e.identifiers] == ["member_no", "phone"] for e in events
+    )
     raw = b"".join(r.value for r in records)
     for clear in ("サイズ交換".encode(), b"090-1234-5678", "助かりました".encode(), b"+819012345678"):
         assert clear not in raw
@@ -93,7 +99,13 @@ def test_ticket_events_reach_kafka_sealed_and_keyed_by_the_customer(tmp_path: Pa
 def test_the_eraser_shreds_an_erased_customer_s_tickets(tmp_path: Path, kafka_bootstrap: str) -> None:
     settings = settings_for(tmp_path, kafka_bootstrap)
     asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
-    body = {"channel": "email", "category": "complaint", "subject": "対応が悪い", "body": "店員の態度", "customer": {"email": "taro@example.jp"}}
+    body = {
+        "channel": "email",
+        "category": "complaint",
+        "subject": "対応が悪い",
+        "body": "店員の態度",
+        "customer": {"email": "taro@example.jp"},
+    }
     app = build(settings)
     with TestClient(create(settings)) as client:
         tid = client.post("/v1/tickets", json=body, headers=STAFF).json()["ticket_id"]
@@ -102,11 +114,15 @@ def test_the_eraser_shreds_an_erased_customer_s_tickets(tmp_path: Path, kafka_bo
         occurred_at=datetime.now(UTC),
         producer="identity.relay",
         customer_key=str(uuid.uuid4()),
-        payload=CustomerErasedPayload(customer_id=uuid.uuid4(), requested_at=datetime.now(UTC), tombstoned=(email,)),
+        payload=CustomerErasedPayload(
+            customer_id=uuid.uuid4(), requested_at=datetime.now(UTC), tombstoned=(email,)
+        ),
     )
 
     async def publish() -> None:
-        async with EventProducer(kafka_bootstrap, client_id="test", topic_prefix=settings.kafka_topic_prefix) as producer:
+        async with EventProducer(
+            kafka_bootstrap, client_id="test", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
             await producer.publish(erased)
 
     asyncio.run(publish())

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 STAFF = {"X-API-Key": "staff"}
 
 
-def test_tickets_are_opened_once_worked_published_and_shredded(store_settings: Settings, kafka_bootstrap: str) -> None:
+def test_tickets_are_opened_once_worked_published_and_shredded(
+    store_settings: Settings, kafka_bootstrap: str
+) -> None:
     settings = store_settings.model_copy(
         update={
             "kafka_bootstrap": kafka_bootstrap,
@@ -53,19 +55,25 @@ def test_tickets_are_opened_once_worked_published_and_shredded(store_settings: S
         tid = answers[0].json()["ticket_id"]
         client.post(f"/v1/tickets/{tid}/replies", json={"body": "申し訳ございません"}, headers=STAFF)
         client.post(f"/v1/tickets/{tid}/resolution", json={"resolution": "apologised"}, headers=STAFF)
-        found = client.get("/v1/tickets", params={"phone": "08011112222", "status": "resolved"}, headers=STAFF)
+        found = client.get(
+            "/v1/tickets", params={"phone": "08011112222", "status": "resolved"}, headers=STAFF
+        )
         assert [t["ticket_id"] for t in found.json()["tickets"]] == [tid]
 
     async def relay_all() -> int:
         app = build(settings, with_index=False)
         try:
-            async with EventProducer(kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix) as p:
+            async with EventProducer(
+                kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
+            ) as p:
                 return await build_relay(settings, app, p).relay_available()
         finally:
             app.close()
 
     assert asyncio.run(relay_all()) == 4  # opened, escalated on open, replied, resolved
-    records = asyncio.run(read_topic(kafka_bootstrap, settings.kafka_topic_prefix + SUPPORT_TICKET.name, expect=4))
+    records = asyncio.run(
+        read_topic(kafka_bootstrap, settings.kafka_topic_prefix + SUPPORT_TICKET.name, expect=4)
+    )
     kinds = [type(decode(r.value)) for r in records]
     assert kinds[0] is TicketOpened and TicketEscalated in kinds and kinds[-1] is TicketResolved
 

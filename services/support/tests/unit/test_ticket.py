@@ -15,7 +15,9 @@ H = timedelta(hours=1)
 SEALED = {"alg": "A256GCM", "key_id": "ticket-x", "nonce": "n", "ciphertext": "c"}
 
 
-def opened(priority: str = "normal", category: str = "product", store_id: str | None = None, **kw: object) -> Ticket:
+def opened(
+    priority: str = "normal", category: str = "product", store_id: str | None = None, **kw: object
+) -> Ticket:
     return Ticket.open(
         uuid.uuid4(),
         channel=str(kw.pop("channel", "email")),
@@ -71,7 +73,11 @@ def test_resolving_late_is_breached_for_good_and_reported_in_the_event() -> None
     t.resolve("refunded", T0 + 9 * H, by="sato")
     resolved = t.collect_events()[-1]
     assert isinstance(resolved, Ticket.Resolved)
-    assert (resolved.sla_met, resolved.resolution_seconds, resolved.first_response_seconds) == (False, 9 * 3600, 1800)
+    assert (resolved.sla_met, resolved.resolution_seconds, resolved.first_response_seconds) == (
+        False,
+        9 * 3600,
+        1800,
+    )
     assert t.breached(T0 + 9 * H) and t.breached(T0 + 1000 * H)
 
 
@@ -95,7 +101,10 @@ def test_status_transitions_follow_the_life_cycle() -> None:
     with pytest.raises(AlreadyRated):
         t.rate(5, T0 + 5 * H)
     t.change_status("closed", T0 + 5 * H)
-    for action in (lambda: t.change_status("open", T0 + 6 * H), lambda: t.reply("customer", SEALED, T0 + 6 * H)):
+    for action in (
+        lambda: t.change_status("open", T0 + 6 * H),
+        lambda: t.reply("customer", SEALED, T0 + 6 * H),
+    ):
         with pytest.raises(InvalidTransition):
             action()
 

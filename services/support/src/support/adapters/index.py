@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from support.domain.ticket import Ticket
 
@@ -156,12 +155,23 @@ class TicketIndex:
 
     def search(self, f: Filters, now: datetime, limit: int, offset: int) -> tuple[int, list[uuid.UUID]]:
         """(total matching, one page of ticket ids, newest first)."""
-        where, params = ["1"], {"now": now.timestamp()}
+        where: list[str] = ["1"]
+        params: dict[str, float | str] = {"now": now.timestamp()}
         if f.identifier_hashes:
             marks = ", ".join(f":h{i}" for i in range(len(f.identifier_hashes)))
-            where.append(f"ticket_id IN (SELECT ticket_id FROM ticket_identifiers WHERE hash IN ({marks}))")
+            inner = "SELECT ticket_id FROM ticket_identifiers WHERE hash IN (" + marks + ")"  # noqa: S608
+            where.append(f"ticket_id IN ({inner})")
             params.update({f"h{i}": h for i, h in enumerate(f.identifier_hashes)})
-        for column in ("status", "owner", "team", "category", "channel", "priority", "store_id", "escalated_to"):
+        for column in (
+            "status",
+            "owner",
+            "team",
+            "category",
+            "channel",
+            "priority",
+            "store_id",
+            "escalated_to",
+        ):
             value = getattr(f, column)
             if value is not None:
                 where.append(f"{column} = :{column}")
@@ -192,7 +202,8 @@ class TicketIndex:
 
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT ticket_id FROM ticket_identifiers WHERE hash IN (SELECT value FROM json_each(?))",
+                "SELECT DISTINCT ticket_id FROM ticket_identifiers"
+                " WHERE hash IN (SELECT value FROM json_each(?))",
                 (orjson.dumps(list(hashes)).decode(),),
             ).fetchall()
         return [uuid.UUID(r[0]) for r in rows]

@@ -111,7 +111,8 @@ class SQLiteKeyBackend:
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS ticket_data_keys (key_id TEXT PRIMARY KEY, wrapped_key BLOB, erased_at TEXT)"
+            "CREATE TABLE IF NOT EXISTS ticket_data_keys"
+            " (key_id TEXT PRIMARY KEY, wrapped_key BLOB, erased_at TEXT)"
         )
 
     def get(self, key_id: str) -> tuple[bytes | None, bool] | None:
@@ -124,7 +125,8 @@ class SQLiteKeyBackend:
     def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO ticket_data_keys (key_id, wrapped_key) VALUES (?, ?)", (key_id, wrapped)
+                "INSERT OR IGNORE INTO ticket_data_keys (key_id, wrapped_key) VALUES (?, ?)",
+                (key_id, wrapped),
             )
 
     def erase(self, key_ids: list[str]) -> int:
@@ -136,7 +138,8 @@ class SQLiteKeyBackend:
                 (_json(key_ids),),
             ).fetchone()[0]
             self._db.executemany(
-                "INSERT INTO ticket_data_keys (key_id, wrapped_key, erased_at) VALUES (?, NULL, datetime('now'))"
+                "INSERT INTO ticket_data_keys (key_id, wrapped_key, erased_at)"
+                " VALUES (?, NULL, datetime('now'))"
                 " ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL,"
                 " erased_at = coalesce(erased_at, datetime('now'))",
                 [(k,) for k in key_ids],

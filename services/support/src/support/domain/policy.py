@@ -175,7 +175,10 @@ def policy_from_dict(data: dict[str, Any]) -> Policy:
             except (TypeError, KeyError) as exc:
                 raise PolicyError(f"routing[{i}]: missing or invalid {exc}") from None
             if not _TARGET.match(rule.target):
-                raise PolicyError(f"routing[{i}].target: {rule.target!r} is not like 'sales' or 'store-manager:{{store_id}}'")
+                raise PolicyError(
+                    f"routing[{i}].target: {rule.target!r} is not like"
+                    " 'sales' or 'store-manager:{store_id}'"
+                )
             if "{store_id}" in rule.target and not rule.needs_store:
                 raise PolicyError(f"routing[{i}]: a target with {{store_id}} needs needs_store: true")
             if unknown := rule.priorities - set(PRIORITIES):

@@ -215,7 +215,8 @@ class Ticket(Aggregate):
             raise InvalidTicket("at: an instant with a timezone")
         if at < self.last_at:
             raise InvalidTicket(
-                f"occurred_at: {at.isoformat()} is before the ticket's last change ({self.last_at.isoformat()})"
+                f"occurred_at: {at.isoformat()} is before the ticket's last change"
+                f" ({self.last_at.isoformat()})"
             )
 
     def _check_active(self, action: str) -> None:
@@ -275,12 +276,20 @@ class Ticket(Aggregate):
             reason = "the customer replied"
             self._status_changed(at=at, previous=self.status, status="open", reason=reason, by=None)
         first = author == "staff" and self.first_response_at is None
-        self._replied(at=at, author=author, by=by, content=content, request_id=request_id, first_response=first)
+        self._replied(
+            at=at, author=author, by=by, content=content, request_id=request_id, first_response=first
+        )
         return True
 
     @event(Replied)
     def _replied(
-        self, at: datetime, author: str, by: str | None, content: Sealed, request_id: str | None, first_response: bool
+        self,
+        at: datetime,
+        author: str,
+        by: str | None,
+        content: Sealed,
+        request_id: str | None,
+        first_response: bool,
     ) -> None:
         if first_response:
             self.first_response_at = at
@@ -296,7 +305,9 @@ class Ticket(Aggregate):
         rule: str | None
         by: str | None
 
-    def escalate(self, to: str, reason: str, at: datetime, rule: str | None = None, by: str | None = None) -> None:
+    def escalate(
+        self, to: str, reason: str, at: datetime, rule: str | None = None, by: str | None = None
+    ) -> None:
         self._check_time(at)
         self._check_active("escalate")
         if not to:
@@ -317,7 +328,9 @@ class Ticket(Aggregate):
         reason: str | None
         by: str | None
 
-    def change_status(self, status: str, at: datetime, reason: str | None = None, by: str | None = None) -> None:
+    def change_status(
+        self, status: str, at: datetime, reason: str | None = None, by: str | None = None
+    ) -> None:
         """open ↔ pending, resolved → open (reopen) or closed. Resolving is ``resolve``."""
         if status not in STATUSES:
             raise InvalidTicket(f"status: one of {STATUSES}")
@@ -329,7 +342,9 @@ class Ticket(Aggregate):
         self._status_changed(at=at, previous=self.status, status=status, reason=reason, by=by)
 
     @event(StatusChanged)
-    def _status_changed(self, at: datetime, previous: str, status: str, reason: str | None, by: str | None) -> None:
+    def _status_changed(
+        self, at: datetime, previous: str, status: str, reason: str | None, by: str | None
+    ) -> None:
         if previous == "pending" and self.paused_since is not None:
             self.paused_seconds += max(0.0, (at - self.paused_since).total_seconds())
             self.paused_since = None

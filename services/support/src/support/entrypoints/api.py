@@ -28,7 +28,13 @@ from crm_platform.identifiers import InvalidIdentifier
 from crm_platform.settings import Settings
 from support.adapters.index import Filters
 from support.adapters.keys import ContentErased
-from support.application import ConcurrentUpdate, OpenTicket, SupportApplication, TicketConflict, TicketNotFound
+from support.application import (
+    ConcurrentUpdate,
+    OpenTicket,
+    SupportApplication,
+    TicketConflict,
+    TicketNotFound,
+)
 from support.bootstrap import build
 from support.domain.policy import CHANNELS, PRIORITIES
 from support.domain.ticket import STATUSES, InvalidTransition, Ticket, TicketError
@@ -65,7 +71,9 @@ class CustomerIn(BaseModel):
 
 class TicketCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ticket_id: uuid.UUID | None = Field(default=None, description="the client's id: a retried POST opens nothing new")
+    ticket_id: uuid.UUID | None = Field(
+        default=None, description="the client's id: a retried POST opens nothing new"
+    )
     request_id: str | None = Field(
         default=None, min_length=1, max_length=128, description="or a request id the ticket id derives from"
     )
@@ -79,12 +87,16 @@ class TicketCreate(BaseModel):
     order_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     owner: str | None = Field(default=None, pattern=STAFF)
     team: str | None = Field(default=None, pattern=STAFF)
-    occurred_at: AwareDatetime | None = Field(default=None, description="history import only (support:import)")
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="history import only (support:import)"
+    )
 
 
 class Stamped(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    occurred_at: AwareDatetime | None = Field(default=None, description="history import only (support:import)")
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="history import only (support:import)"
+    )
     by: str | None = Field(default=None, pattern=STAFF, description="staff member; default: the API key")
 
 
@@ -102,7 +114,9 @@ class AssignmentIn(Stamped):
 class ReplyIn(Stamped):
     author: Literal["staff", "customer"] = "staff"
     body: str = Field(min_length=1, max_length=10_000)
-    request_id: str | None = Field(default=None, min_length=1, max_length=128, description="makes a retry harmless")
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="makes a retry harmless"
+    )
 
 
 class EscalationIn(Stamped):
@@ -127,7 +141,9 @@ class RatingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: int = Field(ge=1, le=5, description="CSAT 1..5")
     comment: str | None = Field(default=None, max_length=2_000)
-    occurred_at: AwareDatetime | None = Field(default=None, description="history import only (support:import)")
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="history import only (support:import)"
+    )
 
 
 class Message(BaseModel):
@@ -208,7 +224,7 @@ def view(app: SupportApplication, ticket: Ticket, now: datetime, content: bool =
     opened = app.content(ticket) if content else None
     return TicketView(
         ticket_id=ticket.id,
-        status=ticket.status,  # type: ignore[arg-type]
+        status=ticket.status,
         channel=ticket.channel,
         category=ticket.category,
         priority=ticket.priority,
@@ -283,17 +299,23 @@ async def open_ticket(body: TicketCreate, app: Support, principal: Writer, respo
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.get("/tickets/{ticket_id}", response_model=TicketView, summary="A ticket with its messages and SLA state")
+@router.get(
+    "/tickets/{ticket_id}", response_model=TicketView, summary="A ticket with its messages and SLA state"
+)
 async def get_ticket(ticket_id: uuid.UUID, app: Support, _: Reader) -> TicketView:
     ticket = await asyncio.to_thread(app.ticket, ticket_id)
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.get("/tickets", response_model=TicketPage, summary="Search tickets: by customer, status, owner, SLA...")
+@router.get(
+    "/tickets", response_model=TicketPage, summary="Search tickets: by customer, status, owner, SLA..."
+)
 async def search_tickets(
     app: Support,
     _: Reader,
-    email: Annotated[str | None, Query(max_length=254, description="the customer's e-mail, as written")] = None,
+    email: Annotated[
+        str | None, Query(max_length=254, description="the customer's e-mail, as written")
+    ] = None,
     phone: Annotated[str | None, Query(max_length=40)] = None,
     member_no: Annotated[str | None, Query(max_length=64)] = None,
     pos_card: Annotated[str | None, Query(max_length=64)] = None,
@@ -319,9 +341,14 @@ async def search_tickets(
     carrying any of them."""
     given = {
         k: v
-        for k, v in dict(
-            email=email, phone=phone, member_no=member_no, pos_card=pos_card, ec_account=ec_account, line_id=line_id
-        ).items()
+        for k, v in {
+            "email": email,
+            "phone": phone,
+            "member_no": member_no,
+            "pos_card": pos_card,
+            "ec_account": ec_account,
+            "line_id": line_id,
+        }.items()
         if v is not None
     }
     try:
@@ -350,14 +377,18 @@ async def search_tickets(
     return TicketPage(total=total, limit=limit, offset=offset, tickets=views)
 
 
-@router.post("/tickets/{ticket_id}/assignment", response_model=TicketView, summary="Assign to a staff member/team")
+@router.post(
+    "/tickets/{ticket_id}/assignment", response_model=TicketView, summary="Assign to a staff member/team"
+)
 async def assign(ticket_id: uuid.UUID, body: AssignmentIn, app: Support, principal: Writer) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.assign, ticket_id, body.owner, body.team, at, _by(principal, body))
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.post("/tickets/{ticket_id}/replies", response_model=TicketView, summary="Add a staff or customer message")
+@router.post(
+    "/tickets/{ticket_id}/replies", response_model=TicketView, summary="Add a staff or customer message"
+)
 async def reply(ticket_id: uuid.UUID, body: ReplyIn, app: Support, principal: Writer) -> TicketView:
     """The first staff reply is the ticket's first response (SLA). A customer's reply
     brings a pending ticket back to open and reopens a resolved one."""
@@ -367,28 +398,42 @@ async def reply(ticket_id: uuid.UUID, body: ReplyIn, app: Support, principal: Wr
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.post("/tickets/{ticket_id}/escalations", response_model=TicketView, summary="Escalate (routing rules decide where)")
+@router.post(
+    "/tickets/{ticket_id}/escalations",
+    response_model=TicketView,
+    summary="Escalate (routing rules decide where)",
+)
 async def escalate(ticket_id: uuid.UUID, body: EscalationIn, app: Support, principal: Writer) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.escalate, ticket_id, body.reason, at, body.to, _by(principal, body))
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.post("/tickets/{ticket_id}/status", response_model=TicketView, summary="Pending, back to open, reopen, close")
+@router.post(
+    "/tickets/{ticket_id}/status", response_model=TicketView, summary="Pending, back to open, reopen, close"
+)
 async def change_status(ticket_id: uuid.UUID, body: StatusIn, app: Support, principal: Writer) -> TicketView:
     at = _at(principal, body.occurred_at)
-    ticket = await asyncio.to_thread(app.change_status, ticket_id, body.status, at, body.reason, _by(principal, body))
+    ticket = await asyncio.to_thread(
+        app.change_status, ticket_id, body.status, at, body.reason, _by(principal, body)
+    )
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.post("/tickets/{ticket_id}/resolution", response_model=TicketView, summary="Resolve an open or pending ticket")
+@router.post(
+    "/tickets/{ticket_id}/resolution", response_model=TicketView, summary="Resolve an open or pending ticket"
+)
 async def resolve(ticket_id: uuid.UUID, body: ResolutionIn, app: Support, principal: Writer) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.resolve, ticket_id, body.resolution, at, _by(principal, body))
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.post("/tickets/{ticket_id}/rating", response_model=TicketView, summary="The customer's CSAT (once, after resolution)")
+@router.post(
+    "/tickets/{ticket_id}/rating",
+    response_model=TicketView,
+    summary="The customer's CSAT (once, after resolution)",
+)
 async def rate(ticket_id: uuid.UUID, body: RatingIn, app: Support, principal: Writer) -> TicketView:
     now = datetime.now(UTC)
     at = now if body.occurred_at is None else _at(principal, body.occurred_at)
@@ -398,7 +443,12 @@ async def rate(ticket_id: uuid.UUID, body: RatingIn, app: Support, principal: Wr
 
 @router.get("/policy", summary="The SLA targets per priority and the escalation routing rules in force")
 async def policy(app: Support, _: Reader) -> dict[str, Any]:
-    return {**app.policy.describe(), "statuses": list(STATUSES), "channels": list(CHANNELS), "priorities": list(PRIORITIES)}
+    return {
+        **app.policy.describe(),
+        "statuses": list(STATUSES),
+        "channels": list(CHANNELS),
+        "priorities": list(PRIORITIES),
+    }
 
 
 def create(settings: Settings | None = None) -> FastAPI:
@@ -421,7 +471,8 @@ def create(settings: Settings | None = None) -> FastAPI:
     app = create_app(
         settings=settings,
         title="support",
-        description="Inquiry tickets (問い合わせ履歴): status, owner, SLA, escalation routing and satisfaction.",
+        description="Inquiry tickets (問い合わせ履歴): status, owner, SLA, escalation routing and "
+        "satisfaction.",
         readiness_checks={"event_store": store_ready},
         lifespan=lifespan,
         error_map={
