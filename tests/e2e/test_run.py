@@ -28,6 +28,8 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
             status, body = _get(f"http://127.0.0.1:{port}/readyz")
             assert status == 200
             assert b'"kafka":"ok"' in body
+        status, body = _get("http://127.0.0.1:8003/readyz")
+        assert status == 200 and b'"event_store":"ok"' in body
         status, body = _get("http://127.0.0.1:8004/readyz")
         assert status == 200 and b'"clickhouse":"ok"' in body
         status, body = _get("http://127.0.0.1:8004/")
@@ -38,6 +40,6 @@ def test_crm_run_serves_and_stops_on_ctrl_c(kafka_bootstrap: str, tmp_path: Path
     text = platform.output
     assert platform.proc.returncode == 0, f"exit {platform.proc.returncode}: {text[-3000:]}"
     assert "stopped" in text
-    for port in (8001, 8002, 8004):
+    for port in (8001, 8002, 8003, 8004):
         with pytest.raises(OSError):
             _get(f"http://127.0.0.1:{port}/healthz")

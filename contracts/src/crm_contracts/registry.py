@@ -34,6 +34,11 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     membership.PointsChanged,
     support.TicketOpened,
     support.TicketResolved,
+    support.TicketAssigned,
+    support.TicketReplied,
+    support.TicketEscalated,
+    support.TicketStatusChanged,
+    support.TicketRated,
 )
 
 #: An upcaster turns the JSON dict of ``(event_type, v)`` into that of ``v + 1``.

@@ -31,7 +31,7 @@ IDENTITY_CUSTOMER = Topic(
     description="Customer lifecycle decided by the identity service: registered, profile "
     "changed, identifiers linked/unlinked, merged, merge undone, erased.",
     producers=("identity.relay",),
-    consumers=("identity.resolver", "analytics.sink", "engagement.worker"),
+    consumers=("identity.resolver", "analytics.sink", "engagement.worker", "support.eraser"),
 )
 
 IDENTITY_PROFILE = Topic(
@@ -80,7 +80,8 @@ ENGAGEMENT_FORM = Topic(
 
 SUPPORT_TICKET = Topic(
     name="crm.support.ticket",
-    description="Inquiry tickets: opened, assigned, replied, escalated, resolved, rated.",
+    description="Inquiry tickets: opened, assigned, replied, escalated, status changed, resolved, "
+    "rated. Subjects, bodies and comments sealed with the ticket's data key (support's).",
     producers=("support.relay",),
     consumers=("identity.resolver", "analytics.sink"),
 )
@@ -128,3 +129,4 @@ def by_name(name: str) -> Topic:
 IDENTITY_RESOLVER_GROUP = "identity-resolver"
 ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
 ANALYTICS_SINK_GROUP = "analytics-sink"
+SUPPORT_ERASURE_GROUP = "support-erasure"

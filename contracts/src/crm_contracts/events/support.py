@@ -39,6 +39,9 @@ class TicketOpenedPayload(ContractModel):
     order_id: str | None = Field(default=None, max_length=128)
     #: Subject and body, sealed: inquiries routinely contain personal data.
     content: SealedValue | None = None
+    #: When the first staff response is due under the SLA (``sla_due_at`` is the resolution).
+    first_response_due_at: AwareDatetime | None = None
+    team: str | None = Field(default=None, max_length=128)
 
 
 class TicketOpened(Event):
@@ -65,4 +68,106 @@ class TicketResolved(Event):
     payload: TicketResolvedPayload
 
 
-__all__ = ["TicketChannel", "TicketOpened", "TicketPriority", "TicketResolved"]
+class TicketAssignedPayload(ContractModel):
+    ticket_id: uuid.UUID
+    owner: str | None = Field(default=None, max_length=128, description="staff member now responsible")
+    team: str | None = Field(default=None, max_length=128)
+    previous_owner: str | None = Field(default=None, max_length=128)
+    assigned_by: str | None = Field(default=None, max_length=128)
+
+
+class TicketAssigned(Event):
+    TOPIC: ClassVar[str] = SUPPORT_TICKET.name
+    event_type: Literal["ticket.assigned"] = "ticket.assigned"
+    schema_version: Literal[1] = 1
+    payload: TicketAssignedPayload
+
+
+class TicketRepliedPayload(ContractModel):
+    ticket_id: uuid.UUID
+    author: Literal["staff", "customer"]
+    replied_by: str | None = Field(default=None, max_length=128, description="staff member (staff replies)")
+    #: Set on the first staff reply only: seconds from opening to this reply.
+    first_response_seconds: int | None = Field(default=None, ge=0)
+    first_response_met: bool | None = None
+    #: The message, sealed like the ticket's content.
+    content: SealedValue | None = None
+
+
+class TicketReplied(Event):
+    TOPIC: ClassVar[str] = SUPPORT_TICKET.name
+    event_type: Literal["ticket.replied"] = "ticket.replied"
+    schema_version: Literal[1] = 1
+    payload: TicketRepliedPayload
+
+
+class TicketEscalatedPayload(ContractModel):
+    ticket_id: uuid.UUID
+    escalated_to: str = Field(min_length=1, max_length=128, description="e.g. store-manager:S001, sales")
+    reason: str = Field(
+        min_length=1, max_length=200, description="a code or short staff note, no personal data"
+    )
+    rule: str | None = Field(
+        default=None, max_length=64, description="the routing rule that chose the target"
+    )
+    escalated_by: str | None = Field(default=None, max_length=128)
+
+
+class TicketEscalated(Event):
+    TOPIC: ClassVar[str] = SUPPORT_TICKET.name
+    event_type: Literal["ticket.escalated"] = "ticket.escalated"
+    schema_version: Literal[1] = 1
+    payload: TicketEscalatedPayload
+
+
+class TicketStatus(StrEnum):
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class TicketStatusChangedPayload(ContractModel):
+    ticket_id: uuid.UUID
+    previous: TicketStatus
+    status: TicketStatus
+    reason: str | None = Field(default=None, max_length=200)
+    changed_by: str | None = Field(default=None, max_length=128)
+
+
+class TicketStatusChanged(Event):
+    """Every status change other than the resolution itself (``ticket.resolved``):
+    waiting on the customer, back to open, reopened, closed."""
+
+    TOPIC: ClassVar[str] = SUPPORT_TICKET.name
+    event_type: Literal["ticket.status_changed"] = "ticket.status_changed"
+    schema_version: Literal[1] = 1
+    payload: TicketStatusChangedPayload
+
+
+class TicketRatedPayload(ContractModel):
+    ticket_id: uuid.UUID
+    satisfaction: int = Field(ge=1, le=5, description="CSAT 1..5")
+    #: The customer's comment, sealed.
+    comment: SealedValue | None = None
+
+
+class TicketRated(Event):
+    TOPIC: ClassVar[str] = SUPPORT_TICKET.name
+    event_type: Literal["ticket.rated"] = "ticket.rated"
+    schema_version: Literal[1] = 1
+    payload: TicketRatedPayload
+
+
+__all__ = [
+    "TicketAssigned",
+    "TicketChannel",
+    "TicketEscalated",
+    "TicketOpened",
+    "TicketPriority",
+    "TicketRated",
+    "TicketReplied",
+    "TicketResolved",
+    "TicketStatus",
+    "TicketStatusChanged",
+]

@@ -550,6 +550,7 @@ def _print_where_to_look(bootstrap: str) -> None:
     table.add_row("identity health", "http://127.0.0.1:8001/readyz")
     table.add_row("engagement API docs (ingestion, membership)", "http://127.0.0.1:8002/docs")
     table.add_row("ingestion keys (development)", "X-API-Key: dev-pos-key / dev-shop-key")
+    table.add_row("support API docs (inquiry tickets)", "http://127.0.0.1:8003/docs")
     table.add_row("dashboard (KPIs, cohorts, segments, customer 360)", "http://127.0.0.1:8004/")
     table.add_row("analytics API docs", "http://127.0.0.1:8004/docs")
     table.add_row("Kafka", bootstrap)

@@ -53,6 +53,9 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
         ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),
+        ProcessSpec("support-api", (py, "-m", "support", "api"), health_url="http://127.0.0.1:8003/healthz"),
+        ProcessSpec("support-relay", (py, "-m", "support", "relay")),
+        ProcessSpec("support-eraser", (py, "-m", "support", "eraser")),
         # With chDB (local mode) the sink runs inside the analytics API's process.
         ProcessSpec(
             "analytics-api", (py, "-m", "analytics", "api"), health_url="http://127.0.0.1:8004/healthz"

@@ -17,7 +17,12 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from crm_contracts.topics import ANALYTICS_SINK_GROUP, ENGAGEMENT_MEMBERSHIP_GROUP, IDENTITY_RESOLVER_GROUP
+from crm_contracts.topics import (
+    ANALYTICS_SINK_GROUP,
+    ENGAGEMENT_MEMBERSHIP_GROUP,
+    IDENTITY_RESOLVER_GROUP,
+    SUPPORT_ERASURE_GROUP,
+)
 
 # Well-known development values. Local mode works out of the box with them; production
 # refuses them (see ``_refuse_dev_secrets_in_production``).
@@ -113,6 +118,11 @@ class Settings(BaseSettings):
     #: How often the membership worker expires points and re-ranks the members due.
     membership_sweep_s: float = Field(default=3600.0, ge=1, le=86_400)
 
+    # Support
+    #: A JSON file with the support team's SLA targets per priority and escalation
+    #: routing rules (docs/support.md); without it the built-in defaults.
+    support_policy: Path | None = None
+
     # Telemetry
     otel_exporter_otlp_endpoint: str | None = None
     log_level: str = "INFO"
@@ -173,13 +183,14 @@ class Settings(BaseSettings):
 
     def platform_groups(self) -> tuple[str, ...]:
         """The consumer groups of this deployment's stream processors — the resolver,
-        the membership worker, the analytics sink — and no one else's (a BI tool's, a
-        ``crm replay`` scratch group, the sink of another data directory)."""
+        the membership worker, support's eraser, the analytics sink — and no one else's
+        (a BI tool's, a ``crm replay`` scratch group, the sink of another data directory)."""
         prefix = self.kafka_topic_prefix
         return (
             prefix + IDENTITY_RESOLVER_GROUP,
             prefix + ENGAGEMENT_MEMBERSHIP_GROUP,
             self.analytics_sink_group,
+            prefix + SUPPORT_ERASURE_GROUP,
         )
 
     def service_dir(self, service: str) -> Path:

@@ -44,8 +44,9 @@ def test_secrets_must_be_32_byte_base64() -> None:
 
 def test_a_deployment_names_its_own_consumer_groups(tmp_path: Path) -> None:
     local = Settings(var_dir=tmp_path / "a", kafka_topic_prefix="t1.")
-    resolver, worker, sink = local.platform_groups()
+    resolver, worker, sink, eraser = local.platform_groups()
     assert (resolver, worker) == ("t1.identity-resolver", "t1.engagement-membership")
+    assert eraser == "t1.support-erasure"
     # an embedded sink's group follows its data directory, whatever the prefix
     assert sink.startswith("analytics-sink-") and len(sink) == len("analytics-sink-") + 10
     assert sink == Settings(var_dir=tmp_path / "a").analytics_sink_group

@@ -560,6 +560,7 @@ class Queries:
             "first_event": _iso(facts["first_event"]) if facts["events"] else None,
             "last_event": _iso(facts["last_event"]) if facts["events"] else None,
             "keys": len(keys),
+            "tickets": _ticket_summary(self._client, self._budget, keys),
         }
 
     def freshness(self) -> dict[str, Any]:
@@ -568,6 +569,16 @@ class Queries:
             "events": int(row["events"]),
             "last_ingested": _iso(row["last_ingested"]) if row["events"] else None,
         }
+
+
+def _ticket_summary(client: Client, budget: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The inquiry history's counts for the 360 (analytics.support_queries)."""
+    from analytics.support_queries import SupportQueries
+
+    found = SupportQueries(client, budget).customer_tickets(keys, limit=5)
+    return {k: found[k] for k in ("total", "open", "complaints", "last_opened_at")} | {
+        "latest": found["tickets"]
+    }
 
 
 def _iso(value: datetime) -> str:

@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 
 from analytics.entrypoints.metrics import CONTENT_TYPE
 from analytics.entrypoints.metrics import render as render_metrics
+from analytics.entrypoints.support import router as support_router
 from analytics.queries import (
     CHANNELS,
     MAX_COHORT_PERIODS,
@@ -394,6 +395,7 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
         lifespan=lifespan,
     )
     app.include_router(v1)
+    app.include_router(support_router)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
     async def metrics(request: Request) -> PlainTextResponse:

@@ -617,7 +617,7 @@ async function loadOverview() {
   members.params = { as_of: c.end, channel: c.channel };
   clearError();
   document.body.dataset.overview = 'loading';
-  for (const sel of ['#kpi-tiles', '#chart-revenue', '#chart-active', '#cohort-heatmap', '#segment-chart', '#segment-table']) {
+  for (const sel of ['#kpi-tiles', '#chart-revenue', '#chart-active', '#cohort-heatmap', '#segment-chart', '#segment-table', '#support-kpis']) {
     setState($(sel), 'loading');
   }
   const current = () => gen === overviewGeneration;
@@ -648,6 +648,10 @@ async function loadOverview() {
       const data = await api('segments', { as_of: c.end, channel: c.channel });
       if (current()) renderSegments(data);
     }),
+    section(['#support-kpis'], async () => {
+      const data = await api('support/kpis', { start: c.start, end: c.end });
+      if (current()) renderSupport(data.total);
+    }),
     loadStatus(),
   ]);
   if (!current()) return;
@@ -663,6 +667,27 @@ async function loadOverview() {
   }
 }
 
+// -- support -----------------------------------------------------------------------------------
+
+/** Seconds as hours with one decimal ("—" when there is nothing to measure). */
+function hours(seconds) {
+  return seconds == null ? '—' : `${fmt.dec1(seconds / 3600)} h`;
+}
+
+function renderSupport(t) {
+  const el = $('#support-kpis');
+  el.replaceChildren(
+    figure('Opened 受付', fmt.int(t.opened), 'support-opened'),
+    figure('Resolved 解決', fmt.int(t.resolved), 'support-resolved'),
+    figure('Backlog 未解決', fmt.int(t.backlog), 'support-backlog'),
+    figure('First response 初回応答', hours(t.median_first_response_seconds), 'support-first-response'),
+    figure('Resolution 解決時間', hours(t.median_resolution_seconds), 'support-resolution'),
+    figure('SLA met SLA達成率', fmt.pct(t.sla_met_rate), 'support-sla'),
+    figure('CSAT 満足度', t.csat_average == null ? '—' : fmt.dec2(t.csat_average), 'support-csat'),
+  );
+  setState(el, 'ready');
+}
+
 /** A section whose request failed shows no figures rather than stale ones. */
 function failSection(selector) {
   const el = $(selector);
@@ -674,6 +699,8 @@ function failSection(selector) {
       delete tile.dataset.value;
     }
     $('#period-note').textContent = '';
+  } else if (selector === '#support-kpis') {
+    el.replaceChildren();
   } else if (selector === '#segment-table') {
     $('tbody', el).replaceChildren();
     $('#rfm-list').replaceChildren();
@@ -724,6 +751,8 @@ function renderSummary(s) {
     figure('Points ポイント', fmt.int(s.points), 'c360-points'),
     figure('Events', fmt.int(s.events), 'c360-events'),
     figure('Rank 会員ランク', s.rank ?? '—', 'c360-rank'),
+    figure('Tickets 問い合わせ', fmt.int(s.tickets?.total ?? 0), 'c360-tickets'),
+    figure('Open tickets 対応中', fmt.int(s.tickets?.open ?? 0), 'c360-open-tickets'),
   );
   const consents = Object.entries(s.consents).map(([k, v]) =>
     h('span', { class: `chip ${v ? 'chip-on' : 'chip-off'}`, title: v ? 'consented' : 'no consent' }, `${v ? '✓' : '✗'} ${k}`),

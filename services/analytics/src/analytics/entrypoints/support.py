@@ -1,0 +1,85 @@
+"""Support KPIs and a customer's inquiry history over HTTP (``analytics:read``).
+
+Included from entrypoints/api.py with one line; its queries are analytics.support_queries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import date
+from typing import Annotated, Any, Literal, Protocol, TypeVar
+
+from clickhouse_connect.driver.client import Client
+from fastapi import APIRouter, Depends, Query, Request
+
+from crm_platform.http import ApiError, Principal, require_scope
+
+T = TypeVar("T")
+MAX_PERIOD_DAYS = 3_660
+CODE = r"^[a-z][a-z0-9_]{0,63}$"
+
+router = APIRouter(prefix="/v1", tags=["support"])
+Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
+
+
+class _Runner(Protocol):
+    """What the API's ``Analytics`` offers: a query run within the budget, off the loop."""
+
+    async def run(self, fn: Callable[[Any], T]) -> T: ...
+
+    pool: Any
+    budget: dict[str, Any]
+
+
+async def _analytics(request: Request) -> _Runner:
+    runner: _Runner = request.app.state.analytics
+    return runner
+
+
+Runner = Annotated[_Runner, Depends(_analytics)]
+
+
+async def _run(analytics: _Runner, fn: Callable[[Any], T]) -> T:
+    """Run ``fn`` on SupportQueries with the API's client pool and budget."""
+    from analytics.support_queries import SupportQueries
+
+    def call(queries: Any) -> T:
+        client: Client = queries._client
+        return fn(SupportQueries(client, analytics.budget))
+
+    return await analytics.run(call)
+
+
+@router.get("/support/kpis", summary="Support KPIs: opened, resolved, backlog, response times, SLA, CSAT")
+async def support_kpis(
+    analytics: Runner,
+    _: Reader,
+    start: Annotated[date, Query(description="first day of the period (Asia/Tokyo), inclusive")],
+    end: Annotated[date, Query(description="day after the period's last, exclusive")],
+    by: Literal["none", "channel", "category"] = "none",
+    channel: Annotated[Literal["phone", "email", "chat", "store", "form", "line"] | None, Query()] = None,
+    category: Annotated[str | None, Query(pattern=CODE)] = None,
+) -> dict[str, Any]:
+    """Definitions: docs/analytics.md (Support KPIs)."""
+    if end <= start:
+        raise ApiError(422, "invalid_period", f"end ({end}) must be after start ({start})")
+    if (end - start).days > MAX_PERIOD_DAYS:
+        raise ApiError(422, "invalid_period", f"a period is at most {MAX_PERIOD_DAYS} days")
+    return await _run(analytics, lambda q: q.kpis(start, end, by, channel or "", category or ""))
+
+
+@router.get("/customers/{customer_id}/tickets", summary="A customer's inquiry history (no content)")
+async def customer_tickets(
+    analytics: Runner,
+    _: Reader,
+    customer_id: uuid.UUID,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    def query(q: Any) -> dict[str, Any]:
+        from analytics.queries import Queries
+
+        keys = Queries(q._client, analytics.budget).customer_keys(str(customer_id))
+        return {"customer_id": str(customer_id), **q.customer_tickets(keys, limit)}
+
+    return await _run(analytics, query)
