@@ -83,10 +83,10 @@ class Identifier(ContractModel):
 
 
 class SealedValue(ContractModel):
-    """Personal data sealed with the customer's data key (AES-256-GCM).
-
-    Only the identity service holds data keys; erasing a customer deletes the key, which
-    makes every copy of this value unreadable (crypto-shredding).
+    """Personal data sealed (AES-256-GCM) with a data key that only the owning service
+    holds: identity's per-customer keys for profiles, support's per-ticket keys for
+    inquiries. Erasing a customer deletes the keys, which makes every copy of this value
+    unreadable (crypto-shredding).
     """
 
     alg: str = Field(default="A256GCM")

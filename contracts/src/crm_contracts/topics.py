@@ -39,7 +39,7 @@ IDENTITY_PROFILE = Topic(
     description="The unified profile per customer_id (non-personal attributes, sealed "
     "personal fields, linked identifiers). Latest value per key; tombstone on erasure.",
     producers=("identity.resolver",),
-    consumers=("analytics.sink", "engagement.worker", "support.api"),
+    consumers=("analytics.sink", "engagement.worker"),
     compacted=True,
 )
 
