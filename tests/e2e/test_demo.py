@@ -1,5 +1,6 @@
 """The whole platform, small: a demo retailer loaded through the APIs, then checked
-against its ground truth — resolution quality, and every purchase counted exactly once."""
+against its ground truth — resolution quality, and every purchase and every inquiry
+counted exactly once."""
 
 from __future__ import annotations
 
@@ -37,7 +38,14 @@ def test_a_small_retailer_resolves_well_and_every_purchase_counts_once(
     # Every generated purchase counted once: no more, no fewer, to the yen.
     assert counted["orders"] == expected["orders"]
     assert counted["revenue"] == expected["revenue"]
+    # Every generated inquiry reached analytics through support's store, relay and Kafka,
+    # once: a duplicate or a loss would move the count.
+    assert expected["tickets"] > 0
+    assert counted["tickets"] == expected["tickets"]
+    assert figures["support"]["opened"] <= expected["tickets"]
     later = json.loads(again.read_text())
+    assert later["all_time"]["tickets"] == expected["tickets"]
+    assert later["support"] == figures["support"]
     assert later["all_time"]["orders"] == expected["orders"]
     # The report was taken on a settled pipeline: what analytics answers later (no new
     # data in between) is what the report said, customer counts and segments included.

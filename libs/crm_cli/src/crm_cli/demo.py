@@ -82,6 +82,8 @@ class DemoPlan:
     events: list[dict[str, Any]]  # ingestion API events, in time order
     purchases: list[Purchase]
     interactions: int = 0
+    #: the customer centre's inquiries (crm_cli.demo_support.PlannedTicket)
+    tickets: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class LoadReport:
     members: int = 0
     events_accepted: int = 0
     events_rejected: int = 0
+    tickets: int = 0
     customer_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     first_rejection: str = ""
@@ -240,7 +243,10 @@ def plan(customers: int, seed: int = 7, today: date | None = None, months: int =
                     )
                     n_interactions += 1
     events.sort(key=lambda e: e["occurred_at"])
-    return DemoPlan(seed, people, registrations, late, members, events, purchases, n_interactions)
+    from crm_cli.demo_support import plan_tickets  # it builds on this module's purchases
+
+    tickets = plan_tickets(people, purchases, seed, today)
+    return DemoPlan(seed, people, registrations, late, members, events, purchases, n_interactions, tickets)
 
 
 def _at(day: date, hour: int, rng: random.Random) -> datetime:
@@ -293,6 +299,7 @@ def registration_body(record: Record, registered_at: datetime | None = None) -> 
 class Endpoints:
     identity: str = "http://127.0.0.1:8001"
     engagement: str = "http://127.0.0.1:8002"
+    support: str = "http://127.0.0.1:8003"
     analytics: str = "http://127.0.0.1:8004"
     admin_key: str = "dev-admin-key"
     pos_key: str = "dev-pos-key"
@@ -316,6 +323,12 @@ async def load(plan_: DemoPlan, endpoints: Endpoints, progress: Progress, concur
         await _ingest(http, endpoints, plan_.events, report, progress, concurrency)
         ids += await _register(http, endpoints, late, report, progress, concurrency, "late registrations")
         report.customer_ids = ids
+        from crm_cli.demo_support import load_tickets
+
+        # history: the admin key has support:import, so each step keeps its own time
+        report.tickets = await load_tickets(
+            http, endpoints.support, endpoints.admin_key, plan_.tickets, progress, concurrency
+        )
     if report.events_rejected:
         # The generator makes valid events only: a rejection is a bug worth stopping for.
         raise RuntimeError(
@@ -453,6 +466,15 @@ def write_truth(path: Path, plan_: DemoPlan, report: LoadReport) -> None:
         ],
         "purchases": [asdict(p) for p in plan_.purchases],
         "interactions": plan_.interactions,
+        "tickets": [
+            {
+                "person_id": t.person_id,
+                "channel": t.channel,
+                "category": t.category,
+                "opened_at": t.opened["occurred_at"],
+            }
+            for t in plan_.tickets
+        ],
     }
     path.write_text(json.dumps(truth, ensure_ascii=False))
 
@@ -507,10 +529,32 @@ async def wait_until_counted(
                     progress("counted in analytics", min(overview["orders"], len(purchases)), len(purchases))
                 status = (await http.get(f"{endpoints.analytics}/v1/status", headers=headers)).json()
                 lag = (status.get("sink") or {}).get("consumer_lag", 0)
-                if overview["orders"] >= len(purchases) and lag == 0:
-                    return overview
+                tickets = await _tickets_counted(http, endpoints, truth)
+                if progress and truth.get("tickets"):
+                    progress(
+                        "tickets in analytics", min(tickets, len(truth["tickets"])), len(truth["tickets"])
+                    )
+                if (
+                    overview["orders"] >= len(purchases)
+                    and tickets >= len(truth.get("tickets", ()))
+                    and lag == 0
+                ):
+                    return {**overview, "tickets": tickets}
             await asyncio.sleep(1.0)
     raise TimeoutError(f"analytics counted {overview.get('orders')} of {len(purchases)} purchases")
+
+
+async def _tickets_counted(http: httpx.AsyncClient, endpoints: Endpoints, truth: dict[str, Any]) -> int:
+    """Tickets analytics holds, all time (0 when the truth has none)."""
+    if not truth.get("tickets"):
+        return 0
+    start, end = all_time(truth)
+    response = await http.get(
+        f"{endpoints.analytics}/v1/support/kpis",
+        params={"start": start.isoformat(), "end": end.isoformat()},
+        headers={"X-API-Key": endpoints.read_key},
+    )
+    return int(response.json()["total"]["opened"]) if response.status_code == 200 else 0
 
 
 async def current_customers(
@@ -564,4 +608,25 @@ def expected_totals(truth: dict[str, Any]) -> dict[str, int]:
     return {
         "orders": len(purchases),
         "revenue": sum(p["total"] - p["returned"] for p in purchases),
+        "tickets": len(truth.get("tickets", ())),
     }
+
+
+async def support_kpis(endpoints: Endpoints, start: date, end: date) -> dict[str, Any]:
+    """The support KPIs of a period (all tickets opened in it), from the analytics API."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.get(
+            f"{endpoints.analytics}/v1/support/kpis",
+            params={"start": start.isoformat(), "end": end.isoformat()},
+            headers={"X-API-Key": endpoints.read_key},
+        )
+        response.raise_for_status()
+        total: dict[str, Any] = response.json()["total"]
+        return total
+
+
+def all_time(truth: dict[str, Any]) -> tuple[date, date]:
+    """A period that holds everything the demo generated (its first purchase to today)."""
+    days = sorted(p["day"] for p in truth["purchases"])
+    first = date.fromisoformat(days[0]) - timedelta(days=1)
+    return first, (datetime.now(UTC) + JST).date() + timedelta(days=2)

@@ -276,13 +276,16 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
     end = (datetime.now(UTC) + timedelta(hours=9)).date() + timedelta(days=1)
     overview = asyncio.run(demo.overview(endpoints, end - timedelta(days=365), end))
     expected = demo.expected_totals(truth)
+    support = asyncio.run(demo.support_kpis(endpoints, end - timedelta(days=365), end))
     _print_report(quality, overview, segments, expected, counted)
+    _print_support(support, expected, counted)
     return {
         "quality": quality,
         "overview": overview,
         "all_time": counted,
         "segments": segments,
         "expected": expected,
+        "support": support,
     }
 
 
@@ -324,6 +327,36 @@ def _print_report(
     for seg in segments["segments"]:
         segs.add_row(names.get(seg["segment"], seg["segment"]), f"{seg['customers']:,}")
     console.print(segs)
+
+
+def _print_support(support: dict[str, Any], expected: dict[str, int], counted: dict[str, Any]) -> None:
+    def hours(seconds: float | None) -> str:
+        return "–" if seconds is None else f"{seconds / 3600:.1f} h"
+
+    def share(rate: float | None) -> str:
+        return "–" if rate is None else f"{rate:.1%}"
+
+    table = Table(title="Support (問い合わせ), last 12 months", header_style="bold")
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_row(
+        "tickets opened / resolved / open now",
+        f"{support['opened']:,} / {support['resolved']:,} / {support['backlog']:,}",
+    )
+    table.add_row(
+        "median first response / resolution",
+        f"{hours(support['median_first_response_seconds'])} / {hours(support['median_resolution_seconds'])}",
+    )
+    table.add_row("SLA met", share(support["sla_met_rate"]))
+    csat = support["csat_average"]
+    table.add_row(
+        "CSAT (1–5) / satisfied (4–5)",
+        f"{'–' if csat is None else f'{csat:.2f}'} / {share(support['csat_satisfied_rate'])}",
+    )
+    table.add_row(
+        "all-time tickets generated / counted", f"{expected['tickets']:,} / {counted.get('tickets', 0):,}"
+    )
+    console.print(table)
 
 
 @app.command("demo")
