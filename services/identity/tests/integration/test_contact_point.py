@@ -59,7 +59,9 @@ def test_contact_point_answers_one_channel_and_its_consent(api: TestClient) -> N
     # the narrow key reads nothing else, and a plain reader cannot read addresses
     assert api.get(f"/customers/{customer}", headers={"X-API-Key": "messaging"}).status_code == 403
     assert api.get(f"/customers/{customer}/contact/email", headers={"X-API-Key": "reader"}).status_code == 403
-    assert api.get(f"/customers/{customer}/contact/fax", headers={"X-API-Key": "messaging"}).status_code == 422
+    assert (
+        api.get(f"/customers/{customer}/contact/fax", headers={"X-API-Key": "messaging"}).status_code == 422
+    )
 
 
 def test_consent_scope_withdraws_consent_and_nothing_more(api: TestClient) -> None:
