@@ -77,7 +77,7 @@ def test_order_lines_are_backfilled_from_the_events_a_store_already_has(
         m.migrate(client)  # a store from before order lines...
         insert_rows(client, rows)
         insert_rows(client, rows)  # ...that got every record twice
-        monkeypatch.setattr(m, "migrations", lambda: all_migrations)
+        monkeypatch.setattr(m, "migrations", lambda: [x for x in all_migrations if x.version <= 4])
         assert [x.name for x in m.migrate(client)] == ["order_lines"]
         lines = client.query(
             "SELECT order_id, line_no, kind, sku, quantity, unit_price, amount FROM order_lines FINAL"

@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from crm_contracts.events.identity import Consent, ConsentChannel, ProfileSnapshot, ProfileSnapshotPayload
-from crm_contracts.topics import IDENTITY_PROFILE
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.campaigns import CampaignApplication
@@ -238,4 +237,3 @@ def test_the_dispatcher_process_honours_a_withdrawal_seen_on_the_profile_topic(
 
     asyncio.run(scenario())
     assert [str(m["To"].addresses[0].addr_spec) for m in box.mails] == [f"a.{tag}@example.jp"]
-    assert IDENTITY_PROFILE.name  # the topic the process followed
