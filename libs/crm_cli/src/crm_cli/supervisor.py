@@ -53,6 +53,10 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
         ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),
+        # Local mode's mail server (real SMTP on 127.0.0.1:8025, mail kept in
+        # var/engagement/mail), then the campaign dispatcher that sends to it.
+        ProcessSpec("engagement-mailsink", (py, "-m", "engagement", "mailsink")),
+        ProcessSpec("engagement-dispatcher", (py, "-m", "engagement", "dispatcher")),
         # With chDB (local mode) the sink runs inside the analytics API's process.
         ProcessSpec(
             "analytics-api", (py, "-m", "analytics", "api"), health_url="http://127.0.0.1:8004/healthz"
