@@ -121,21 +121,26 @@ def dispatcher() -> None:
 def mailsink(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="SMTP port (CRM_SMTP_PORT's default)")] = 8025,
+    webhook_port: Annotated[int, typer.Option(help="HTTP port of the SMS/LINE/app push webhooks")] = 8026,
 ) -> None:
-    """Local mode's mail server: accept SMTP and keep every mail in var/engagement/mail (a Maildir)."""
+    """Local mode's providers: SMTP into var/engagement/mail (a Maildir), and SMS/LINE/app
+    push webhooks (POST /sms, /line, /app_push) into var/engagement/outbox/*.jsonl."""
     import signal
     import threading
 
-    from engagement.dispatch.mailsink import start_mailsink
+    from engagement.dispatch.mailsink import start_mailsink, start_webhook_sink
 
     settings = _settings("mailsink")
     path = settings.service_dir("engagement") / "mail"
     controller = start_mailsink(path, host, port)
-    typer.echo(f"mail sink on {host}:{port}, keeping mail in {path}")
+    outbox = settings.service_dir("engagement") / "outbox"
+    hooks = start_webhook_sink(outbox, host, webhook_port)
+    typer.echo(f"mail sink on {host}:{port} into {path}; webhooks on {host}:{webhook_port} into {outbox}")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
+    hooks.shutdown()
     controller.stop()
 
 
