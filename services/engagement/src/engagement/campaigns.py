@@ -23,6 +23,7 @@ from typing import Any
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 
 from crm_platform.eventstore import project
 from engagement.domain.campaign import (
@@ -239,13 +240,20 @@ class CampaignApplication(Application[uuid.UUID]):
             with contextlib.suppress(IntegrityError):  # another process recorded the same fact
                 self.save(record)
 
-    def unforwarded_opt_outs(self, campaign: Campaign) -> list[OptOut]:
-        """Opt-outs of this campaign's recipients identity has not acknowledged yet."""
-        out = []
-        for customer_id, _, message in self.messages(campaign):
-            if message is None or message.opted_out_at is None or message.channel is None:
-                continue
-            record = self.opt_out_of(customer_id, message.channel)
-            if record is not None and record.forwarded_at is None:
-                out.append(record)
-        return out
+    def opt_outs_after(self, position: int, limit: int = 500) -> tuple[list[OptOut], int]:
+        """Opt-outs recorded after notification ``position`` (the store's log, filtered by
+        the event's topic), and the position reached: a reader that keeps its position
+        reads each opt-out once instead of scanning every message of every campaign."""
+        notifications = self.recorder.select_notifications(
+            start=position, limit=limit, topics=[get_topic(OptOut.Recorded)], inclusive_of_start=False
+        )
+        found = []
+        for n in notifications:
+            record = self.opt_out_of(*_opt_out_key(self.mapper.to_domain_event(n)))
+            if record is not None:
+                found.append(record)
+        return found, (notifications[-1].id if notifications else position)
+
+
+def _opt_out_key(recorded: Any) -> tuple[uuid.UUID, str]:
+    return recorded.customer_id, recorded.channel

@@ -237,3 +237,50 @@ def test_the_dispatcher_process_honours_a_withdrawal_seen_on_the_profile_topic(
 
     asyncio.run(scenario())
     assert [str(m["To"].addresses[0].addr_spec) for m in box.mails] == [f"a.{tag}@example.jp"]
+
+
+def test_an_opt_out_identity_missed_is_passed_on_later(
+    tmp_path: Path, identity_api: Served, smtp: tuple[Mailbox, int]
+) -> None:
+    _, smtp_port = smtp
+    customer = register(
+        identity_api,
+        {
+            "name_kanji": "清水 翼",
+            "email": f"t.{uuid.uuid4().hex[:8]}@example.jp",
+            "consents": {"email": True},
+        },
+    )
+    settings = Settings(var_dir=tmp_path / "var")
+    app = build_campaigns(settings)
+    try:
+        campaign_id = launch(app, ["email"], [customer])
+
+        async def scenario() -> tuple[int, int, int]:
+            away = MessagingSettings(identity_url="http://127.0.0.1:9", smtp_port=smtp_port)
+            live = MessagingSettings(identity_url=identity_api.url, smtp_port=smtp_port)
+            clients = build_clients(live)
+            dispatcher, view = build_dispatcher(settings, live, app, clients)
+            assert (await dispatcher.run_once()).sent == 1
+            message = app.maybe_message(campaign_id, customer)
+            assert message is not None
+            app.opt_out(message.id, NOW)  # what the unsubscribe link records while identity is away
+            dead_clients = build_clients(away)
+            stalled, view2 = build_dispatcher(settings, away, app, dead_clients)
+            first = await stalled.forward_opt_outs()
+            second = await dispatcher.forward_opt_outs()
+            third = await dispatcher.forward_opt_outs()
+            for v in (view, view2):
+                v.close()
+            for c in (clients, dead_clients):
+                await c.aclose()
+            return first, second, third
+
+        assert asyncio.run(scenario()) == (0, 1, 0)
+        record = app.opt_out_of(customer, "email")
+        assert record is not None
+        assert record.forwarded_at is not None
+    finally:
+        app.close()
+    contact = httpx.get(f"{identity_api.url}/customers/{customer}/contact/email", headers=STAFF).json()
+    assert contact["consent"] is False

@@ -91,6 +91,11 @@ class Dispatcher:
         self._limits = {ch: RateLimiter(settings.dispatch_rate_per_s) for ch in providers}
         self._tz = ZoneInfo(settings.dispatch_timezone)
         self._base = settings.tracking_base_url.rstrip("/")
+        #: per campaign, the recipients known to have a message: they are never read
+        #: again, so a round over a large campaign reads only what is left
+        self._recorded: dict[uuid.UUID, set[uuid.UUID]] = {}
+        #: the store position up to which opt-outs were passed on to identity
+        self._opt_out_position = 0
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -145,11 +150,20 @@ class Dispatcher:
         except ServiceUnavailable as exc:
             log.warning("campaign %s waits: %s", campaign.id, exc)
             return
-        pending = [
-            (cid, holdout)
-            for cid, holdout, message in await asyncio.to_thread(lambda: list(self.app.messages(campaign)))
-            if message is None
-        ]
+        recorded = self._recorded.setdefault(campaign.id, set())
+
+        def unrecorded() -> list[tuple[uuid.UUID, bool]]:
+            out = []
+            for r in campaign.recipients:
+                if r.customer_id in recorded:
+                    continue
+                if self.app.maybe_message(campaign.id, r.customer_id) is not None:
+                    recorded.add(r.customer_id)
+                else:
+                    out.append((r.customer_id, r.holdout))
+            return out
+
+        pending = await asyncio.to_thread(unrecorded)
         gate = asyncio.Semaphore(self.settings.dispatch_concurrency)
         interrupted = False
 
@@ -163,6 +177,7 @@ class Dispatcher:
                 except ServiceUnavailable as exc:
                     log.warning("recipient of campaign %s waits: %s", campaign.id, exc)
                     return
+                recorded.add(cid)
                 if outcome == "sent":
                     report.sent += 1
                 elif outcome == "skipped":
@@ -187,6 +202,8 @@ class Dispatcher:
             campaign = self.app.campaign(campaign_id)
             if campaign.status != "launched":
                 return False
+            if len(self._recorded.get(campaign_id, ())) < len(campaign.recipients):
+                return False  # some recipient has no message yet: not done
             if all(m is not None and m.finished for _, _, m in self.app.messages(campaign)):
                 try:
                     self.app.complete(campaign_id, self.clock())
@@ -400,18 +417,23 @@ class Dispatcher:
     # -- opt-outs identity has not heard of --------------------------------------------
 
     async def forward_opt_outs(self) -> int:
+        """Pass on to identity the opt-outs the API could not (identity was away). Reads
+        the opt-outs recorded since the last call; stops at the first that identity
+        does not take, to try it again next round."""
         forwarded = 0
-        for cid in await asyncio.to_thread(self.app.campaign_ids):
-            campaign = await asyncio.to_thread(self.app.campaign, cid)
-            if campaign.status == "draft":
-                continue
-            for record in await asyncio.to_thread(self.app.unforwarded_opt_outs, campaign):
-                if await self.clients.withdraw_consent(record.customer_id, record.channel, record.at):
+        while True:
+            records, reached = await asyncio.to_thread(self.app.opt_outs_after, self._opt_out_position)
+            for record in records:
+                if record.forwarded_at is None:
+                    if not await self.clients.withdraw_consent(record.customer_id, record.channel, record.at):
+                        return forwarded
                     await asyncio.to_thread(
                         self.app.opt_out_forwarded, record.customer_id, record.channel, self.clock()
                     )
                     forwarded += 1
-        return forwarded
+            if reached == self._opt_out_position:
+                return forwarded
+            self._opt_out_position = reached
 
 
 __all__ = ["CampaignError", "Dispatcher", "RoundReport"]
