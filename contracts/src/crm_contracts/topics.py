@@ -39,7 +39,7 @@ IDENTITY_PROFILE = Topic(
     description="The unified profile per customer_id (non-personal attributes, sealed "
     "personal fields, linked identifiers). Latest value per key; tombstone on erasure.",
     producers=("identity.resolver",),
-    consumers=("analytics.sink", "engagement.worker", "support.api"),
+    consumers=("analytics.sink", "engagement.worker", "engagement.dispatcher", "support.api"),
     compacted=True,
 )
 
@@ -89,7 +89,7 @@ DEAD_LETTER = Topic(
     name="crm.deadletter",
     description="Records a consumer could not decode or validate, with the reason in the "
     "headers. Nothing is dropped silently.",
-    producers=("analytics.sink", "identity.resolver", "engagement.worker"),
+    producers=("analytics.sink", "identity.resolver", "engagement.worker", "engagement.dispatcher"),
     consumers=("operators",),
     partitions=1,
 )
@@ -127,4 +127,6 @@ def by_name(name: str) -> Topic:
 #: ``crm_platform.settings.Settings.platform_groups()``.
 IDENTITY_RESOLVER_GROUP = "identity-resolver"
 ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
+#: The campaign dispatcher's consent view follows the profile topic in this group.
+ENGAGEMENT_DISPATCHER_GROUP = "engagement-dispatcher"
 ANALYTICS_SINK_GROUP = "analytics-sink"

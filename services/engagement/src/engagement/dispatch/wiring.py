@@ -4,6 +4,7 @@ Kept beside ``engagement.bootstrap`` (membership's) so each feature wires its ow
 
 from __future__ import annotations
 
+from crm_contracts.topics import ENGAGEMENT_DISPATCHER_GROUP
 from crm_platform.eventstore import TracingMapper, project
 from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
@@ -19,7 +20,7 @@ from engagement.dispatch.settings import MessagingSettings
 from engagement.tracking import TrackingSigner
 
 CAMPAIGN_RELAY_NAME = "engagement.campaign-relay"
-DISPATCHER_GROUP = "engagement-dispatcher"
+DISPATCHER_GROUP = ENGAGEMENT_DISPATCHER_GROUP
 
 
 def build_campaigns(settings: Settings) -> CampaignApplication:
