@@ -212,6 +212,14 @@ def test_rendering_personalises_escapes_html_and_tracks_allowed_links() -> None:
     assert 'href="https://t.example/c/0"' in out.html
     assert '<img src="https://t.example/o.gif"' in out.html
     assert out.links == ["https://shop.example.jp/sale?x=1"]
+    injected = render(
+        {"id": "v", "subject": "{{ name }}様", "body": "x"},
+        {"name": "a\r\nBcc: evil@example.com"},
+        link_hosts=[],
+        click_url=str,
+        open_url=None,
+    )
+    assert injected.subject == "a Bcc: evil@example.com様"  # one header line
 
 
 def test_tokens_verify_and_refuse_tampering_and_reuse_for_another_purpose() -> None:

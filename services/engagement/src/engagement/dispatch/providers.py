@@ -78,7 +78,7 @@ class SmtpProvider:
     def build(self, message: Outgoing) -> EmailMessage:
         mail = EmailMessage()
         mail["From"] = self.sender
-        mail["To"] = formataddr((message.to_name or "", message.to))
+        mail["To"] = formataddr((" ".join((message.to_name or "").split()), message.to))
         mail["Subject"] = message.subject or ""
         mail["Date"] = formatdate(localtime=False)
         # The same id on every attempt: a receiving server that saw it drops a copy.

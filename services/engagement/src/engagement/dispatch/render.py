@@ -88,6 +88,8 @@ def render(
 ) -> Rendered:
     """One recipient's message, its trackable links rewritten to ``click_url(n)``."""
     subject = _text_env.from_string(variant["subject"]).render(context) if variant.get("subject") else None
+    if subject is not None:  # one line: a line break in a header would be an injection
+        subject = " ".join(subject.split())
     body = _text_env.from_string(variant["body"]).render(context)
     html = _html_env.from_string(variant["html"]).render(context) if variant.get("html") else None
     links: list[str] = []
