@@ -66,7 +66,10 @@ class SmtpProvider:
         password: str | None = None,
         security: str = "none",
         timeout_s: float = 15.0,
+        pool_size: int = 8,
     ) -> None:
+        self.pool_size = pool_size
+        self._idle: list[aiosmtplib.SMTP] = []
         self.host = host
         self.port = port
         self.sender = sender
@@ -94,34 +97,72 @@ class SmtpProvider:
             mail.add_alternative(message.html, subtype="html")
         return mail
 
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            timeout=self.timeout_s,
+        )
+        await client.connect()
+        if self.username and self.password:
+            await client.login(self.username, self.password)
+        return client
+
     async def send(self, message: Outgoing) -> None:
-        try:
-            await aiosmtplib.send(
-                self.build(message),
-                hostname=self.host,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                use_tls=self.security == "tls",
-                start_tls=self.security == "starttls",
-                timeout=self.timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            reason = f"recipient refused ({', '.join(map(str, codes))})"
-            if all(400 <= c < 500 for c in codes):
-                raise TemporaryFailure(reason) from None
-            raise PermanentFailure(reason) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            reason = f"SMTP {exc.code}: {exc.message}"[:200]
-            if 400 <= exc.code < 500:
-                raise TemporaryFailure(reason) from None
-            raise PermanentFailure(reason) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise TemporaryFailure(f"SMTP unavailable: {type(exc).__name__}") from None
+        mail = self.build(message)
+        for _ in range(2):
+            reused = bool(self._idle)
+            client = self._idle.pop() if reused else None
+            try:
+                if client is None:
+                    client = await self._connect()
+                await client.send_message(mail)
+            except aiosmtplib.SMTPServerDisconnected:
+                await _close(client)
+                if reused:  # the server dropped an idle session: once more on a fresh one
+                    continue
+                raise TemporaryFailure("SMTP unavailable: SMTPServerDisconnected") from None
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                self._keep(client)
+                codes = [r.code for r in exc.recipients]
+                reason = f"recipient refused ({', '.join(map(str, codes))})"
+                if all(400 <= c < 500 for c in codes):
+                    raise TemporaryFailure(reason) from None
+                raise PermanentFailure(reason) from None
+            except aiosmtplib.SMTPResponseException as exc:
+                await _close(client)
+                reason = f"SMTP {exc.code}: {exc.message}"[:200]
+                if 400 <= exc.code < 500:
+                    raise TemporaryFailure(reason) from None
+                raise PermanentFailure(reason) from None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await _close(client)
+                raise TemporaryFailure(f"SMTP unavailable: {type(exc).__name__}") from None
+            self._keep(client)
+            return
+
+    def _keep(self, client: aiosmtplib.SMTP | None) -> None:
+        """Keep a session for the next message (RFC 5321 allows many per connection):
+        a connection and a TLS handshake per mail is most of a bulk send's cost."""
+        if client is not None and client.is_connected and len(self._idle) < self.pool_size:
+            self._idle.append(client)
+        elif client is not None:
+            client.close()
 
     async def aclose(self) -> None:
-        return None
+        while self._idle:
+            await _close(self._idle.pop())
+
+
+async def _close(client: aiosmtplib.SMTP | None) -> None:
+    if client is None or not client.is_connected:
+        return
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
 
 
 class WebhookProvider:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 #: What a template may use, with a sample used to try every template at creation.
@@ -42,6 +43,12 @@ _text_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _html_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _HREF = re.compile(r"""(href\s*=\s*["'])(https?://[^"'<>\s]+)(["'])""", re.IGNORECASE)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str, html: bool) -> Template:
+    """A template compiled once per source (compiling costs more than rendering)."""
+    return (_html_env if html else _text_env).from_string(source)
 
 
 def check_templates(variants: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -87,11 +94,11 @@ def render(
     open_url: str | None,
 ) -> Rendered:
     """One recipient's message, its trackable links rewritten to ``click_url(n)``."""
-    subject = _text_env.from_string(variant["subject"]).render(context) if variant.get("subject") else None
+    subject = _compiled(variant["subject"], False).render(context) if variant.get("subject") else None
     if subject is not None:  # one line: a line break in a header would be an injection
         subject = " ".join(subject.split())
-    body = _text_env.from_string(variant["body"]).render(context)
-    html = _html_env.from_string(variant["html"]).render(context) if variant.get("html") else None
+    body = _compiled(variant["body"], False).render(context)
+    html = _compiled(variant["html"], True).render(context) if variant.get("html") else None
     links: list[str] = []
     hosts = {h.lower() for h in link_hosts}
 

@@ -69,6 +69,7 @@ def build_providers(messaging: MessagingSettings) -> dict[str, Provider]:
             password=messaging.smtp_password.get_secret_value() if messaging.smtp_password else None,
             security=messaging.smtp_security,
             timeout_s=messaging.smtp_timeout_s,
+            pool_size=messaging.dispatch_concurrency,
         )
     }
     for channel in ("sms", "line", "app_push"):
