@@ -284,3 +284,69 @@ def test_an_opt_out_identity_missed_is_passed_on_later(
         app.close()
     contact = httpx.get(f"{identity_api.url}/customers/{customer}/contact/email", headers=STAFF).json()
     assert contact["consent"] is False
+
+
+def test_quiet_hours_defer_and_a_cancellation_skips_the_rest(
+    tmp_path: Path, identity_api: Served, smtp: tuple[Mailbox, int]
+) -> None:
+    box, smtp_port = smtp
+    customers = [
+        register(
+            identity_api,
+            {
+                "name_kanji": n,
+                "email": f"q{i}.{uuid.uuid4().hex[:6]}@example.jp",
+                "consents": {"email": True},
+            },
+        )
+        for i, n in enumerate(("早川 光", "坂本 望"))
+    ]
+    settings = Settings(var_dir=tmp_path / "var")
+    messaging = MessagingSettings(identity_url=identity_api.url, smtp_port=smtp_port)
+    app = build_campaigns(settings)
+    try:
+        quiet = app.create(
+            name="夜は送らない",
+            channels=["email"],
+            audience={"customer_ids": [str(c) for c in customers]},
+            variants=[{"id": "d", "subject": "s", "body": "{{ name }}"}],
+            rules=[],
+            default_variant="d",
+            send_at=NOW,
+            holdout_pct=0,
+            attribution_days=7,
+            quiet_hours=[21, 8],
+            link_hosts=[],
+            created_at=NOW,
+        )
+        app.launch(quiet.id, customers, NOW)
+        night = datetime(2026, 11, 24, 13, 30, tzinfo=UTC)  # 22:30 in Tokyo
+        morning = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)  # 09:30 in Tokyo
+        cancelled = launch(app, ["email"], customers)
+        app.cancel(cancelled, NOW, "wrong coupon")
+
+        async def rounds() -> tuple[int, int, int, int]:
+            clients = build_clients(messaging)
+            try:
+                at_night, view = build_dispatcher(settings, messaging, app, clients)
+                at_night.clock = lambda: night
+                first = await at_night.run_once()
+                view.close()
+                in_the_morning, view = build_dispatcher(settings, messaging, app, clients)
+                in_the_morning.clock = lambda: morning
+                second = await in_the_morning.run_once()
+                view.close()
+                return first.deferred, first.sent, second.sent, first.skipped + second.skipped
+            finally:
+                await clients.aclose()
+
+        deferred, sent_at_night, sent_in_the_morning, skipped = asyncio.run(rounds())
+        assert (deferred, sent_at_night, sent_in_the_morning) == (1, 0, 2)
+        assert skipped == 2  # the cancelled campaign's recipients
+        for customer in customers:
+            message = app.maybe_message(cancelled, customer)
+            assert message is not None
+            assert (message.status, message.reason) == ("skipped", "campaign_cancelled")
+    finally:
+        app.close()
+    assert len(box.mails) == 2
