@@ -94,6 +94,8 @@ class Dispatcher:
         #: per campaign, the recipients known to have a message: they are never read
         #: again, so a round over a large campaign reads only what is left
         self._recorded: dict[uuid.UUID, set[uuid.UUID]] = {}
+        #: campaigns that are over (completed, or cancelled and their rest skipped)
+        self._finished: set[uuid.UUID] = set()
         #: the store position up to which opt-outs were passed on to identity
         self._opt_out_position = 0
 
@@ -132,9 +134,15 @@ class Dispatcher:
         report = RoundReport()
         now = self.clock()
         for cid in await asyncio.to_thread(self.app.campaign_ids):
+            if cid in self._finished:
+                continue
             campaign = await asyncio.to_thread(self.app.campaign, cid)
+            if campaign.status == "completed":
+                self._finished.add(cid)  # never changes again: not read again
+                continue
             if campaign.status == "cancelled":
                 await self._skip_rest(campaign, report)
+                self._finished.add(cid)
                 continue
             if not campaign.is_due(now):
                 continue
