@@ -47,7 +47,7 @@ def test_the_manifests_name_processes_at_all() -> None:
     disabled = {name for name, _ in _chart_components(enabled_only=False)} - {
         n for n, _ in _chart_components()
     }
-    assert disabled == {"engagement-dispatcher"}  # not built yet
+    assert disabled == set()
 
 
 @pytest.mark.parametrize(("name", "service", "role"), _compose_processes())

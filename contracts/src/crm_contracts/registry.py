@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from crm_contracts.envelope import Event
-from crm_contracts.events import commerce, identity, membership, support
+from crm_contracts.events import commerce, identity, membership, messaging, support
 
 EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.CustomerRegistered,
@@ -32,6 +32,14 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     membership.MemberEnrolled,
     membership.MemberRankChanged,
     membership.PointsChanged,
+    messaging.CampaignLaunched,
+    messaging.MessageSent,
+    messaging.MessageSkipped,
+    messaging.MessageFailed,
+    messaging.MessageBounced,
+    messaging.MessageOpened,
+    messaging.MessageClicked,
+    messaging.MessageOptedOut,
     support.TicketOpened,
     support.TicketResolved,
     support.TicketAssigned,

@@ -39,7 +39,7 @@ IDENTITY_PROFILE = Topic(
     description="The unified profile per customer_id (non-personal attributes, sealed "
     "personal fields, linked identifiers). Latest value per key; tombstone on erasure.",
     producers=("identity.resolver",),
-    consumers=("analytics.sink", "engagement.worker"),
+    consumers=("analytics.sink", "engagement.worker", "engagement.dispatcher"),
     compacted=True,
 )
 
@@ -90,7 +90,7 @@ DEAD_LETTER = Topic(
     name="crm.deadletter",
     description="Records a consumer could not decode or validate, with the reason in the "
     "headers. Nothing is dropped silently.",
-    producers=("analytics.sink", "identity.resolver", "engagement.worker"),
+    producers=("analytics.sink", "identity.resolver", "engagement.worker", "engagement.dispatcher"),
     consumers=("operators",),
     partitions=1,
 )
@@ -128,5 +128,7 @@ def by_name(name: str) -> Topic:
 #: ``crm_platform.settings.Settings.platform_groups()``.
 IDENTITY_RESOLVER_GROUP = "identity-resolver"
 ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
+#: The campaign dispatcher's consent view follows the profile topic in this group.
+ENGAGEMENT_DISPATCHER_GROUP = "engagement-dispatcher"
 ANALYTICS_SINK_GROUP = "analytics-sink"
 SUPPORT_ERASURE_GROUP = "support-erasure"

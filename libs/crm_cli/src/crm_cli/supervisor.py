@@ -56,6 +56,18 @@ def platform_processes() -> list[ProcessSpec]:
         ProcessSpec("support-api", (py, "-m", "support", "api"), health_url="http://127.0.0.1:8003/healthz"),
         ProcessSpec("support-relay", (py, "-m", "support", "relay")),
         ProcessSpec("support-eraser", (py, "-m", "support", "eraser")),
+        # Local mode's providers (SMTP on 127.0.0.1:8025 into var/engagement/mail, SMS /
+        # LINE / app push webhooks on 8026 into var/engagement/outbox), then the campaign
+        # dispatcher that sends to them.
+        ProcessSpec("engagement-mailsink", (py, "-m", "engagement", "mailsink")),
+        ProcessSpec(
+            "engagement-dispatcher",
+            (py, "-m", "engagement", "dispatcher"),
+            env={
+                f"CRM_{channel.upper()}_WEBHOOK_URL": f"http://127.0.0.1:8026/{channel}"
+                for channel in ("sms", "line", "app_push")
+            },
+        ),
         # With chDB (local mode) the sink runs inside the analytics API's process.
         ProcessSpec(
             "analytics-api", (py, "-m", "analytics", "api"), health_url="http://127.0.0.1:8004/healthz"

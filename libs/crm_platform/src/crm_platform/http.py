@@ -111,6 +111,18 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
+def require_any_scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers whose key holds at least one of ``scopes`` (a
+    broad scope, or a narrower one that is all a given caller needs)."""
+
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if not any(principal.allows(s) for s in scopes):
+            raise ApiError(403, "forbidden", f"this API key lacks one of the scopes {', '.join(scopes)}")
+        return principal
+
+    return check
+
+
 class OrjsonRequest(Request):
     """A request whose JSON body is parsed by orjson (several times faster than the
     standard library on a batch of events; its decode error is a ``json.JSONDecodeError``,

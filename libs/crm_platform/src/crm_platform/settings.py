@@ -35,6 +35,9 @@ DEV_API_KEYS: dict[str, list[str]] = {
     # those stores (none here: the demo POS speaks for every store).
     "dev-pos-key": ["engagement:ingest", "source:pos"],
     "dev-shop-key": ["engagement:ingest", "source:webshop"],
+    # Engagement's campaigns: the audience from analytics, at send time one channel's
+    # address from identity, and an unsubscribe passed on to identity. Nothing more.
+    "dev-messaging-key": ["analytics:read", "identity:contact", "identity:consent"],
 }
 
 

@@ -69,27 +69,79 @@ def worker() -> None:
 
 @cli.command()
 def relay() -> None:
-    """Publish the membership store's new events to Kafka (exactly one per store)."""
+    """Publish the engagement stores' new events to Kafka: membership and campaigns
+    (one relay per store, exactly one process per deployment)."""
     from crm_platform.kafka import EventProducer, ensure_topics
     from crm_platform.process import run_until_signal
     from engagement.bootstrap import build_membership, build_relay
+    from engagement.dispatch.wiring import build_campaign_relay, build_campaigns
 
     settings = _settings("relay")
 
     async def main(stop: asyncio.Event) -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         app = build_membership(settings)
+        campaigns = build_campaigns(settings)
         try:
             async with EventProducer(
                 settings.kafka_bootstrap,
                 client_id="engagement-relay",
                 topic_prefix=settings.kafka_topic_prefix,
             ) as producer:
-                await build_relay(settings, app, producer).run(stop)
+                await asyncio.gather(
+                    build_relay(settings, app, producer).run(stop),
+                    build_campaign_relay(settings, campaigns, producer).run(stop),
+                )
         finally:
+            campaigns.close()
             app.close()
 
     run_until_signal(main)
+
+
+@cli.command()
+def dispatcher() -> None:
+    """Send the campaigns' due messages: e-mail over SMTP, SMS/LINE/app push over webhooks."""
+    from crm_platform.kafka import ensure_topics
+    from crm_platform.process import run_until_signal
+    from engagement.dispatch.process import run_dispatcher
+    from engagement.dispatch.settings import MessagingSettings
+
+    settings = _settings("dispatcher")
+    messaging = MessagingSettings()
+
+    async def main(stop: asyncio.Event) -> None:
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        await run_dispatcher(settings, messaging, stop)
+
+    run_until_signal(main)
+
+
+@cli.command()
+def mailsink(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="SMTP port (CRM_SMTP_PORT's default)")] = 8025,
+    webhook_port: Annotated[int, typer.Option(help="HTTP port of the SMS/LINE/app push webhooks")] = 8026,
+) -> None:
+    """Local mode's providers: SMTP into var/engagement/mail (a Maildir), and SMS/LINE/app
+    push webhooks (POST /sms, /line, /app_push) into var/engagement/outbox/*.jsonl."""
+    import signal
+    import threading
+
+    from engagement.dispatch.mailsink import start_mailsink, start_webhook_sink
+
+    settings = _settings("mailsink")
+    path = settings.service_dir("engagement") / "mail"
+    controller = start_mailsink(path, host, port)
+    outbox = settings.service_dir("engagement") / "outbox"
+    hooks = start_webhook_sink(outbox, host, webhook_port)
+    typer.echo(f"mail sink on {host}:{port} into {path}; webhooks on {host}:{webhook_port} into {outbox}")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    hooks.shutdown()
+    controller.stop()
 
 
 @cli.command("import")

@@ -2,7 +2,9 @@
 
 Scopes: ``identity:read`` (profiles without personal data), ``identity:pii`` (personal
 data in clear), ``identity:write`` (register, update, link, merge, review),
-``identity:erase`` (erasure).
+``identity:erase`` (erasure). Two narrow scopes serve engagement's campaign dispatcher:
+``identity:contact`` reads one channel's address, the greeting name and that channel's
+consent, and nothing else; ``identity:consent`` changes consents only (an unsubscribe).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from crm_platform.http import Principal, create_app, require_scope
+from crm_platform.http import Principal, create_app, require_any_scope, require_scope
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Settings
 from identity.application import (
@@ -62,6 +64,9 @@ reviews = APIRouter(prefix="/reviews", tags=["review queue"])
 Reader = Annotated[Principal, Depends(require_scope("identity:read"))]
 Writer = Annotated[Principal, Depends(require_scope("identity:write"))]
 Eraser = Annotated[Principal, Depends(require_scope("identity:erase"))]
+ContactReader = Annotated[Principal, Depends(require_scope("identity:contact"))]
+#: identity:write, or the narrower identity:consent (all an unsubscribe link needs)
+ConsentWriter = Annotated[Principal, Depends(require_any_scope("identity:write", "identity:consent"))]
 
 _IDENTIFIER_FIELDS = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone")
 _PERSONAL = ("name_kanji", "name_kana", "birthday", "postal_code", "address")
@@ -246,11 +251,53 @@ async def update_customer(
 
 @customers.put("/{customer_id}/consents/{channel}")
 async def set_consent(
-    customer_id: uuid.UUID, channel: ConsentChannelName, body: ConsentUpdate, identity: IdentityDep, _: Writer
+    customer_id: uuid.UUID,
+    channel: ConsentChannelName,
+    body: ConsentUpdate,
+    identity: IdentityDep,
+    _: ConsentWriter,
 ) -> dict[str, int]:
-    """Grant or withdraw consent for one channel (opt-in / opt-out), with its timestamp."""
+    """Grant or withdraw consent for one channel (opt-in / opt-out), with its timestamp.
+    Needs identity:write or identity:consent."""
     version = await _run(identity.app.change_consent, customer_id, channel, body.granted, body.at)
     return {"version": version}
+
+
+#: The identifier kind that is a channel's address.
+_CHANNEL_ADDRESS = {"email": "email", "sms": "phone", "line": "line_id", "app_push": "device"}
+
+
+@customers.get("/{customer_id}/contact/{channel}")
+async def contact_point(
+    customer_id: uuid.UUID,
+    channel: Annotated[Literal["email", "sms", "line", "app_push"], Path(description="the message channel")],
+    request: Request,
+    _: ContactReader,
+) -> dict[str, Any]:
+    """What a message dispatcher needs at send time and no more (scope identity:contact):
+    the channel's address (e-mail, E.164 phone, LINE id or app device token), the
+    customer's name for the greeting, and the channel's consent. A merged customer
+    answers for the customer it was merged into (``customer_id`` says which); an erased
+    one has no address."""
+    identity: Identity = request.app.state.identity
+    data = await _read(identity, identity.app.get_customer, customer_id)
+    for _hop in range(8):  # follow merges to the survivor
+        if data["status"] != "merged" or data["merged_into"] is None:
+            break
+        data = await _read(identity, identity.app.get_customer, data["merged_into"])
+    personal = data["personal"] or {}
+    addresses = personal.get("contacts", {}).get(_CHANNEL_ADDRESS[channel], [])
+    consent = data["consents"].get(channel)
+    active = data["status"] == "active"
+    return {
+        "customer_id": data["customer_id"],
+        "status": data["status"],
+        "channel": channel,
+        "address": addresses[0] if addresses and active else None,
+        "name": (personal.get("name_kanji") or personal.get("name_kana")) if active else None,
+        "consent": None if consent is None else bool(consent["granted"]),
+        "consent_at": None if consent is None else consent["at"],
+    }
 
 
 @customers.get("/{customer_id}/identifiers", response_model=list[IdentifierPublic])

@@ -1,0 +1,1 @@
+"""Campaign delivery: rendering, consent decisions, providers (SMTP, HTTP webhook), the dispatcher."""

@@ -1,0 +1,59 @@
+"""The dispatcher process: the consent view follows identity's profiles while the
+dispatcher sends what is due. Both stop on the same event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import ConsumerRecord
+
+from crm_contracts.envelope import Event
+from crm_contracts.events.identity import ProfileSnapshot
+from crm_contracts.topics import IDENTITY_PROFILE
+from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
+from crm_platform.settings import Settings
+from engagement.bootstrap import SERVICE
+from engagement.dispatch.settings import MessagingSettings
+from engagement.dispatch.wiring import DISPATCHER_GROUP, build_campaigns, build_clients, build_dispatcher
+
+log = logging.getLogger(__name__)
+
+
+async def run_dispatcher(
+    settings: Settings, messaging: MessagingSettings, stop: asyncio.Event, group_id: str | None = None
+) -> None:
+    # A topic prefix (a namespace on a shared cluster) names a group of its own.
+    group_id = group_id or settings.kafka_topic_prefix + DISPATCHER_GROUP
+    app = build_campaigns(settings)
+    clients = build_clients(messaging)
+    dispatcher, view = build_dispatcher(settings, messaging, app, clients)
+    dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
+
+    async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
+        if isinstance(event, ProfileSnapshot):
+            await asyncio.to_thread(view.apply, event)
+
+    prefix = settings.kafka_topic_prefix
+    try:
+        async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:
+            consumer = EventConsumer(
+                settings.kafka_bootstrap,
+                group_id=group_id,
+                topics=[prefix + IDENTITY_PROFILE.name],
+                handler=handle,
+                dedupe=dedupe,
+                dead_letter=dlq,
+            )
+            await consumer.start()
+            try:
+                await asyncio.gather(consumer.run(stop), dispatcher.run(stop))
+            finally:
+                await consumer.stop()
+    finally:
+        for provider in dispatcher.providers.values():
+            await provider.aclose()
+        await clients.aclose()
+        view.close()
+        dedupe.close()
+        app.close()

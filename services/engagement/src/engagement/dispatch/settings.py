@@ -1,0 +1,76 @@
+"""Settings of campaigns and their dispatcher, read from ``CRM_*`` environment variables
+like every other setting (``crm_platform.settings.Settings`` holds the shared ones).
+
+In production the development API key for identity and analytics is refused, like the
+platform's own development secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_MESSAGING_KEY = "dev-messaging-key"
+
+
+class MessagingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    env: str = "development"
+
+    # Other services, over HTTP (services never import each other)
+    identity_url: str = "http://127.0.0.1:8001"
+    analytics_url: str = "http://127.0.0.1:8004"
+    #: A key with analytics:read, identity:contact and identity:consent, nothing more.
+    messaging_api_key: SecretStr = SecretStr(DEV_MESSAGING_KEY)
+    service_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    # Tracking links (open pixel, click redirect, unsubscribe) point here
+    tracking_base_url: str = "http://127.0.0.1:8002"
+    #: Largest audience a campaign may freeze.
+    campaign_max_recipients: int = Field(default=200_000, ge=1, le=5_000_000)
+
+    # E-mail over SMTP
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=1, le=65_535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    mail_from: str = "Omni Retail <news@example.jp>"
+
+    # SMS, LINE and app push: one HTTP webhook per channel (a provider's API, or a gateway)
+    sms_webhook_url: str | None = None
+    line_webhook_url: str | None = None
+    app_push_webhook_url: str | None = None
+    #: Signs each webhook body (HMAC-SHA256 in ``X-CRM-Signature``) so the receiver can
+    #: check it came from here. Empty: unsigned.
+    webhook_secret: SecretStr = SecretStr("")
+
+    # The dispatcher
+    #: Messages per second per channel (a provider's rate limit).
+    dispatch_rate_per_s: float = Field(default=20.0, gt=0, le=10_000)
+    #: Tries per message on temporary errors, with exponential backoff between them.
+    dispatch_max_attempts: int = Field(default=4, ge=1, le=20)
+    dispatch_backoff_s: float = Field(default=1.0, ge=0, le=600)
+    #: How often the dispatcher looks for due campaigns.
+    dispatch_poll_s: float = Field(default=2.0, gt=0, le=3600)
+    #: Messages sent concurrently per campaign.
+    dispatch_concurrency: int = Field(default=8, ge=1, le=256)
+    #: Local time zone for quiet hours.
+    dispatch_timezone: str = "Asia/Tokyo"
+
+    @model_validator(mode="after")
+    def _refuse_dev_key_in_production(self) -> MessagingSettings:
+        if self.env == "production" and self.messaging_api_key.get_secret_value() == DEV_MESSAGING_KEY:
+            raise ValueError("production refuses development secrets: set CRM_MESSAGING_API_KEY")
+        return self
+
+    def webhook_url(self, channel: str) -> str | None:
+        return {
+            "sms": self.sms_webhook_url,
+            "line": self.line_webhook_url,
+            "app_push": self.app_push_webhook_url,
+        }.get(channel)
