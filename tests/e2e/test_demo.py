@@ -43,6 +43,22 @@ def test_a_small_retailer_resolves_well_and_every_purchase_counts_once(
     assert expected["tickets"] > 0
     assert counted["tickets"] == expected["tickets"]
     assert figures["support"]["opened"] <= expected["tickets"]
+    # Campaigns: what engagement recorded (sent by the dispatcher into the local mail
+    # sink, answered through the tracking links) is what analytics reports, per campaign.
+    truth = json.loads((tmp_path / "var" / "demo" / "truth.json").read_text())
+    recorded = {c["campaign_id"]: c for c in truth["campaigns"]["campaigns"]}
+    reported = {r["campaign_id"]: r for r in figures["campaigns"]}
+    assert recorded and reported.keys() == recorded.keys()
+    assert sum(c["sent"] for c in recorded.values()) > 0
+    for campaign_id, c in recorded.items():
+        r = reported[campaign_id]
+        assert (r["sent"], r["opened"], r["clicked"], r["opted_out"]) == (
+            c["sent"],
+            c["opened"],
+            c["clicked"],
+            c["opted_out"],
+        ), (r, c)
+    assert sum(r["clicked"] for r in reported.values()) == truth["campaigns"]["clicks"]
     later = json.loads(again.read_text())
     assert later["all_time"]["tickets"] == expected["tickets"]
     assert later["support"] == figures["support"]

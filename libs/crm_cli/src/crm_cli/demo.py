@@ -544,6 +544,68 @@ async def wait_until_counted(
     raise TimeoutError(f"analytics counted {overview.get('orders')} of {len(purchases)} purchases")
 
 
+async def run_campaigns(
+    endpoints: Endpoints, truth: dict[str, Any], var_dir: Path, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Marketing's turn, once analytics knows the customers: the demo campaigns are
+    launched to today's customers (after every merge), sent by the dispatcher into local
+    mode's mail sink, and answered through their tracking links; some clickers buy.
+    Returns what happened; the purchases join the truth (``campaign_orders``)."""
+    from crm_cli.demo_campaigns import load_campaigns
+
+    registered = {r["customer_id"] for r in truth["registrations"] if r["customer_id"]}
+    current = sorted(set((await current_customers(endpoints, registered)).values()))
+    async with httpx.AsyncClient(timeout=60) as http:
+        report = await load_campaigns(
+            http,
+            endpoints.engagement,
+            endpoints.admin_key,
+            current,
+            mail_dir=var_dir / "engagement" / "mail",
+            outbox_dir=var_dir / "engagement" / "outbox",
+            shop_key=endpoints.shop_key,
+            seed=truth["seed"],
+            purchases=True,
+            progress=progress,
+        )
+    return {
+        "campaigns": report.campaigns,
+        "not_launched": report.not_launched,
+        "messages": report.messages_seen,
+        "opens": report.opens,
+        "clicks": report.clicks,
+        "unsubscribes": report.unsubscribes,
+        "orders": report.orders,
+    }
+
+
+async def campaign_reports(endpoints: Endpoints, truth: dict[str, Any]) -> list[dict[str, Any]]:
+    """Analytics' report of each demo campaign (funnel, conversions against the holdout)."""
+    ids = [c["campaign_id"] for c in (truth.get("campaigns") or {}).get("campaigns", [])]
+    out = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for campaign_id in ids:
+            response = await http.get(
+                f"{endpoints.analytics}/v1/campaigns/{campaign_id}/report",
+                headers={"X-API-Key": endpoints.read_key},
+            )
+            response.raise_for_status()
+            out.append(response.json())
+    return out
+
+
+def add_campaign_orders(truth: dict[str, Any], orders: Sequence[dict[str, Any]]) -> None:
+    """The purchases campaign recipients made join the purchases analytics must count."""
+    known = {p["order_id"] for p in truth["purchases"]}
+    for order in orders:
+        if order["order_id"] in known:
+            continue
+        moment = datetime.fromisoformat(order["occurred_at"]) + JST
+        truth["purchases"].append(
+            asdict(Purchase(order["order_id"], -1, "online", moment.date().isoformat(), order["total"]))
+        )
+
+
 async def _tickets_counted(http: httpx.AsyncClient, endpoints: Endpoints, truth: dict[str, Any]) -> int:
     """Tickets analytics holds, all time (0 when the truth has none)."""
     if not truth.get("tickets"):

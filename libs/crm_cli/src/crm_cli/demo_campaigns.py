@@ -27,6 +27,7 @@ import json
 import mailbox
 import random
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,8 @@ class CampaignDemoReport:
     clicks: int = 0
     unsubscribes: int = 0
     purchases: int = 0
+    #: the purchases made after a click: order_id, total (yen), occurred_at
+    orders: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -273,13 +276,18 @@ async def load_campaigns(
     staff = {"X-API-Key": admin_key}
     specs = list(specs) if specs is not None else plan_campaigns(customer_ids, seed)
     by_id: dict[str, CampaignSpec] = {}
-    for spec in specs:
-        created = await http.post(f"{engagement}/v1/campaigns", json=spec.body, headers=staff)
-        if created.status_code != 201:
+    for number, spec in enumerate(specs):
+        # a request id per campaign: loading again finds the campaigns made the first time
+        body = {"request_id": f"demo-{seed}-{number}", **spec.body}
+        created = await http.post(f"{engagement}/v1/campaigns", json=body, headers=staff)
+        if created.status_code not in (200, 201):
             raise RuntimeError(
                 f"campaign {spec.body['name']!r} refused: {created.status_code} {created.text[:300]}"
             )
         campaign_id = created.json()["campaign_id"]
+        if created.json()["status"] != "draft":  # launched by an earlier, interrupted load
+            by_id[campaign_id] = spec
+            continue
         launched = await http.post(f"{engagement}/v1/campaigns/{campaign_id}/launch", headers=staff)
         if launched.status_code != 200:
             # an empty segment (a small demo may have no dormant customers yet): say so, go on
@@ -318,7 +326,7 @@ async def load_campaigns(
             await _get(http, r.clicks[0])
             report.clicks += 1
             if purchases and r.channel == "email" and rng.random() < 0.35:
-                await _buy(http, engagement, shop_key, r, rng)
+                report.orders.append(await _buy(http, engagement, shop_key, r, rng))
                 report.purchases += 1
         if r.unsubscribe and rng.random() < spec.unsubscribe_rate:
             response = await http.post(r.unsubscribe, data={"List-Unsubscribe": "One-Click"})
@@ -349,12 +357,15 @@ async def _get(http: httpx.AsyncClient, url: str) -> None:
 
 async def _buy(
     http: httpx.AsyncClient, engagement: str, shop_key: str, r: Received, rng: random.Random
-) -> None:
+) -> dict[str, Any]:
     price = rng.choice((2_990, 4_990, 7_990, 12_800))
-    order_id = "CMP" + hashlib.sha256(r.message_key.encode()).hexdigest()[:12].upper()
+    digest = hashlib.sha256(r.message_key.encode()).digest()
+    order_id = "CMP" + digest.hex()[:12].upper()
     event = {
         "type": "online_order",
-        "occurred_at": datetime.now(UTC).isoformat(),
+        # fixed per message: the same purchase sent again (a second load) counts once
+        "event_id": str(uuid.UUID(bytes=digest[:16], version=4)),
+        "occurred_at": (now := datetime.now(UTC)).isoformat(),
         "identifiers": {"email": r.to},
         "payload": {
             "order_id": order_id,
@@ -369,3 +380,4 @@ async def _buy(
     response = await http.post(f"{engagement}/v1/events", json=event, headers={"X-API-Key": shop_key})
     if response.status_code != 202:
         raise RuntimeError(f"a campaign purchase was refused: {response.status_code} {response.text[:200]}")
+    return {"order_id": order_id, "total": price, "occurred_at": now.isoformat()}

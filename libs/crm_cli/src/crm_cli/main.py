@@ -255,8 +255,18 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
             plan = demo.plan(customers, seed)
             report = asyncio.run(demo.load(plan, endpoints, progress))
             demo.write_truth(truth_path, plan, report)
-            state_path.write_text(json.dumps({**wanted, "seconds": round(report.seconds, 1)}))
             truth = json.loads(truth_path.read_text())
+            # Campaigns go to segments: analytics must have counted the history first.
+            asyncio.run(demo.wait_until_counted(endpoints, truth, progress=progress))
+            campaigns = asyncio.run(
+                demo.run_campaigns(
+                    endpoints, truth, _var_dir(), progress=lambda line: console.print(f"[dim]{line}[/dim]")
+                )
+            )
+            truth["campaigns"] = campaigns
+            demo.add_campaign_orders(truth, campaigns["orders"])
+            truth_path.write_text(json.dumps(truth, ensure_ascii=False))
+            state_path.write_text(json.dumps({**wanted, "seconds": round(report.seconds, 1)}))
         counted = asyncio.run(demo.wait_until_counted(endpoints, truth, progress=progress))
     # Merges decided late (a late registration tying two customers) reach analytics after
     # the purchases are counted: report on a settled pipeline, or the figures drift.
@@ -277,8 +287,10 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
     overview = asyncio.run(demo.overview(endpoints, end - timedelta(days=365), end))
     expected = demo.expected_totals(truth)
     support = asyncio.run(demo.support_kpis(endpoints, end - timedelta(days=365), end))
+    campaign_reports = asyncio.run(demo.campaign_reports(endpoints, truth))
     _print_report(quality, overview, segments, expected, counted)
     _print_support(support, expected, counted)
+    _print_campaigns(campaign_reports, truth.get("campaigns") or {})
     return {
         "quality": quality,
         "overview": overview,
@@ -286,6 +298,7 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
         "segments": segments,
         "expected": expected,
         "support": support,
+        "campaigns": campaign_reports,
     }
 
 
@@ -357,6 +370,30 @@ def _print_support(support: dict[str, Any], expected: dict[str, int], counted: d
         "all-time tickets generated / counted", f"{expected['tickets']:,} / {counted.get('tickets', 0):,}"
     )
     console.print(table)
+
+
+def _print_campaigns(reports: list[dict[str, Any]], loaded: dict[str, Any]) -> None:
+    def rate(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1%}"
+
+    table = Table(title="Campaigns (一斉配信), from the analytics report", header_style="bold")
+    for column in ("campaign", "recipients", "sent", "opened", "clicked", "opt-outs"):
+        table.add_column(column, justify="left" if column == "campaign" else "right")
+    table.add_column("converted: targeted / holdout", justify="right")
+    for r in reports:
+        targeted, holdout = r["conversion"]["targeted"], r["conversion"]["holdout"]
+        table.add_row(
+            r["name"] or r["campaign_id"],
+            f"{r['recipients']:,} ({r['holdout']:,} held out)",
+            f"{r['sent']:,}",
+            f"{r['opened']:,}",
+            f"{r['clicked']:,}",
+            f"{r['opted_out']:,}",
+            f"{rate(targeted['conversion_rate'])} / {rate(holdout['conversion_rate'])}",
+        )
+    console.print(table)
+    for line in loaded.get("not_launched", []):
+        console.print(f"[dim]not launched: {escape(line)}[/dim]")
 
 
 @app.command("demo")

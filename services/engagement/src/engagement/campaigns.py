@@ -29,6 +29,7 @@ from crm_platform.eventstore import project
 from engagement.domain.campaign import (
     Campaign,
     CampaignError,
+    CampaignStateError,
     Message,
     OptOut,
     message_id,
@@ -40,6 +41,25 @@ BOOK_ID = uuid.UUID("6a7f0c55-3c1b-4d8e-8f2a-1e9b7c3d5a40")
 
 class CampaignNotFound(CampaignError):
     pass
+
+
+_PLAN = (
+    "name",
+    "channels",
+    "audience",
+    "variants",
+    "rules",
+    "default_variant",
+    "holdout_pct",
+    "attribution_days",
+    "quiet_hours",
+    "link_hosts",
+)
+
+
+def _same_plan(campaign: Campaign, spec: dict[str, Any]) -> bool:
+    """What a retried create must repeat (its send_at and created_at may differ)."""
+    return all(getattr(campaign, key) == spec[key] for key in _PLAN)
 
 
 class MessageNotFound(CampaignError):
@@ -91,14 +111,35 @@ class CampaignApplication(Application[uuid.UUID]):
     # -- campaigns -------------------------------------------------------------------------
 
     def create(self, **spec: Any) -> Campaign:
+        return self.create_once(**spec)[0]
+
+    def create_once(self, **spec: Any) -> tuple[Campaign, bool]:
+        """The campaign, and whether it is new. Given a ``campaign_id`` (derived from the
+        client's request id) that exists already, the same campaign again is the one
+        there (a retried request); a different one under that id is refused."""
+        if spec.get("campaign_id") is not None:
+            with contextlib.suppress(CampaignNotFound):
+                existing = self.campaign(spec["campaign_id"])
+                if _same_plan(existing, spec):
+                    return existing, False
+                raise CampaignStateError(
+                    f"request id already used for campaign {existing.id}, with another plan"
+                )
         campaign = Campaign.create(**spec)
         for _ in range(5):
             book = self._book()
             book.list_campaign(campaign.id)
             try:
                 self.save(campaign, book)
-                return campaign
+                return campaign, True
             except IntegrityError:  # another process listed a campaign meanwhile
+                if spec.get("campaign_id") is not None:
+                    with contextlib.suppress(CampaignNotFound):  # ... or created this one
+                        if _same_plan(existing := self.campaign(campaign.id), spec):
+                            return existing, False
+                        raise CampaignStateError(
+                            f"request id already used for campaign {campaign.id}"
+                        ) from None
                 continue
         raise ConcurrentCampaignUpdate("could not list the campaign; retry")
 

@@ -109,3 +109,20 @@ def test_scopes_states_and_unknown_campaigns(api: TestClient) -> None:
 def test_payload_size_is_bounded(api: TestClient) -> None:
     huge = {**BODY, "audience": {"customer_ids": [str(uuid.uuid4()) for _ in range(30_000)]}}
     assert api.post("/v1/campaigns", json=huge).status_code in (413, 422)
+
+
+def test_a_retried_create_with_its_request_id_is_the_same_campaign(api: TestClient) -> None:
+    body = {**BODY, "request_id": "spring-sale-2026"}
+    first = api.post("/v1/campaigns", json=body)
+    assert first.status_code == 201, first.text
+    again = api.post("/v1/campaigns", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json()["campaign_id"] == first.json()["campaign_id"]
+    assert [c["campaign_id"] for c in api.get("/v1/campaigns").json()] == [first.json()["campaign_id"]]
+    # the same request id for another campaign is a conflict, not a silent replacement
+    other = api.post("/v1/campaigns", json={**body, "name": "夏のセール"})
+    assert other.status_code == 409, other.text
+    assert api.get(f"/v1/campaigns/{first.json()['campaign_id']}").json()["name"] == BODY["name"]
+    # without one, two requests are two campaigns
+    assert api.post("/v1/campaigns", json=BODY).json()["campaign_id"] != first.json()["campaign_id"]
+    assert api.post("/v1/campaigns", json={**BODY, "request_id": "bad id!"}).status_code == 422

@@ -258,13 +258,14 @@ class Campaign(Aggregate):
         quiet_hours: list[int] | None,
         link_hosts: list[str],
         created_at: datetime,
+        campaign_id: uuid.UUID | None = None,
     ) -> Campaign:
         problems = validate_plan(channels, variants, rules, default_variant, holdout_pct)
         if problems:
             raise InvalidCampaign("; ".join(f"{f}: {r}" for f, r in problems))
         return cls._create(
             cls.Created,
-            id=uuid.uuid4(),
+            id=campaign_id or uuid.uuid4(),
             name=name,
             channels=channels,
             audience=audience,

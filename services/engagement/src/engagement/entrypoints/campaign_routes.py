@@ -143,8 +143,17 @@ class AudienceIn(BaseModel):
         return self
 
 
+#: campaign ids derived from clients' request ids
+_REQUESTS = uuid.UUID("2f1d8a4e-6b0c-5e7a-9c3d-8e5f1a2b4c6d")
+
+
 class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        description="the client's id for this request: a retry returns the campaign it created",
+    )
     name: str = Field(min_length=1, max_length=200)
     channels: list[Channel] = Field(min_length=1, max_length=4, description="in order of preference")
     audience: AudienceIn
@@ -233,8 +242,12 @@ def _progress(app: CampaignApplication, campaign: Campaign) -> dict[str, Any]:
 
 
 @campaigns.post("/campaigns", status_code=201, summary="Create a campaign (a draft until launched)")
-async def create_campaign(body: CampaignCreate, app: CampaignsDep, _: Writer) -> dict[str, Any]:
-    """Checks the whole campaign first: every problem is listed, each naming its field."""
+async def create_campaign(
+    body: CampaignCreate, app: CampaignsDep, _: Writer, response: Response
+) -> dict[str, Any]:
+    """Checks the whole campaign first: every problem is listed, each naming its field.
+    With a ``request_id`` a retried request answers 200 with the campaign it created; the
+    same id with another plan is a 409."""
     variants = [v.model_dump(exclude_none=True) for v in body.variants]
     rules = [r.model_dump() for r in body.rules]
     problems = validate_plan(body.channels, variants, rules, body.default_variant, body.holdout_pct)
@@ -252,8 +265,9 @@ async def create_campaign(body: CampaignCreate, app: CampaignsDep, _: Writer) ->
         if body.audience.segment
         else {"customer_ids": [str(c) for c in body.audience.customer_ids or []]}
     )
-    campaign = await _call(
-        lambda: app.create(
+    campaign, new = await _call(
+        lambda: app.create_once(
+            campaign_id=None if body.request_id is None else uuid.uuid5(_REQUESTS, body.request_id),
             name=body.name,
             channels=list(body.channels),
             audience=audience,
@@ -268,6 +282,8 @@ async def create_campaign(body: CampaignCreate, app: CampaignsDep, _: Writer) ->
             created_at=now,
         )
     )
+    if not new:
+        response.status_code = 200
     return _view(campaign)
 
 
