@@ -67,7 +67,9 @@ ENGAGEMENT_MEMBERSHIP = Topic(
 ENGAGEMENT_MESSAGE = Topic(
     name="crm.engagement.message",
     description="Messages sent per channel and their delivery, opens, clicks and opt-outs.",
-    producers=("engagement.relay", "engagement.dispatcher"),
+    # The dispatcher records messages in engagement's store; only the campaign outbox
+    # relay (run by ``engagement relay``) publishes them.
+    producers=("engagement.relay",),
     consumers=("analytics.sink",),
 )
 

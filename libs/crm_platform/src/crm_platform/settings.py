@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_contracts.topics import (
     ANALYTICS_SINK_GROUP,
+    ENGAGEMENT_DISPATCHER_GROUP,
     ENGAGEMENT_MEMBERSHIP_GROUP,
     IDENTITY_RESOLVER_GROUP,
     SUPPORT_ERASURE_GROUP,
@@ -186,7 +187,8 @@ class Settings(BaseSettings):
 
     def platform_groups(self) -> tuple[str, ...]:
         """The consumer groups of this deployment's stream processors — the resolver,
-        the membership worker, support's eraser, the analytics sink — and no one else's
+        the membership worker, support's eraser, the analytics sink, the campaign
+        dispatcher's consent view — and no one else's
         (a BI tool's, a ``crm replay`` scratch group, the sink of another data directory)."""
         prefix = self.kafka_topic_prefix
         return (
@@ -194,6 +196,7 @@ class Settings(BaseSettings):
             prefix + ENGAGEMENT_MEMBERSHIP_GROUP,
             self.analytics_sink_group,
             prefix + SUPPORT_ERASURE_GROUP,
+            prefix + ENGAGEMENT_DISPATCHER_GROUP,
         )
 
     def service_dir(self, service: str) -> Path:

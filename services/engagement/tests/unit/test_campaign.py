@@ -265,3 +265,11 @@ def test_consent_decisions(kwargs: dict[str, object], allowed: bool, reason: str
     }
     verdict = decide("email", **{**base, **kwargs})  # type: ignore[arg-type]
     assert (verdict.allowed, verdict.reason) == (allowed, reason)
+
+
+def test_the_message_topic_names_only_the_relay_that_publishes_it() -> None:
+    from crm_contracts.topics import ENGAGEMENT_MESSAGE
+    from engagement.campaign_translator import PRODUCER
+
+    # the dispatcher records in the store; the campaign outbox relay is the one producer
+    assert ENGAGEMENT_MESSAGE.producers == (PRODUCER,)
