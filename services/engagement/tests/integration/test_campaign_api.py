@@ -57,6 +57,23 @@ def fields(response: Any) -> set[str]:
         ({"variants": [{"id": "d", "subject": "s", "body": "{{ points }}"}]}, "body.variants.0.body"),
         ({"rules": [{"variant": "zz", "when": {"rank": ["gold"]}}]}, "body.rules.0.variant"),
         ({"rules": [{"variant": "d", "when": {"colour": ["red"]}}]}, "body.rules.0.when.colour.[key]"),
+        ({"rules": [{"variant": "d", "when": {"birthday_month": ["13"]}}]}, "body.rules.0.when.birthday_month"),
+        ({"rules": [{"variant": "d", "when": {"segment": ["vip"]}}]}, "body.rules.0.when.segment"),
+        ({"rules": [{"variant": "d", "when": {"rank": ["diamond"]}}]}, "body.rules.0.when.rank"),
+        ({"rules": [{"variant": "d", "when": {"gender": ["f"]}}]}, "body.rules.0.when.gender"),
+        (
+            {
+                "link_hosts": ["shop.example.jp"],
+                "variants": [
+                    {
+                        "id": "d",
+                        "subject": "s",
+                        "body": "{% for i in range(1001) %}https://shop.example.jp/p{{ i }} {% endfor %}",
+                    }
+                ],
+            },
+            "body.variants.0.body",
+        ),
         ({"holdout_pct": 80}, "body.holdout_pct"),
         ({"quiet_hours": [25, 8]}, "body.quiet_hours.0"),
         ({"link_hosts": ["bad host/"]}, "body.link_hosts.0"),
@@ -68,6 +85,29 @@ def test_bad_campaigns_get_422_naming_the_field(api: TestClient, change: dict[st
     response = api.post("/v1/campaigns", json={**BODY, **change})
     assert response.status_code == 422, response.text
     assert field in fields(response), response.text
+
+
+def test_rules_over_known_values_and_a_thousand_links_are_accepted(api: TestClient) -> None:
+    links = "{% for i in range(1000) %}https://shop.example.jp/p{{ i }} {% endfor %}"
+    body = {
+        **BODY,
+        "link_hosts": ["shop.example.jp"],
+        "variants": [{"id": "d", "subject": "s", "body": links}, {"id": "b", "subject": "s", "body": "x"}],
+        "rules": [
+            {
+                "variant": "b",
+                "when": {
+                    "birthday_month": ["current", "12"],
+                    "segment": ["loyal"],
+                    "rank": ["gold", "none"],
+                    "gender": ["female"],
+                    "age_band": ["30s"],
+                },
+            }
+        ],
+    }
+    response = api.post("/v1/campaigns", json=body)
+    assert response.status_code == 201, response.text
 
 
 def test_scopes_states_and_unknown_campaigns(api: TestClient) -> None:

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from jinja2 import TemplateError
 
 from engagement.dispatch.consent import decide
 from engagement.dispatch.render import check_templates, render
@@ -273,3 +274,61 @@ def test_the_message_topic_names_only_the_relay_that_publishes_it() -> None:
 
     # the dispatcher records in the store; the campaign outbox relay is the one producer
     assert ENGAGEMENT_MESSAGE.producers == (PRODUCER,)
+
+
+def test_a_url_ends_where_japanese_text_starts() -> None:
+    out = render(
+        {"id": "d", "body": "セールはhttps://shop.example.jp/sale?a=1&b=%E3%81%82をご覧ください。"},
+        {},
+        link_hosts=["shop.example.jp"],
+        click_url=lambda n: f"https://t.example/c/{n}",
+        open_url=None,
+    )
+    assert out.links == ["https://shop.example.jp/sale?a=1&b=%E3%81%82"]
+    assert out.body == "セールはhttps://t.example/c/0をご覧ください。"
+
+
+def test_more_than_a_thousand_trackable_links_are_refused_by_variant_field() -> None:
+    many = "{% for i in range(1001) %}https://shop.example.jp/p{{ i }} {% endfor %}"
+    variants = [{"id": "ok", "body": "https://shop.example.jp/"}, {"id": "big", "body": many}]
+    assert check_templates(variants, ["shop.example.jp"]) == [
+        ("variants.1.body", "more than 1000 trackable links in variant 'big'")
+    ]
+    # links on other hosts are not tracked, so not counted
+    assert check_templates(variants, ["other.example.jp"]) == []
+    # 600 in the text and 600 others in the HTML: 1,200 in the message
+    text = "{% for i in range(600) %}https://shop.example.jp/t{{ i }} {% endfor %}"
+    html = '{% for i in range(600) %}<a href="https://shop.example.jp/h{{ i }}">x</a>{% endfor %}'
+    assert [p for p, _ in check_templates([{"id": "x", "body": text, "html": html}], ["shop.example.jp"])] == [
+        "variants.0.html"
+    ]
+    with pytest.raises(TemplateError):  # and a render past the limit fails rather than numbering 1000+
+        render(
+            {"id": "big", "body": many},
+            {},
+            link_hosts=["shop.example.jp"],
+            click_url=str,
+            open_url=None,
+        )
+
+
+def test_rule_values_are_checked_per_condition() -> None:
+    from crm_contracts.events.identity import Gender
+    from engagement.domain.campaign import GENDERS
+
+    assert set(GENDERS) == {g.value for g in Gender}
+    variants = [{"id": "d", "body": "x"}]
+    rules = [
+        {"variant": "d", "when": {"birthday_month": ["current", "0", "12"], "gender": ["male", "man"]}},
+        {"variant": "d", "when": {"segment": ["loyal", "vip"], "rank": ["gold", "none", "diamond"]}},
+    ]
+    problems = dict(validate_plan(["sms"], variants, rules, "d", 0, ranks=["regular", "gold"]))
+    assert set(problems) == {
+        "rules.0.when.birthday_month",
+        "rules.0.when.gender",
+        "rules.1.when.segment",
+        "rules.1.when.rank",
+    }
+    assert "'0'" in problems["rules.0.when.birthday_month"]
+    assert "'diamond'" in problems["rules.1.when.rank"]
+    assert validate_plan(["sms"], variants, rules[1:], "d", 0)  # segment still checked without ranks

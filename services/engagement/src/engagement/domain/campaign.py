@@ -34,6 +34,12 @@ CHANNELS = ("email", "sms", "line", "app_push")
 #: Conditions a rule may test, with the customer fact each reads.
 CONDITIONS = ("rank", "segment", "prefecture", "age_band", "gender", "birthday_month")
 AGE_BANDS = ("under20", "20s", "30s", "40s", "50s", "60plus", "unknown")
+#: The RFM segments analytics serves (``/v1/segments/{segment}/customers``).
+SEGMENTS = ("new", "repeat", "loyal", "dormant")
+#: identity's ``Gender`` values (a profile's attribute; ``unknown`` when not given).
+GENDERS = ("female", "male", "other", "unknown")
+#: ``birthday_month``: the month of the send, or a month number.
+BIRTHDAY_MONTHS = ("current", *(str(m) for m in range(1, 13)))
 
 
 class CampaignError(Exception):
@@ -149,9 +155,21 @@ def validate_plan(
     rules: Sequence[Mapping[str, Any]],
     default_variant: str,
     holdout_pct: float,
+    ranks: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
-    """Every problem of a campaign's plan as (field, reason); empty when sound."""
+    """Every problem of a campaign's plan as (field, reason); empty when sound.
+
+    ``ranks``: the membership programme's rank names (``none`` is accepted too: not a
+    member); None leaves rank values unchecked."""
     problems: list[tuple[str, str]] = []
+    accepted: dict[str, Sequence[str]] = {
+        "age_band": AGE_BANDS,
+        "segment": SEGMENTS,
+        "gender": GENDERS,
+        "birthday_month": BIRTHDAY_MONTHS,
+    }
+    if ranks is not None:
+        accepted["rank"] = (*ranks, "none")
     if not channels:
         problems.append(("channels", "name at least one channel"))
     for i, ch in enumerate(channels):
@@ -181,8 +199,13 @@ def validate_plan(
                 )
             elif not values:
                 problems.append((f"rules.{i}.when.{condition}", "list at least one value"))
-            elif condition == "age_band" and set(values) - set(AGE_BANDS):
-                problems.append((f"rules.{i}.when.age_band", f"age bands are {', '.join(AGE_BANDS)}"))
+            elif condition in accepted and (bad := sorted(set(map(str, values)) - set(accepted[condition]))):
+                problems.append(
+                    (
+                        f"rules.{i}.when.{condition}",
+                        f"unknown value {', '.join(map(repr, bad))}; one of {', '.join(accepted[condition])}",
+                    )
+                )
     if not 0 <= holdout_pct <= 50:
         problems.append(("holdout_pct", "must be between 0 and 50"))
     return problems

@@ -243,15 +243,17 @@ def _progress(app: CampaignApplication, campaign: Campaign) -> dict[str, Any]:
 
 @campaigns.post("/campaigns", status_code=201, summary="Create a campaign (a draft until launched)")
 async def create_campaign(
-    body: CampaignCreate, app: CampaignsDep, _: Writer, response: Response
+    body: CampaignCreate, app: CampaignsDep, _: Writer, request: Request, response: Response
 ) -> dict[str, Any]:
     """Checks the whole campaign first: every problem is listed, each naming its field.
     With a ``request_id`` a retried request answers 200 with the campaign it created; the
     same id with another plan is a 409."""
     variants = [v.model_dump(exclude_none=True) for v in body.variants]
     rules = [r.model_dump() for r in body.rules]
-    problems = validate_plan(body.channels, variants, rules, body.default_variant, body.holdout_pct)
-    problems += check_templates(variants)
+    membership = getattr(request.app.state, "membership", None)
+    ranks = [r.name for r in membership.programme.ranks] if membership is not None else None
+    problems = validate_plan(body.channels, variants, rules, body.default_variant, body.holdout_pct, ranks)
+    problems += check_templates(variants, body.link_hosts)
     if problems:
         raise RequestValidationError(
             [
