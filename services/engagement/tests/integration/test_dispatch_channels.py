@@ -26,6 +26,7 @@ from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.campaigns import CampaignApplication
 from engagement.dispatch.consent import ConsentView
+from engagement.domain.campaign import OptOut
 from engagement.dispatch.process import run_dispatcher
 from engagement.dispatch.settings import MessagingSettings
 from engagement.dispatch.wiring import build_campaigns, build_clients, build_dispatcher
@@ -283,6 +284,50 @@ def test_an_opt_out_identity_missed_is_passed_on_later(
     finally:
         app.close()
     contact = httpx.get(f"{identity_api.url}/customers/{customer}/contact/email", headers=STAFF).json()
+    assert contact["consent"] is False
+
+
+def test_an_erased_customers_opt_out_does_not_hold_up_the_next(tmp_path: Path, identity_api: Served) -> None:
+    """identity answers 409 ``customer_inactive`` for an erased customer's consent: there
+    is nobody left to tell, so the opt-out is done and the ones after it are passed on."""
+    erased, active = (
+        register(
+            identity_api,
+            {"name_kanji": "退会 花子", "email": f"e.{uuid.uuid4().hex[:8]}@example.jp", "consents": {"email": True}},
+        )
+        for _ in range(2)
+    )
+    answer = httpx.post(f"{identity_api.url}/customers/{erased}/erase", json={"reason": "request"}, headers=STAFF)
+    assert answer.status_code == 200, answer.text
+    refused = httpx.put(
+        f"{identity_api.url}/customers/{erased}/consents/email",
+        json={"granted": False, "at": NOW.isoformat()},
+        headers=STAFF,
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "customer_inactive")
+    settings = Settings(var_dir=tmp_path / "var")
+    app = build_campaigns(settings)
+    try:
+        for customer in (erased, active):  # the erased one first in the store's log
+            app.save(OptOut.record(customer, "email", uuid.uuid4(), NOW))
+
+        async def scenario() -> tuple[int, int]:
+            live = MessagingSettings(identity_url=identity_api.url)
+            clients = build_clients(live)
+            dispatcher, view = build_dispatcher(settings, live, app, clients)
+            try:
+                return await dispatcher.forward_opt_outs(), await dispatcher.forward_opt_outs()
+            finally:
+                view.close()
+                await clients.aclose()
+
+        assert asyncio.run(scenario()) == (2, 0)
+        for customer in (erased, active):
+            record = app.opt_out_of(customer, "email")
+            assert record is not None and record.forwarded_at is not None
+    finally:
+        app.close()
+    contact = httpx.get(f"{identity_api.url}/customers/{active}/contact/email", headers=STAFF).json()
     assert contact["consent"] is False
 
 

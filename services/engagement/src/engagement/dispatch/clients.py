@@ -107,7 +107,14 @@ class ServiceClients:
         )
 
     async def withdraw_consent(self, customer_id: uuid.UUID, channel: str, at: datetime) -> bool:
-        """Tell identity the customer opted out of ``channel``; False if it could not be told."""
+        """Tell identity the customer opted out of ``channel``; False if it could not be
+        told (try again later).
+
+        Done, too, when there is nobody left to tell: identity does not know the customer
+        (404), or answers that the customer is inactive — erased, so never messaged again
+        (409 ``customer_inactive``; 410 likewise). A merged customer's withdrawal lands on
+        the survivor (identity follows the merge). Any other 409 (a concurrent update of
+        the customer) is worth another try."""
         try:
             response = await self.identity.put(
                 f"/customers/{customer_id}/consents/{channel}",
@@ -115,4 +122,18 @@ class ServiceClients:
             )
         except httpx.HTTPError:
             return False
-        return response.status_code in {200, 404}
+        if response.status_code in {200, 404, 410}:
+            return True
+        if response.status_code == 409:
+            return _error_code(response) == "customer_inactive"
+        return False
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The platform's error code (``{"error": {"code": …}}``), if the body has one."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
