@@ -26,10 +26,10 @@ from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.campaigns import CampaignApplication
 from engagement.dispatch.consent import ConsentView
-from engagement.domain.campaign import OptOut
 from engagement.dispatch.process import run_dispatcher
 from engagement.dispatch.settings import MessagingSettings
 from engagement.dispatch.wiring import build_campaigns, build_clients, build_dispatcher
+from engagement.domain.campaign import OptOut
 
 from .conftest import Mailbox, Served
 
@@ -293,11 +293,17 @@ def test_an_erased_customers_opt_out_does_not_hold_up_the_next(tmp_path: Path, i
     erased, active = (
         register(
             identity_api,
-            {"name_kanji": "退会 花子", "email": f"e.{uuid.uuid4().hex[:8]}@example.jp", "consents": {"email": True}},
+            {
+                "name_kanji": "退会 花子",
+                "email": f"e.{uuid.uuid4().hex[:8]}@example.jp",
+                "consents": {"email": True},
+            },
         )
         for _ in range(2)
     )
-    answer = httpx.post(f"{identity_api.url}/customers/{erased}/erase", json={"reason": "request"}, headers=STAFF)
+    answer = httpx.post(
+        f"{identity_api.url}/customers/{erased}/erase", json={"reason": "request"}, headers=STAFF
+    )
     assert answer.status_code == 200, answer.text
     refused = httpx.put(
         f"{identity_api.url}/customers/{erased}/consents/email",
