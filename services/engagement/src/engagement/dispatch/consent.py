@@ -37,6 +37,10 @@ class ConsentView:
             "CREATE TABLE IF NOT EXISTS consent (customer_id TEXT PRIMARY KEY, status TEXT NOT NULL,"
             " merged_into TEXT, consents BLOB NOT NULL, attributes BLOB NOT NULL, version TEXT NOT NULL)"
         )
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS consent_merged_into ON consent (merged_into)"
+            " WHERE merged_into IS NOT NULL"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -76,6 +80,20 @@ class ConsentView:
             ).fetchone()
         return dict(orjson.loads(row[0])) if row else {}
 
+    def absorbed(self, customer_id: uuid.UUID) -> list[uuid.UUID]:
+        """The customers merged into this one (directly or through others), as the
+        profiles said."""
+        with self._lock:
+            rows = self._db.execute(
+                "WITH RECURSIVE absorbed(id, depth) AS ("
+                " SELECT customer_id, 1 FROM consent WHERE merged_into = ?"
+                " UNION SELECT c.customer_id, a.depth + 1 FROM consent c JOIN absorbed a"
+                " ON c.merged_into = a.id WHERE a.depth < 16)"  # a bound against a cycle
+                " SELECT DISTINCT id FROM absorbed LIMIT 1000",
+                (str(customer_id),),
+            ).fetchall()
+        return [uuid.UUID(r[0]) for r in rows if r[0] != str(customer_id)]
+
     def lookup(self, customer_id: uuid.UUID) -> tuple[str, dict[str, bool]] | None:
         """(status, {channel: granted}) as the last profile said; None: never seen."""
         with self._lock:
@@ -109,7 +127,7 @@ def decide(
         return Verdict(False, "opted_out")
     if view is not None:
         status, consents = view
-        if status == "erased":
+        if status in ("erased", "merged"):
             return Verdict(False, "customer_inactive")
         if consents.get(channel) is False:
             return Verdict(False, "no_consent")

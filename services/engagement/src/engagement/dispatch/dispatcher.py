@@ -13,9 +13,21 @@ and, per frozen recipient without a message yet:
 4. hands it to the channel's provider, rate-limited per channel, retrying temporary
    failures with exponential backoff, and records sent or failed.
 
-A crash between 3 and 4 leaves a prepared message; the next start records it as failed
-(``interrupted: outcome unknown``) rather than risk a second mail. Quiet hours defer a
-campaign (nothing is recorded; it resumes when they end). A paused or cancelled campaign
+A crash between 3 and 4 leaves a prepared message; once it is older than the lease
+(``CRM_DISPATCH_LEASE_S``, longer than any send can take) the dispatcher records it as
+failed (``interrupted: outcome unknown``) rather than risk a second mail — at start and
+every lease period after. A message a live dispatcher is still sending is younger than
+the lease, so it is left alone; should two dispatchers still race on one message, the
+loser's update is refused (``ConcurrentCampaignUpdate``) and only that recipient is
+given up, not the round. Quiet hours defer a campaign (nothing is recorded; it resumes
+when they end); they are checked again before every slice of recipients, so a long send
+stops when they begin.
+
+A recipient merged into another customer since launch is skipped as ``customer_inactive``
+(identity answers for the survivor, whose own message — if it is a recipient too — is
+the one that counts; the survivor is never messaged twice, nor on behalf of a customer
+it absorbed). A local opt-out counts for the customer and for every customer merged
+into it (the consent view knows the merges). A paused or cancelled campaign
 stops between recipients; a cancelled one's unsent recipients are recorded as skipped.
 When every recipient has an outcome the campaign completes. Another service being down
 (identity, analytics) leaves the recipient for the next round.
@@ -38,7 +50,14 @@ from jinja2 import TemplateError
 from engagement.campaigns import CampaignApplication, ConcurrentCampaignUpdate, MessageExists
 from engagement.dispatch.clients import ServiceClients, ServiceUnavailable
 from engagement.dispatch.consent import ConsentView, decide
-from engagement.dispatch.providers import Outgoing, PermanentFailure, Provider, RateLimiter, TemporaryFailure
+from engagement.dispatch.providers import (
+    OutcomeUnknown,
+    Outgoing,
+    PermanentFailure,
+    Provider,
+    RateLimiter,
+    TemporaryFailure,
+)
 from engagement.dispatch.render import render
 from engagement.dispatch.settings import MessagingSettings
 from engagement.domain.campaign import (
@@ -98,13 +117,18 @@ class Dispatcher:
         self._finished: set[uuid.UUID] = set()
         #: the store position up to which opt-outs were passed on to identity
         self._opt_out_position = 0
+        #: when abandoned prepared messages were last looked for
+        self._recovered_at: datetime | None = None
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.recover)
         while not stop.is_set():
             try:
+                if self._recovered_at is None or (
+                    (self.clock() - self._recovered_at).total_seconds() >= self.settings.dispatch_lease_s
+                ):
+                    await asyncio.to_thread(self.recover)
                 await self.run_once(stop)
                 await self.forward_opt_outs()
             except Exception:  # a store or a service briefly away: the next round retries
@@ -113,17 +137,28 @@ class Dispatcher:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.dispatch_poll_s)
 
     def recover(self) -> int:
-        """Prepared messages a crash left without an outcome become failed, not resent."""
+        """Prepared messages a crash left without an outcome become failed, not resent.
+
+        Only those prepared longer than the lease ago: a younger one may be in the hands
+        of a live dispatcher (another process, or this one before a restart)."""
+        now = self.clock()
+        self._recovered_at = now
         resolved = 0
         for cid in self.app.campaign_ids():
             campaign = self.app.campaign(cid)
             if campaign.status not in ("launched", "paused", "cancelled"):
                 continue
             for _, _, message in self.app.messages(campaign):
-                if message is not None and message.status == "sending":
-                    message.mark_failed(self.clock(), "interrupted: outcome unknown", message.attempts, False)
+                if message is None or message.status != "sending":
+                    continue
+                if (now - message.created_at).total_seconds() < self.settings.dispatch_lease_s:
+                    continue
+                message.mark_failed(now, "interrupted: outcome unknown", message.attempts, False)
+                try:
                     self.app.update(message)
-                    resolved += 1
+                except ConcurrentCampaignUpdate:  # its dispatcher recorded the outcome meanwhile
+                    continue
+                resolved += 1
         if resolved:
             log.warning(
                 "%d messages were being sent when the dispatcher stopped: recorded as failed", resolved
@@ -146,11 +181,14 @@ class Dispatcher:
                 continue
             if not campaign.is_due(now):
                 continue
-            if campaign.in_quiet_hours(now.astimezone(self._tz).hour):
+            if self._quiet(campaign):
                 report.deferred += 1
                 continue
             await self.dispatch(campaign, report, stop)
         return report
+
+    def _quiet(self, campaign: Campaign) -> bool:
+        return campaign.in_quiet_hours(self.clock().astimezone(self._tz).hour)
 
     async def dispatch(self, campaign: Campaign, report: RoundReport, stop: asyncio.Event | None) -> None:
         try:
@@ -185,6 +223,12 @@ class Dispatcher:
                 except ServiceUnavailable as exc:
                     log.warning("recipient of campaign %s waits: %s", campaign.id, exc)
                     return
+                except ConcurrentCampaignUpdate as exc:
+                    # another dispatcher recorded this message's outcome first (it took
+                    # it for abandoned): that outcome stands; the others go on
+                    log.warning("recipient of campaign %s: %s", campaign.id, exc)
+                    recorded.add(cid)
+                    return
                 recorded.add(cid)
                 if outcome == "sent":
                     report.sent += 1
@@ -194,11 +238,14 @@ class Dispatcher:
                     report.failed += 1
 
         # In slices, re-reading the campaign between them: a pause or a cancellation
-        # stops the send within a slice.
+        # stops the send within a slice, and quiet hours that begin defer the rest.
         step = max(50, self.settings.dispatch_concurrency * 4)
         for start in range(0, len(pending), step):
             current = await asyncio.to_thread(self.app.campaign, campaign.id)
             if current.status != "launched":
+                return
+            if self._quiet(current):
+                report.deferred += 1
                 return
             await asyncio.gather(*(one(c, h) for c, h in pending[start : start + step]))
             if stop is not None and stop.is_set():
@@ -275,10 +322,12 @@ class Dispatcher:
             )
             return "skipped" if recorded else "exists"
         view = await asyncio.to_thread(self.view.lookup, customer_id)
+        # an unsubscribe recorded under a customer since merged into this one counts too
+        holders = [customer_id, *await asyncio.to_thread(self.view.absorbed, customer_id)]
         reasons: list[str] = []
         chosen: tuple[str, Any] | None = None
         for channel in campaign.channels:
-            opted_out = await asyncio.to_thread(self.app.opt_out_of, customer_id, channel) is not None
+            opted_out = await asyncio.to_thread(self._opted_out, holders, channel)
             pre = decide(
                 channel,
                 opted_out=opted_out,
@@ -291,6 +340,11 @@ class Dispatcher:
                 reasons.append(pre.reason or "no_consent")
                 continue
             contact = await self.clients.contact(customer_id, channel)
+            if contact is not None and contact.customer_id != customer_id:
+                # merged since launch: identity answers for the survivor, who is not this
+                # recipient — never message it on the merged customer's behalf
+                reasons = ["customer_inactive"]
+                break
             verdict = decide(
                 channel,
                 opted_out=False,
@@ -342,7 +396,8 @@ class Dispatcher:
             message.mark_failed(self.clock(), f"template: {exc}"[:200], 0, True)
             await asyncio.to_thread(self.app.update, message)
             return "failed"
-        message = Message.prepare(campaign.id, customer_id, channel, variant_id, rendered.links, now)
+        # prepared at this instant (not the round's): the lease counts from here
+        message = Message.prepare(campaign.id, customer_id, channel, variant_id, rendered.links, self.clock())
         if not await asyncio.to_thread(self._record, message):
             return "exists"
         outgoing = Outgoing(
@@ -365,6 +420,9 @@ class Dispatcher:
             outcome = "failed"
         await asyncio.to_thread(self.app.update, message)
         return outcome
+
+    def _opted_out(self, customer_ids: list[uuid.UUID], channel: str) -> bool:
+        return any(self.app.opt_out_of(c, channel) is not None for c in customer_ids)
 
     async def _facts(
         self,
@@ -410,6 +468,8 @@ class Dispatcher:
             await self._limits[outgoing.channel].acquire()
             try:
                 await provider.send(outgoing)
+            except OutcomeUnknown as exc:  # it may have gone out: never sent again
+                return attempt, str(exc), False
             except PermanentFailure as exc:
                 return attempt, str(exc), True
             except TemporaryFailure as exc:

@@ -1,9 +1,16 @@
 """Where messages leave the platform: e-mail over SMTP, other channels over an HTTP webhook.
 
 A provider either returns (the message was accepted), raises ``TemporaryFailure`` (not
-accepted, worth retrying: a 4xx SMTP reply, a refused connection, an HTTP 429/5xx) or
+accepted, worth retrying: a 4xx SMTP reply, a refused connection, an HTTP 429/5xx),
 ``PermanentFailure`` (refused for good: a 5xx SMTP reply such as an unknown mailbox, an
-HTTP 4xx). Retrying only what was not accepted keeps a retry from sending twice.
+HTTP 4xx) or ``OutcomeUnknown`` (SMTP: the connection broke or timed out once the
+message's DATA had begun, so the server may well have accepted it). Only what was
+certainly not accepted is retried: an unknown outcome is recorded as failed, never sent
+again — at most once.
+
+Failure reasons carry codes only (the SMTP reply code and the RFC 3463 enhanced status
+code, an HTTP status), never the server's text: a server quotes the address it refused,
+and reasons are published (``message.failed``) and land in ClickHouse.
 
 SMS, LINE and app push share ``WebhookProvider``: it POSTs a JSON body to the channel's
 configured URL (an SMS gateway, a LINE Messaging API relay, a push service), signed
@@ -16,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 import httpx
 import orjson
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default
 
 
 class TemporaryFailure(Exception):
@@ -34,6 +44,32 @@ class TemporaryFailure(Exception):
 
 class PermanentFailure(Exception):
     pass
+
+
+class OutcomeUnknown(Exception):
+    """The provider may have taken the message; sending it again could deliver it twice."""
+
+
+#: An RFC 3463 enhanced status code at the start of an SMTP reply's text (``5.1.1 …``).
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def smtp_reason(code: int, text: str) -> str:
+    """``SMTP 550 5.1.1``: the reply code and the enhanced status code, not the text."""
+    enhanced = _ENHANCED.match(text.strip())
+    return f"SMTP {code}" + (f" {enhanced.group(1)}" if enhanced else "")
+
+
+class _Session(aiosmtplib.SMTP):
+    """An SMTP session that knows whether the current message's DATA has begun: before
+    it nothing can have been delivered; from then on a broken connection or a timeout
+    leaves the outcome unknown."""
+
+    data_started = False
+
+    async def data(self, message: str | bytes, /, *, timeout: Any = Default.token) -> SMTPResponse:
+        self.data_started = True
+        return await super().data(message, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -69,7 +105,7 @@ class SmtpProvider:
         pool_size: int = 8,
     ) -> None:
         self.pool_size = pool_size
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Session] = []
         self.host = host
         self.port = port
         self.sender = sender
@@ -97,8 +133,8 @@ class SmtpProvider:
             mail.add_alternative(message.html, subtype="html")
         return mail
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
+    async def _connect(self) -> _Session:
+        client = _Session(
             hostname=self.host,
             port=self.port,
             use_tls=self.security == "tls",
@@ -118,32 +154,38 @@ class SmtpProvider:
             try:
                 if client is None:
                     client = await self._connect()
+                client.data_started = False
                 await client.send_message(mail)
-            except aiosmtplib.SMTPServerDisconnected:
-                await _close(client)
-                if reused:  # the server dropped an idle session: once more on a fresh one
-                    continue
-                raise TemporaryFailure("SMTP unavailable: SMTPServerDisconnected") from None
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 self._keep(client)
                 codes = [r.code for r in exc.recipients]
-                reason = f"recipient refused ({', '.join(map(str, codes))})"
+                reason = (
+                    "recipient refused ("
+                    + ", ".join(smtp_reason(r.code, r.message) for r in exc.recipients)
+                    + ")"
+                )
                 if all(400 <= c < 500 for c in codes):
                     raise TemporaryFailure(reason) from None
                 raise PermanentFailure(reason) from None
             except aiosmtplib.SMTPResponseException as exc:
+                # the server answered (to DATA too): it did not take the message
                 await _close(client)
-                reason = f"SMTP {exc.code}: {exc.message}"[:200]
+                reason = smtp_reason(exc.code, exc.message)
                 if 400 <= exc.code < 500:
                     raise TemporaryFailure(reason) from None
                 raise PermanentFailure(reason) from None
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                started = client is not None and client.data_started
                 await _close(client)
+                if started:  # the server may have taken it before the line went quiet
+                    raise OutcomeUnknown(f"SMTP outcome unknown: {type(exc).__name__} during DATA") from None
+                if reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                    continue  # the server dropped an idle session: once more on a fresh one
                 raise TemporaryFailure(f"SMTP unavailable: {type(exc).__name__}") from None
             self._keep(client)
             return
 
-    def _keep(self, client: aiosmtplib.SMTP | None) -> None:
+    def _keep(self, client: _Session | None) -> None:
         """Keep a session for the next message (RFC 5321 allows many per connection):
         a connection and a TLS handshake per mail is most of a bulk send's cost."""
         if client is not None and client.is_connected and len(self._idle) < self.pool_size:

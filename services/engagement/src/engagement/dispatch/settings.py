@@ -61,6 +61,22 @@ class MessagingSettings(BaseSettings):
     dispatch_concurrency: int = Field(default=8, ge=1, le=256)
     #: Local time zone for quiet hours.
     dispatch_timezone: str = "Asia/Tokyo"
+    #: A prepared message older than this without an outcome was abandoned by a crashed
+    #: dispatcher and is recorded as failed (outcome unknown); younger ones may still be
+    #: in a live dispatcher's hands. Longer than any one send can take.
+    dispatch_lease_s: float = Field(default=900.0, ge=60, le=86_400)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> MessagingSettings:
+        # every attempt may wait for a timeout, with the backoff between attempts
+        longest = self.dispatch_max_attempts * max(self.smtp_timeout_s, 10.0) + self.dispatch_backoff_s * (
+            2 ** (self.dispatch_max_attempts - 1) - 1
+        )
+        if self.dispatch_lease_s <= longest:
+            raise ValueError(
+                f"dispatch_lease_s must be longer than one send can take ({longest:g} s with these settings)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_key_in_production(self) -> MessagingSettings:
