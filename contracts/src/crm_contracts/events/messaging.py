@@ -88,7 +88,12 @@ class MessageSkipped(Event):
 
 
 class MessageFailedPayload(MessagePayload):
-    reason: str = Field(max_length=200, description="the provider's answer, without personal data")
+    reason: str = Field(
+        max_length=200,
+        description="why, as codes only: e.g. 'SMTP 550 5.1.1', 'webhook answered 429', "
+        "'SMTP outcome unknown: …' (never retried), 'interrupted: outcome unknown'; "
+        "never the provider's text, which may quote an address",
+    )
     attempts: int = Field(ge=0)
     permanent: bool = Field(description="False: given up after retries on temporary errors")
 
@@ -102,7 +107,12 @@ class MessageFailed(Event):
 
 class MessageBouncedPayload(MessagePayload):
     kind: Literal["hard", "soft"]
-    reason: str = Field(default="", max_length=200)
+    reason: str = Field(
+        default="",
+        max_length=200,
+        description="the RFC 3463 enhanced status code (e.g. '5.1.1'), or empty; never the bounce's "
+        "text, which may quote an address",
+    )
 
 
 class MessageBounced(Event):

@@ -9,6 +9,7 @@ the campaign book, opt-out bookkeeping, pauses) publish nothing.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,9 +34,12 @@ from crm_contracts.events.messaging import (
     MessageSkippedPayload,
 )
 from crm_platform.relay import StoredFact
-from engagement.domain.campaign import Campaign, Message
+from engagement.domain.campaign import ENHANCED_STATUS, Campaign, Message
 
 PRODUCER = "engagement.relay"
+#: Anything shaped like an e-mail address, kept out of a published failure reason (the
+#: dispatcher records codes only; this guards reasons recorded before it did).
+_ADDRESS = re.compile(r"[^\s<>()\[\]:;,\"']+@[^\s<>()\[\]:;,\"']+")
 
 
 class CampaignTranslator:
@@ -138,7 +142,10 @@ class CampaignTranslator:
             return [MessageSent(**key, payload=MessageSentPayload(**base, attempts=event.attempts))]
         if isinstance(event, Message.Failed):
             payload = MessageFailedPayload(
-                **base, reason=event.reason[:200], attempts=event.attempts, permanent=event.permanent
+                **base,
+                reason=_ADDRESS.sub("<address>", event.reason)[:200],
+                attempts=event.attempts,
+                permanent=event.permanent,
             )
             return [MessageFailed(**key, payload=payload)]
         if isinstance(event, Message.Opened):
@@ -152,6 +159,8 @@ class CampaignTranslator:
                 )
             ]
         if isinstance(event, Message.Bounced):
-            bounced = MessageBouncedPayload(**base, kind=event.kind, reason=event.reason[:200])
+            # codes only: a reason recorded before the API refused free text is left out
+            reason = event.reason if re.fullmatch(ENHANCED_STATUS, event.reason) else ""
+            bounced = MessageBouncedPayload(**base, kind=event.kind, reason=reason)
             return [MessageBounced(**key, payload=bounced)]
         return [MessageOptedOut(**key, payload=MessagePayload(**base))]

@@ -57,7 +57,10 @@ def fields(response: Any) -> set[str]:
         ({"variants": [{"id": "d", "subject": "s", "body": "{{ points }}"}]}, "body.variants.0.body"),
         ({"rules": [{"variant": "zz", "when": {"rank": ["gold"]}}]}, "body.rules.0.variant"),
         ({"rules": [{"variant": "d", "when": {"colour": ["red"]}}]}, "body.rules.0.when.colour.[key]"),
-        ({"rules": [{"variant": "d", "when": {"birthday_month": ["13"]}}]}, "body.rules.0.when.birthday_month"),
+        (
+            {"rules": [{"variant": "d", "when": {"birthday_month": ["13"]}}]},
+            "body.rules.0.when.birthday_month",
+        ),
         ({"rules": [{"variant": "d", "when": {"segment": ["vip"]}}]}, "body.rules.0.when.segment"),
         ({"rules": [{"variant": "d", "when": {"rank": ["diamond"]}}]}, "body.rules.0.when.rank"),
         ({"rules": [{"variant": "d", "when": {"gender": ["f"]}}]}, "body.rules.0.when.gender"),
@@ -144,6 +147,15 @@ def test_scopes_states_and_unknown_campaigns(api: TestClient) -> None:
     bounce = api.post(f"/v1/messages/{uuid.uuid4()}/bounces", json={"kind": "hard"})
     assert bounce.status_code == 404
     assert api.post(f"/v1/messages/{uuid.uuid4()}/bounces", json={"kind": "maybe"}).status_code == 422
+    # a bounce's reason is its enhanced status code; its text (which quotes the address) is refused
+    coded = api.post(f"/v1/messages/{uuid.uuid4()}/bounces", json={"kind": "hard", "reason": "5.1.1"})
+    assert coded.status_code == 404
+    texted = api.post(
+        f"/v1/messages/{uuid.uuid4()}/bounces",
+        json={"kind": "hard", "reason": "550 5.1.1 <taro@example.jp>: user unknown"},
+    )
+    assert texted.status_code == 422
+    assert fields(texted) == {"body.reason"}
 
 
 def test_payload_size_is_bounded(api: TestClient) -> None:

@@ -299,9 +299,9 @@ def test_more_than_a_thousand_trackable_links_are_refused_by_variant_field() -> 
     # 600 in the text and 600 others in the HTML: 1,200 in the message
     text = "{% for i in range(600) %}https://shop.example.jp/t{{ i }} {% endfor %}"
     html = '{% for i in range(600) %}<a href="https://shop.example.jp/h{{ i }}">x</a>{% endfor %}'
-    assert [p for p, _ in check_templates([{"id": "x", "body": text, "html": html}], ["shop.example.jp"])] == [
-        "variants.0.html"
-    ]
+    assert [
+        p for p, _ in check_templates([{"id": "x", "body": text, "html": html}], ["shop.example.jp"])
+    ] == ["variants.0.html"]
     with pytest.raises(TemplateError):  # and a render past the limit fails rather than numbering 1000+
         render(
             {"id": "big", "body": many},
@@ -332,3 +332,33 @@ def test_rule_values_are_checked_per_condition() -> None:
     assert "'0'" in problems["rules.0.when.birthday_month"]
     assert "'diamond'" in problems["rules.1.when.rank"]
     assert validate_plan(["sms"], variants, rules[1:], "d", 0)  # segment still checked without ranks
+
+
+def test_published_reasons_carry_no_address() -> None:
+    """A bounce recorded with text (before the API refused it) and a failure whose
+    reason quoted a server's text are published without the address."""
+    from crm_platform.relay import StoredFact
+    from engagement.campaign_translator import CampaignTranslator
+
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+
+    message = Message.prepare(uuid.uuid4(), uuid.uuid4(), "email", "d", [], at)
+    message.mark_sent(at, 1)
+    message.bounce("hard", "5.1.1", at)
+    old = Message.prepare(uuid.uuid4(), uuid.uuid4(), "email", "d", [], at)
+    old.mark_sent(at, 1)
+    old.bounce("hard", "550 5.1.1 <taro@example.jp>: user unknown", at)
+    failed = Message.prepare(uuid.uuid4(), uuid.uuid4(), "email", "d", [], at)
+    failed.mark_failed(at, "SMTP 550: <hanako.sato@example.co.jp> unknown", 1, True)
+    messages = {m.id: m for m in (message, old, failed)}
+    translate = CampaignTranslator(lambda _: None, messages.__getitem__)  # type: ignore[arg-type,return-value]
+
+    def published(m: Message) -> dict[str, object]:
+        (event,) = translate(StoredFact(m.collect_events()[-1], 1, None, "test"))
+        return event.payload.model_dump()
+
+    assert published(message)["reason"] == "5.1.1"
+    assert published(old)["reason"] == ""
+    reason = published(failed)["reason"]
+    assert reason == "SMTP 550: <<address>> unknown"
+    assert "@" not in str(reason)

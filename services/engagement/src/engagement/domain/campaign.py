@@ -42,6 +42,10 @@ GENDERS = ("female", "male", "other", "unknown")
 BIRTHDAY_MONTHS = ("current", *(str(m) for m in range(1, 13)))
 
 
+#: A bounce's reason: an RFC 3463 enhanced status code (``5.1.1``), or nothing.
+ENHANCED_STATUS = r"^(\d\.\d{1,3}\.\d{1,3})?$"
+
+
 class CampaignError(Exception):
     pass
 

@@ -48,6 +48,7 @@ from engagement.dispatch.settings import MessagingSettings
 from engagement.dispatch.wiring import build_campaigns, build_clients, build_signer
 from engagement.domain.campaign import (
     CONDITIONS,
+    ENHANCED_STATUS,
     Campaign,
     CampaignError,
     CampaignStateError,
@@ -179,7 +180,12 @@ class Cancellation(BaseModel):
 class BounceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["hard", "soft"]
-    reason: str = Field(default="", max_length=200)
+    reason: str = Field(
+        default="",
+        pattern=ENHANCED_STATUS,
+        description="the RFC 3463 enhanced status code of the bounce (e.g. 5.1.1), or empty. A bounce's "
+        "text is not accepted: it quotes addresses, and the reason is published",
+    )
 
 
 def _view(campaign: Campaign) -> dict[str, Any]:
