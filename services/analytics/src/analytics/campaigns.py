@@ -11,7 +11,10 @@ Definitions (docs/analytics.md says the same):
 * Conversion window: ``[send_at, send_at + days)``, ``days`` the campaign's
   attribution window unless the query names one. A recipient *converted* when they
   made a purchase in it; revenue is net (purchases minus refunds) in it. Purchases are
-  attributed to the customer each recipient is *now* (identity_lookup), like every KPI.
+  attributed to the customer each recipient is *now* (identity_lookup), like every KPI,
+  and the groups count those customers once each: recipients merged since the send are
+  one customer with its purchases once, and a customer with recipients on both sides is
+  targeted (it was messaged: the holdout must hold only people never messaged).
 * Uplift: conversion rate of the targeted group minus the holdout's (percentage points),
   and revenue per recipient likewise. Incremental revenue = revenue-per-recipient uplift
   × targeted recipients. ROI = (incremental revenue − cost) / cost, when a cost is given.
@@ -166,7 +169,8 @@ def _empty() -> dict[str, Any]:
 def _conversions(
     q: Queries, campaign_id: uuid.UUID, start: datetime, end: datetime
 ) -> dict[int, dict[str, Any]]:
-    """Per group (0 targeted, 1 holdout): recipients, those who bought, orders, revenue."""
+    """Per group (0 targeted, 1 holdout): customers (recipients as identity knows them
+    now, each once), those who bought, orders, revenue."""
     rows = q._rows(
         """
         WITH recipients AS (
@@ -178,12 +182,18 @@ def _conversions(
             GROUP BY customer_id
         ),
         attributed AS (
-            SELECT holdout,
-                   -- the recipient as identity knows them now (merged: the survivor)
-                   if(isNull(o) OR o = toUUID('00000000-0000-0000-0000-000000000000'),
-                      customer_id, assumeNotNull(o)) AS customer
-            FROM (SELECT holdout, customer_id, joinGetOrNull('identity_lookup', 'customer_id', key_hash) AS o
-                  FROM recipients)
+            -- one row per customer as identity knows them now: recipients merged into one
+            -- customer since the send count once, with their purchases once; a customer
+            -- with a recipient on each side counts as targeted (min: any targeted record),
+            -- so the holdout keeps only people who were never messaged
+            SELECT customer, min(holdout) AS holdout
+            FROM (SELECT holdout,
+                         if(isNull(o) OR o = toUUID('00000000-0000-0000-0000-000000000000'),
+                            customer_id, assumeNotNull(o)) AS customer
+                  FROM (SELECT holdout, customer_id,
+                               joinGetOrNull('identity_lookup', 'customer_id', key_hash) AS o
+                        FROM recipients))
+            GROUP BY customer
         ),
         per_key AS (
             SELECT key_hash, joinGetOrNull('identity_lookup', 'customer_id', key_hash) AS owner,

@@ -185,3 +185,78 @@ def test_report_and_list_over_http(tmp_path: Path, client: Client) -> None:
             api.get(f"/v1/campaigns/{CAMPAIGN}/report", headers={"X-API-Key": "dev-pos-key"}).status_code
             == 403
         )
+
+
+def test_a_customer_several_recipients_merged_into_counts_once_and_never_in_both_groups(
+    client: Client,
+) -> None:
+    """After merges, P1 and P2 (both targeted) are one customer S, and Q1 (targeted) and
+    Q2 (holdout) are one customer T. Each counts once with its purchases once; T, on both
+    sides, counts as targeted (it was messaged: the holdout must be untouched)."""
+    campaign = uuid.uuid4()
+    ids = {n: uuid.uuid4() for n in ("P1", "P2", "Q1", "Q2", "R")}
+    survivor_s, survivor_t = uuid.uuid4(), uuid.uuid4()
+
+    def payload(n: str) -> dict[str, Any]:
+        return {"campaign_id": campaign, "message_id": uuid.uuid5(campaign, n), "customer_id": ids[n]}
+
+    def at(n: str) -> dict[str, Any]:
+        return {"occurred_at": SEND_AT, "producer": "engagement.relay", "customer_key": str(ids[n])}
+
+    out: list[Event] = [
+        CampaignLaunched(
+            occurred_at=SEND_AT,
+            producer="engagement.relay",
+            customer_key=f"campaign:{campaign}",
+            payload=CampaignLaunchedPayload(
+                campaign_id=campaign,
+                name="合流",
+                channels=("email",),
+                audience="list",
+                recipients=5,
+                holdout=2,
+                holdout_pct=40,
+                variants=1,
+                send_at=SEND_AT,
+                attribution_days=7,
+            ),
+        )
+    ]
+    for n in ("P1", "P2", "Q1"):
+        sent = MessageSentPayload(**payload(n), channel="email", variant="d", attempts=1)
+        out.append(MessageSent(**at(n), payload=sent))
+    for n in ("Q2", "R"):
+        skipped = MessageSkippedPayload(**payload(n), channel=None, variant=None, reason="holdout")
+        out.append(MessageSkipped(**at(n), payload=skipped))
+
+    def cards(*names: str) -> list[Any]:
+        return [f.ident(f"card-{campaign}-{n}", IdentifierKind.MEMBER_NO) for n in names]
+
+    out += [
+        f.profile(survivor_s, cards("P1", "P2")),
+        f.profile(survivor_t, cards("Q1", "Q2")),
+        f.profile(ids["R"], cards("R")),
+        f.profile(ids["P1"], [], status="merged", merged_into=survivor_s),
+        f.profile(ids["P2"], [], status="merged", merged_into=survivor_s),
+        f.profile(ids["Q1"], [], status="merged", merged_into=survivor_t),
+        f.profile(ids["Q2"], [], status="merged", merged_into=survivor_t),
+        f.store_order(f"card-{campaign}-P1", "2026-11-03", f"s-{campaign}", ("tops", 1, 10_000)),
+        f.store_order(f"card-{campaign}-Q2", "2026-11-03", f"t-{campaign}", ("tops", 1, 5_000)),
+        f.store_order(f"card-{campaign}-R", "2026-11-03", f"r-{campaign}", ("tops", 1, 1_000)),
+    ]
+    f.deliver(client, out)
+    report = campaigns.campaign_report(Queries(client), campaign)
+    assert report is not None
+    targeted, holdout = report["conversion"]["targeted"], report["conversion"]["holdout"]
+    assert (targeted["customers"], targeted["converted"], targeted["orders"], targeted["revenue"]) == (
+        2,
+        2,
+        2,
+        15_000,
+    )
+    assert (holdout["customers"], holdout["converted"], holdout["orders"], holdout["revenue"]) == (
+        1,
+        1,
+        1,
+        1_000,
+    )
