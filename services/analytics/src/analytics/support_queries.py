@@ -40,14 +40,15 @@ _PER_TICKET = """
         anyIf(anonymous, event_type = 'ticket.opened') AS anonymous,
         countIf(event_type = 'ticket.opened') > 0 AS known,
         minIf(day, event_type = 'ticket.opened') AS opened_day,
-        argMaxIf(status, occurred_at, status != '') AS status_at_end,
+        argMaxIf(status, (occurred_at, recorded_at), status != '') AS status_at_end,
         minIf(first_response_seconds, event_type = 'ticket.replied' AND first_response_seconds >= 0) AS frt,
         minIf(day, event_type = 'ticket.replied' AND first_response_seconds >= 0) AS frt_day,
         countIf(event_type = 'ticket.replied' AND first_response_seconds >= 0) > 0 AS answered,
         countIf(event_type = 'ticket.resolved' AND day >= {start:Date}) > 0 AS has_resolution,
-        argMaxIf(resolution_seconds, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date})
-            AS rt,
-        argMaxIf(sla_met, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date}) AS verdict,
+        argMaxIf(resolution_seconds, (occurred_at, recorded_at),
+                 event_type = 'ticket.resolved' AND day >= {start:Date}) AS rt,
+        argMaxIf(sla_met, (occurred_at, recorded_at),
+                 event_type = 'ticket.resolved' AND day >= {start:Date}) AS verdict,
         maxIf(satisfaction, event_type = 'ticket.rated' AND day >= {start:Date}) AS rating
     FROM tickets FINAL
     WHERE day < {end:Date}
@@ -127,9 +128,10 @@ class SupportQueries:
             anyIf(category, event_type = 'ticket.opened') AS category,
             anyIf(priority, event_type = 'ticket.opened') AS priority,
             minIf(occurred_at, event_type = 'ticket.opened') AS opened_at,
-            argMaxIf(status, occurred_at, status != '') AS status,
+            argMaxIf(status, (occurred_at, recorded_at), status != '') AS status,
             maxIf(satisfaction, event_type = 'ticket.rated') AS satisfaction,
-            argMaxIf(escalated_to, occurred_at, event_type = 'ticket.escalated') AS escalated_to,
+            argMaxIf(escalated_to, (occurred_at, recorded_at), event_type = 'ticket.escalated')
+                AS escalated_to,
             max(occurred_at) AS updated_at
         FROM tickets FINAL
         WHERE person_key IN {keys:Array(String)}
