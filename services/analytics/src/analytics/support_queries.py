@@ -22,12 +22,10 @@ Breakdowns by the ticket's channel or category (set when it was opened).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal
 
-from clickhouse_connect.driver.client import Client
-
-from analytics.store.clickhouse import READ_SETTINGS
+from analytics.queries import Queries, iso_utc
 
 GroupBy = Literal["none", "channel", "category"]
 
@@ -62,13 +60,8 @@ _FILTER = (
 )
 
 
-class SupportQueries:
-    def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
-        self._client = client
-        self._budget = {**READ_SETTINGS, **(budget or {})}
-
-    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        return list(self._client.query(sql, parameters=params, settings=self._budget).named_results())
+class SupportQueries(Queries):
+    """The support KPIs and a customer's inquiry history, on the API's client and budget."""
 
     def kpis(
         self, start: date, end: date, by: GroupBy = "none", channel: str = "", category: str = ""
@@ -147,8 +140,8 @@ class SupportQueries:
                 "category": r["category"],
                 "priority": r["priority"],
                 "status": r["status"],
-                "opened_at": _iso(r["opened_at"]),
-                "updated_at": _iso(r["updated_at"]),
+                "opened_at": iso_utc(r["opened_at"]),
+                "updated_at": iso_utc(r["updated_at"]),
                 "satisfaction": int(r["satisfaction"]) or None,
                 "escalated_to": r["escalated_to"] or None,
             }
@@ -193,9 +186,3 @@ def _total(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _num(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _iso(value: datetime) -> str:
-    from analytics.queries import _iso as iso
-
-    return iso(value)
