@@ -134,6 +134,14 @@ def test_escalation_follows_the_routing_rules(client: TestClient) -> None:
         f"/v1/tickets/{plain['ticket_id']}/escalations", json={"reason": "vip", "to": "sales"}, headers=STAFF
     )
     assert r.json()["escalations"][-1]["to"] == "sales"
+    # reasons travel in clear to Kafka and ClickHouse: a note (a name in it) is refused
+    for path, body in (
+        ("escalations", {"reason": "山田様が激怒", "to": "support-lead"}),
+        ("status", {"status": "pending", "reason": "called Mr Sato back"}),
+    ):
+        refused = client.post(f"/v1/tickets/{plain['ticket_id']}/{path}", json=body, headers=STAFF)
+        assert refused.status_code == 422, refused.text
+        assert "body.reason" in {f["field"] for f in refused.json()["error"]["fields"]}, refused.text
     page = client.get("/v1/tickets", params={"escalated_to": "store-manager:S007"}, headers=READ).json()
     assert [t["ticket_id"] for t in page["tickets"]] == [complaint["ticket_id"]]
     assert client.get("/v1/policy", headers=READ).json()["sla"]["urgent"]["first_response_seconds"] == 3600

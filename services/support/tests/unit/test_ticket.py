@@ -94,7 +94,7 @@ def test_status_transitions_follow_the_life_cycle() -> None:
         t.resolve("answered", T0 + 2 * H)
     with pytest.raises(InvalidTransition):
         t.reply("staff", SEALED, T0 + 2 * H)
-    t.change_status("open", T0 + 2 * H, reason="not fixed")  # reopened
+    t.change_status("open", T0 + 2 * H, reason="not_fixed")  # reopened
     assert (t.status, t.reopened, t.resolved_at) == ("open", 1, None)
     t.resolve("replaced", T0 + 3 * H)
     t.rate(4, T0 + 4 * H)

@@ -165,7 +165,7 @@ class Ticket(Aggregate):
         )
         routed = policy.on_open(category, priority, channel, store_id)
         if routed is not None:
-            ticket.escalate(routed[0], f"routing rule {routed[1]}", at, rule=routed[1], by="routing")
+            ticket.escalate(routed[0], "routing", at, rule=routed[1], by="routing")
         return ticket
 
     # -- reading ---------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Ticket(Aggregate):
         if self.status == "closed" or (author == "staff" and self.status == "resolved"):
             raise InvalidTransition(f"cannot reply to a {self.status} ticket as {author}")
         if author == "customer" and self.status in ("pending", "resolved"):
-            reason = "the customer replied"
+            reason = "customer_replied"
             self._status_changed(at=at, previous=self.status, status="open", reason=reason, by=None)
         first = author == "staff" and self.first_response_at is None
         self._replied(

@@ -119,8 +119,13 @@ class ReplyIn(Stamped):
     )
 
 
+#: Reasons travel in clear (Kafka, ClickHouse): codes only, so no note can carry a name.
+REASON = r"^[a-z][a-z0-9_]{0,63}$"
+REASON_HELP = "a code such as complaint, vip, waiting_for_customer; a note goes in a (sealed) reply"
+
+
 class EscalationIn(Stamped):
-    reason: str = Field(min_length=1, max_length=200, description="a code or short note, no personal data")
+    reason: str = Field(pattern=REASON, description=REASON_HELP)
     to: str | None = Field(
         default=None,
         pattern=r"^[a-z][a-z0-9_-]{0,40}(:[A-Za-z0-9_.-]{1,64})?$",
@@ -130,7 +135,7 @@ class EscalationIn(Stamped):
 
 class StatusIn(Stamped):
     status: Literal["open", "pending", "closed"]
-    reason: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, pattern=REASON, description=REASON_HELP)
 
 
 class ResolutionIn(Stamped):
