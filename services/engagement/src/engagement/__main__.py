@@ -69,24 +69,31 @@ def worker() -> None:
 
 @cli.command()
 def relay() -> None:
-    """Publish the membership store's new events to Kafka (exactly one per store)."""
+    """Publish the new events of engagement's stores to Kafka: membership's, and surveys
+    and forms' (one relay per store, in this one process)."""
     from crm_platform.kafka import EventProducer, ensure_topics
     from crm_platform.process import run_until_signal
     from engagement.bootstrap import build_membership, build_relay
+    from engagement.survey_bootstrap import build_survey_relay, build_surveys
 
     settings = _settings("relay")
 
     async def main(stop: asyncio.Event) -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         app = build_membership(settings)
+        surveys = build_surveys(settings)
         try:
             async with EventProducer(
                 settings.kafka_bootstrap,
                 client_id="engagement-relay",
                 topic_prefix=settings.kafka_topic_prefix,
             ) as producer:
-                await build_relay(settings, app, producer).run(stop)
+                await asyncio.gather(
+                    build_relay(settings, app, producer).run(stop),
+                    build_survey_relay(surveys, producer).run(stop),
+                )
         finally:
+            surveys.close()
             app.close()
 
     run_until_signal(main)

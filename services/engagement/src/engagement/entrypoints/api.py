@@ -30,6 +30,7 @@ from crm_platform.settings import Settings
 from engagement.adapters.ledger import open_ledger
 from engagement.bootstrap import build_membership
 from engagement.domain.membership import Member, MembershipError, NotEnoughPoints
+from engagement.entrypoints import form_routes
 from engagement.ingest.pipeline import Ingestor, Source
 from engagement.ingest.schemas import MAX_BATCH_EVENTS, BatchResult, EventResult, Incoming
 from engagement.membership import ConcurrentUpdate, MemberExists, MemberNotFound, MembershipApplication
@@ -308,6 +309,7 @@ def create(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(ingest)
     app.include_router(members)
+    form_routes.install(app)  # surveys and forms: routes, their store, their errors
     _document_incoming(app)
     return app
 
