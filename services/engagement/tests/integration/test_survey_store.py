@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pytest
 
 from crm_contracts.envelope import Event
+from crm_platform.settings import Settings
 from engagement.bootstrap import build_membership, build_relay
 from engagement.domain.survey import Question
 from engagement.survey_bootstrap import build_survey_relay, build_surveys
-from crm_platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
