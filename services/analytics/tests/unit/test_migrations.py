@@ -78,7 +78,7 @@ def test_order_lines_are_backfilled_from_the_events_a_store_already_has(
         insert_rows(client, rows)
         insert_rows(client, rows)  # ...that got every record twice
         monkeypatch.setattr(m, "migrations", lambda: all_migrations)
-        assert [x.name for x in m.migrate(client)] == ["order_lines"]
+        assert next(x.name for x in m.migrate(client)) == "order_lines"  # later migrations follow
         lines = client.query(
             "SELECT order_id, line_no, kind, sku, quantity, unit_price, amount FROM order_lines FINAL"
             " ORDER BY kind, line_no"
