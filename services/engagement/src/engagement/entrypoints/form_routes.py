@@ -2,10 +2,10 @@
 
 Staff routes (``engagement:write`` to change, ``engagement:read`` to read) define
 surveys and forms and invite audiences. Public routes (``/v1/public/...``) need no key:
-an invitation's signed token is its own authority, a public form or an anonymous survey
-is open to anyone, and submissions are rate-limited per client address
-(``CRM_FORM_RATE_PER_MINUTE``). ``install(app)`` adds the routes, their store's
-lifespan and the mapping of their errors to HTTP statuses.
+an invitation's signed token is its own authority (one answer each), a public form or an
+anonymous survey is open to anyone, so form submissions and anonymous answers are
+rate-limited per client address (``CRM_FORM_RATE_PER_MINUTE``). ``install(app)`` adds
+the routes, their store's lifespan and the mapping of their errors to HTTP statuses.
 """
 
 from __future__ import annotations
@@ -511,9 +511,10 @@ def _answer_result(response: Any, recorded: bool) -> JSONResponse:
     },
 )
 async def answer_invitation(
-    token: Annotated[str, Path(max_length=100)], body: AnswersIn, services: Services, request: Request
+    token: Annotated[str, Path(max_length=100)], body: AnswersIn, services: Services
 ) -> JSONResponse:
-    _limit(services, request, "answer")
+    """Not rate-limited: a signed invitation takes one answer, so its own bound is one
+    per invitation sent (a campaign's thousands of recipients may share a proxy's address)."""
     response, recorded = await _run(services.app.answer_invitation, token, body.answers, _now())
     return _answer_result(response, recorded)
 
