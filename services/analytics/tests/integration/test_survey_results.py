@@ -3,6 +3,8 @@ response rate computed right, retries counted once, merges and ranks applied."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -293,3 +295,39 @@ def test_form_counts_sign_ups_consent_and_registrations(client: Client, settings
         "fill_rate": 1.0,
     }
     assert SurveyQueries(client).form_results(date(2026, 12, 1), date(2027, 1, 1)) == []
+
+
+def test_survey_events_on_kafka_reach_the_results_through_the_sink(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The embedded sink validates the survey contracts and feeds the 0007 tables."""
+    from crm_platform.kafka import EventProducer, ensure_topics
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))
+    settings = Settings(var_dir=tmp_path / "var", kafka_bootstrap=kafka_bootstrap, kafka_topic_prefix=prefix)
+    events: list[Event] = [invited(i) for i in range(4)]
+    events += [answered(*a, day="2026-11-10") for a in ANSWERS[:3]]
+
+    async def produce() -> None:
+        async with EventProducer(kafka_bootstrap, client_id="t", topic_prefix=prefix) as producer:
+            await producer.publish_many(events)
+            await producer.publish_many(events[-1:])  # a retry
+
+    params = {"start": "2026-11-01", "end": "2026-12-01"}
+    with TestClient(create(settings)) as api:
+        asyncio.run(produce())
+        deadline = time.monotonic() + 30
+        while True:
+            result = api.get(
+                f"/v1/surveys/{SURVEY}/results", params=params, headers={"X-API-Key": "dev-read-key"}
+            )
+            assert result.status_code == 200, result.text
+            if result.json()["responses"] == 3 and result.json()["invitations"] == 4:
+                break
+            assert time.monotonic() < deadline, result.json()
+            time.sleep(0.2)
+    body = result.json()
+    assert body["response_rate"] == 0.75
+    assert body["questions"]["recommend"]["nps"] == 100.0  # 10, 9, 9
+    assert body["questions"]["satisfaction"]["distribution"] == {"1": 0, "2": 0, "3": 0, "4": 2, "5": 1}
