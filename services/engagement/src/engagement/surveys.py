@@ -18,7 +18,7 @@ UUID derived from the survey and the customer key — no personal data) signed w
 answers 200 with the first result.
 
 **Form submissions** are validated against the form, then the person is registered
-with identity (``POST /customers``, channel ``form``, the consents ticked), and only
+with identity (``POST /customers``, channel ``form``, the consents granted), and only
 then the submission is recorded (with the event registration, if any, in the same
 transaction). The submission's id derives from the client's ``submission_id`` (or,
 without one, from the form and the first identifier given), so a retry finds the first
@@ -490,7 +490,10 @@ def prepare_submission(
     body: dict[str, Any] = {
         "channel": "form",
         **personal,
-        "consents": ticked,
+        # Only what was granted: a box left unticked on one form is no consent given
+        # here, not the withdrawal of one given elsewhere (opting out is its own act).
+        # The submission itself keeps both (the proof of what was asked and answered).
+        "consents": {channel: True for channel, granted in ticked.items() if granted},
         "registered_at": at.isoformat(),
     }
     # Without a client key, a person submitting the same form again is the same submission.

@@ -392,6 +392,7 @@ def test_forms_create_or_link_customers_through_identity(
             f"{identity_url}/customers/{result['customer_id']}", headers={"X-API-Key": "dev-admin-key"}
         ).json()
         assert profile["consents"]["email"]["granted"] is True
+        assert "sms" not in profile["consents"]  # left unticked: nothing given, nothing withdrawn
         assert profile["channel"] == "form"
 
         closed = client.post(f"/v1/forms/{fid}/close", headers=STAFF)
