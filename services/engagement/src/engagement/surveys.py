@@ -52,6 +52,7 @@ from engagement.adapters.crm_clients import IdentityClient
 from engagement.domain.form import (
     IDENTIFIER_KINDS,
     ConsentRequest,
+    EventFull,
     Form,
     FormClosed,
     FormError,
@@ -518,6 +519,10 @@ async def submit_form(
     existing = await run(app.submission, form_id, prepared.submission_key)
     if existing is not None:
         return Submitted(existing, form, created=False)
+    if form.kind == "event_registration" and not form.has_room():
+        # Refused before identity is asked: nobody is registered only to be turned away.
+        # (A place taken between this check and the recording still gets EventFull.)
+        raise EventFull(f"all {form.capacity} places and the waitlist are taken")
     registered = await identity.register(prepared.registration_body)
     submitted: Submitted = await run(
         app.record_submission,

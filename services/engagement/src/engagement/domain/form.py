@@ -364,6 +364,12 @@ class Form(Aggregate):
                 return i + 1
         return None
 
+    def has_room(self) -> bool:
+        """A place or a waitlist place is free (checked before identity is asked, so a
+        full event does not register people it then turns away)."""
+        assert self.capacity is not None
+        return len(self.confirmed()) < self.capacity or len(self.waiting()) < self.waitlist
+
     class Registered(Aggregate.Event):
         submission_id: str
         customer_id: str
