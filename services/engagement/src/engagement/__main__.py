@@ -83,15 +83,17 @@ def relay() -> None:
         app = build_membership(settings)
         surveys = build_surveys(settings)
         try:
-            async with EventProducer(
-                settings.kafka_bootstrap,
-                client_id="engagement-relay",
-                topic_prefix=settings.kafka_topic_prefix,
-            ) as producer:
-                await asyncio.gather(
-                    build_relay(settings, app, producer).run(stop),
-                    build_survey_relay(surveys, producer).run(stop),
-                )
+            # One failing relay stops the other (and the process, for its supervisor).
+            async with (
+                EventProducer(
+                    settings.kafka_bootstrap,
+                    client_id="engagement-relay",
+                    topic_prefix=settings.kafka_topic_prefix,
+                ) as producer,
+                asyncio.TaskGroup() as relays,
+            ):
+                relays.create_task(build_relay(settings, app, producer).run(stop))
+                relays.create_task(build_survey_relay(surveys, producer).run(stop))
         finally:
             surveys.close()
             app.close()

@@ -4,14 +4,23 @@ so each relay publishes its own application's events only."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from crm_contracts.envelope import Event
+from crm_contracts.registry import decode
+from crm_contracts.topics import ENGAGEMENT_FORM, ENGAGEMENT_MEMBERSHIP
+from crm_platform.kafka import ensure_topics
 from crm_platform.settings import Settings
+from crm_platform.testing import read_topic
 from engagement.bootstrap import build_membership, build_relay
 from engagement.domain.survey import Question
 from engagement.survey_bootstrap import build_survey_relay, build_surveys
@@ -56,3 +65,35 @@ def test_surveys_keep_a_store_and_a_relay_of_their_own(store_settings: Settings)
     finally:
         surveys.close()
         membership.close()
+
+
+def test_the_relay_process_publishes_both_stores(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """``python -m engagement relay`` runs membership's relay and the surveys relay."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = Settings(var_dir=tmp_path / "var", kafka_bootstrap=kafka_bootstrap, kafka_topic_prefix=prefix)
+    surveys, membership = build_surveys(settings), build_membership(settings)
+    try:
+        membership.enrol("M0002", "store", T0)
+        survey = surveys.define_survey("NPS", [Question("recommend", "nps", "?")], False, T0)
+        surveys.invite(survey.id, ["customer-1", "customer-2"], "customers", T0)
+    finally:
+        surveys.close()
+        membership.close()
+    env = {
+        **os.environ,
+        "CRM_VAR_DIR": str(tmp_path / "var"),
+        "CRM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CRM_KAFKA_TOPIC_PREFIX": prefix,
+        "CRM_LOG_LEVEL": "WARNING",
+    }
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))  # readers find the topics at once
+    relay = subprocess.Popen([sys.executable, "-m", "engagement", "relay"], env=env)
+    try:
+        forms = asyncio.run(read_topic(kafka_bootstrap, prefix + ENGAGEMENT_FORM.name, 2, timeout=60))
+        members = asyncio.run(read_topic(kafka_bootstrap, prefix + ENGAGEMENT_MEMBERSHIP.name, 1, timeout=30))
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        code = relay.wait(30)
+    assert sorted(decode(r.value).customer_key for r in forms) == ["customer-1", "customer-2"]
+    assert [decode(r.value).event_type for r in members] == ["member.enrolled"]
+    assert code == 0
