@@ -118,3 +118,15 @@ def test_cancelling_a_waitlisted_place_promotes_nobody() -> None:
     assert form.cancel("s1", T0) is None
     assert form.position("c2") == 1
     assert [r.customer_id for r in form.confirmed()] == ["c0"]
+
+
+def test_postal_codes_as_people_type_them() -> None:
+    fields = [
+        FormField("email", "email", "E-mail", required=True),
+        FormField("postal_code", "postal_code", "〒"),
+    ]
+    for typed, kept in (("１２３－４５６７", "123-4567"), ("1234567", "1234567"), ("123ー4567", "123-4567")):
+        assert check_submission(fields, {"email": "a@b.jp", "postal_code": typed})[0]["postal_code"] == kept
+    with pytest.raises(InvalidSubmission) as caught:
+        check_submission(fields, {"email": "a@b.jp", "postal_code": "12-345"})
+    assert caught.value.field == "fields.postal_code"

@@ -24,6 +24,7 @@ identity.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +52,7 @@ CUSTOM_KINDS = ("choice", "multi_choice", "boolean", "number")
 CONSENT_CHANNELS = ("email", "sms", "line", "app_push", "postal")
 MAX_FIELDS = 30
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_POSTAL = re.compile(r"^\d{3}-?\d{4}$")
 _TEXT_LIMITS = {
     "email": 254,
     "phone": 32,
@@ -58,7 +60,6 @@ _TEXT_LIMITS = {
     "name_kanji": 100,
     "name_kana": 100,
     "prefecture": 8,
-    "postal_code": 8,
     "address": 300,
 }
 _GENDERS = ("female", "male", "other", "unknown")
@@ -215,6 +216,13 @@ def check_submission(
 
 def _check_value(f: FormField, value: Any) -> Any:
     where = f"fields.{f.id}"
+    if f.kind == "postal_code":
+        # People type １２３－４５６７ as often as 123-4567: width folded, dashes unified.
+        code = unicodedata.normalize("NFKC", value).replace("ー", "-") if isinstance(value, str) else ""
+        code = code.replace("−", "-").replace("‐", "-").replace(" ", "")
+        if not _POSTAL.match(code):
+            raise InvalidSubmission(where, "a postal code such as 123-4567")
+        return code
     if f.kind in _TEXT_LIMITS:
         if not isinstance(value, str) or len(value) > _TEXT_LIMITS[f.kind]:
             raise InvalidSubmission(where, f"text of at most {_TEXT_LIMITS[f.kind]} characters")
