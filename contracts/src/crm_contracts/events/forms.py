@@ -9,7 +9,8 @@
   seal it with. Anonymous responses (a public link) carry ``customer_key``
   ``anonymous:<response_id>`` and no invitation.
 * ``form.submitted`` — a sign-up, membership application or event registration form
-  was submitted. Identifiers are blind indexes; the consent the person gave is stated
+  was submitted (a membership application names the member number it was issued, as
+  its blind index ``member_key``). Identifiers are blind indexes; the consent the person gave is stated
   with its purpose and the version of the wording they saw. Personal fields (name,
   birthday, address) went to identity only and are not here.
 * ``form.registered`` / ``form.registration_changed`` — a place at an event or seminar
@@ -100,6 +101,8 @@ class FormSubmittedPayload(ContractModel):
     consent: ConsentGiven
     #: answers to the form's non-personal fields (choices, yes/no, numbers), by field id
     fields: dict[str, str | int | bool | list[str]] = Field(default_factory=dict, max_length=30)
+    #: a membership application: the blind index of the member number it was issued
+    member_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class FormSubmitted(Event):

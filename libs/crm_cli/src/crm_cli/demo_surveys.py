@@ -7,8 +7,9 @@
   latest purchase in the last ``recent_days``. About a third answer (members more
   often, buyers who returned something less); members score higher, a return lowers
   the score;
-* a membership sign-up form (会員登録) submitted by a few known people (identity links
-  them) and a few new ones (identity creates them), with e-mail/SMS consent;
+* a newsletter sign-up form (メールマガジン登録) submitted by a few known people
+  (identity links them) and a few new ones (identity creates them), with e-mail/SMS
+  consent;
 * a store styling seminar (スタイリングセミナー) with 10 places and a waitlist of 5,
   which 14 people register for.
 
@@ -66,8 +67,8 @@ POST_PURCHASE_SURVEY: dict[str, Any] = {
     "allow_anonymous": False,
 }
 SIGNUP_FORM: dict[str, Any] = {
-    "kind": "membership",
-    "title": "会員登録",
+    "kind": "signup",
+    "title": "メールマガジン登録",
     "fields": [
         {"id": "email", "kind": "email", "label": "メールアドレス", "required": True},
         {"id": "name_kanji", "kind": "name_kanji", "label": "お名前", "required": True},

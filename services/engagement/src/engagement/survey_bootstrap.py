@@ -8,7 +8,7 @@ from crm_platform.kafka import EventProducer
 from crm_platform.relay import OutboxRelay
 from crm_platform.settings import Settings
 from engagement.survey_translator import SurveyTranslator
-from engagement.surveys import APP_NAME, InvitationSigner, SurveyApplication, SurveySettings
+from engagement.surveys import APP_NAME, InvitationSigner, MemberNumbers, SurveyApplication, SurveySettings
 
 SERVICE = "engagement"
 SURVEY_RELAY_NAME = "engagement.surveys-relay"
@@ -25,6 +25,7 @@ def build_surveys(settings: Settings, survey_settings: SurveySettings | None = N
         env,
         InvitationSigner(survey_settings.token_key_bytes),
         BlindIndexer(settings.blind_index_key_bytes),
+        MemberNumbers(survey_settings.token_key_bytes),
     )
 
 

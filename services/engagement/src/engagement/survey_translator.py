@@ -92,6 +92,7 @@ class SurveyTranslator:
                     **{c: channels[c] for c in channels},
                 ),
                 fields=event.answers,
+                member_key=getattr(event, "member_no_hash", None),
             )
             identifiers = tuple(Identifier(kind=IdentifierKind(k), hash=h) for k, h in event.identifiers)
             return [

@@ -70,6 +70,7 @@ from engagement.domain.survey import (
     SurveyResponse,
     invitation_id,
 )
+from engagement.membership import MemberExists, MembershipApplication, luhn_digit
 
 T = TypeVar("T")
 APP_NAME = "surveys"
@@ -158,6 +159,21 @@ class InvitationSigner:
         return invitation
 
 
+class MemberNumbers:
+    """Member numbers for membership applications: 12 digits and a Luhn check digit, like
+    the programme's own, derived from the submission (HMAC under the token key) so a
+    retried submission can give the person their number again without it being stored
+    in clear. Candidate ``i + 1`` is used when ``i`` is taken."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"member-numbers:" + key).digest()
+
+    def candidate(self, submission: uuid.UUID, index: int) -> str:
+        digest = hmac.new(self._key, f"{submission}:{index}".encode(), hashlib.sha256).digest()
+        body = str(int.from_bytes(digest[:8], "big") % (9 * 10**11) + 10**11)
+        return body + luhn_digit(body)
+
+
 # -- a small rate limiter for the public endpoints -----------------------------------------
 
 
@@ -218,15 +234,24 @@ class Submitted:
     submission: FormSubmission
     form: Form
     created: bool
+    #: the member number a membership application was issued, in clear
+    member_no: str | None = None
 
 
 class SurveyApplication(Application[uuid.UUID]):
     name = APP_NAME
 
-    def __init__(self, env: Mapping[str, Any], signer: InvitationSigner, indexer: BlindIndexer) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, Any],
+        signer: InvitationSigner,
+        indexer: BlindIndexer,
+        member_numbers: MemberNumbers | None = None,
+    ) -> None:
         super().__init__(env=env)
         self.signer = signer
         self.indexer = indexer
+        self.member_numbers = member_numbers
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -261,6 +286,13 @@ class SurveyApplication(Application[uuid.UUID]):
     def submission(self, form_id: uuid.UUID, submission_key: str) -> FormSubmission | None:
         try:
             found = self._get(submission_id(form_id, submission_key))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, FormSubmission) else None
+
+    def submission_by_id(self, submission: uuid.UUID) -> FormSubmission | None:
+        try:
+            found = self._get(submission)
         except AggregateNotFoundError:
             return None
         return found if isinstance(found, FormSubmission) else None
@@ -417,6 +449,7 @@ class SurveyApplication(Application[uuid.UUID]):
         consent: Mapping[str, bool],
         answers: dict[str, Any],
         at: datetime,
+        member: tuple[str, int] | None = None,
     ) -> Submitted:
         """Record a submission identity has resolved; for an event form, with its place
         (confirmed or waitlisted) in the same transaction. A submission recorded before
@@ -432,12 +465,47 @@ class SurveyApplication(Application[uuid.UUID]):
                 sid = str(submission_id(form_id, submission_key))
                 registration = form.register(sid, customer_id, at).status
             submission = FormSubmission.record(
-                form, submission_key, customer_id, outcome, identifiers, consent, answers, registration, at
+                form,
+                submission_key,
+                customer_id,
+                outcome,
+                identifiers,
+                consent,
+                answers,
+                registration,
+                at,
+                member,
             )
             self._saving(submission, form) if form.pending_events else self._saving(submission)
             return Submitted(submission, form, created=True)
 
         return self._retrying(change)
+
+    def member_no(self, submission: FormSubmission) -> str | None:
+        """The member number a membership application was issued (derived again)."""
+        if submission.member_candidate is None or self.member_numbers is None:
+            return None
+        return self.member_numbers.candidate(submission.id, submission.member_candidate)
+
+    def enrol_applicant(
+        self,
+        membership: MembershipApplication,
+        submission: uuid.UUID,
+        birthday_month: int | None,
+        at: datetime,
+    ) -> tuple[str, str, int]:
+        """Enrol a membership applicant under the submission's first free candidate
+        number: (number, its blind index, candidate index)."""
+        if self.member_numbers is None:
+            raise FormError("membership applications need member numbers configured")
+        for index in range(8):
+            number = self.member_numbers.candidate(submission, index)
+            try:
+                member = membership.enrol(number, "form", at, birthday_month)
+            except MemberExists:
+                continue
+            return number, member.member_no_hash, index
+        raise ConcurrentChange("could not issue a free member number; retry")  # pragma: no cover
 
     def cancel_registration(self, form_id: uuid.UUID, submission: uuid.UUID, at: datetime) -> Form:
         def change() -> Form:
@@ -510,29 +578,51 @@ async def submit_form(
     consent: Mapping[str, Any],
     client_key: str | None,
     run: Callable[..., Any],
+    membership: MembershipApplication | None = None,
 ) -> Submitted:
-    """Validate, register with identity, record. ``run`` runs blocking store work off
-    the event loop. A retry of a recorded submission returns it without calling identity."""
+    """Validate, (for a membership application) enrol, register with identity, record.
+    ``run`` runs blocking store work off the event loop. A retry of a recorded
+    submission returns it without calling identity."""
     at = datetime.now(UTC)
     form = await run(app.form, form_id)
     prepared = prepare_submission(app, form, values, consent, client_key, at)
     existing = await run(app.submission, form_id, prepared.submission_key)
     if existing is not None:
-        return Submitted(existing, form, created=False)
+        return Submitted(existing, form, created=False, member_no=app.member_no(existing))
     if form.kind == "event_registration" and not form.has_room():
         # Refused before identity is asked: nobody is registered only to be turned away.
         # (A place taken between this check and the recording still gets EventFull.)
         raise EventFull(f"all {form.capacity} places and the waitlist are taken")
-    registered = await identity.register(prepared.registration_body)
+    body = prepared.registration_body
+    member: tuple[str, int] | None = None
+    if form.kind == "membership":
+        if membership is None:
+            raise FormError("membership applications need the membership programme")
+        birthday = body.get("birthday")
+        number, member_hash, index = await run(
+            app.enrol_applicant,
+            membership,
+            submission_id(form_id, prepared.submission_key),
+            int(birthday[5:7]) if birthday else None,
+            at,
+        )
+        # identity links the new member number to the person, so purchases made with
+        # the card count for them (and for the member, through the membership worker)
+        body = {**body, "member_no": number}
+        member = (member_hash, index)
+    registered = await identity.register(body)
     submitted: Submitted = await run(
         app.record_submission,
         form_id,
         prepared.submission_key,
         str(registered.customer_id),
         registered.outcome,
-        prepared.identifiers,
+        prepared.identifiers + ([["member_no", member[0]]] if member else []),
         prepared.consent,
         prepared.answers,
         at,
+        member,
     )
-    return submitted
+    return Submitted(
+        submitted.submission, submitted.form, submitted.created, app.member_no(submitted.submission)
+    )

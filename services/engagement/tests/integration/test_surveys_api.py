@@ -328,7 +328,13 @@ def test_forms_create_or_link_customers_through_identity(
         first = client.post(url, json=hanako)
         assert first.status_code == 201, first.text
         result = first.json()
-        assert (result["outcome"], result["registration"]) == ("created", "confirmed")
+        assert result["registration"] == "confirmed"
+        # the public answer does not tell whether the person was known; staff can read it
+        assert "customer_id" not in result and "outcome" not in result
+        staff_view = client.get(f"/v1/forms/{fid}/submissions/{result['submission_id']}", headers=READER)
+        assert staff_view.status_code == 200
+        assert staff_view.json()["outcome"] == "created"
+        result["customer_id"] = staff_view.json()["customer_id"]
         assert result["consent"] == {
             "purpose": "event_updates",
             "wording_version": "2026-11",
@@ -337,7 +343,6 @@ def test_forms_create_or_link_customers_through_identity(
         retry = client.post(url, json=hanako)
         assert retry.status_code == 200
         assert retry.json()["submission_id"] == result["submission_id"]
-        assert retry.json()["customer_id"] == result["customer_id"]
 
         taro = {
             "fields": {"email": "taro@example.jp", "name_kanji": "鈴木 太郎"},
@@ -392,8 +397,17 @@ def test_forms_create_or_link_customers_through_identity(
             },
         )
         assert linked.status_code == 201, linked.text
-        assert linked.json()["customer_id"] == result["customer_id"]
-        assert linked.json()["outcome"] != "created"
+        linked_view = client.get(
+            f"/v1/forms/{signup['form_id']}/submissions/{linked.json()['submission_id']}", headers=READER
+        ).json()
+        assert linked_view["customer_id"] == result["customer_id"]
+        assert linked_view["outcome"] != "created"
+        assert (
+            client.get(
+                f"/v1/forms/{fid}/submissions/{linked.json()['submission_id']}", headers=READER
+            ).status_code
+            == 404
+        )
 
         # identity recorded the consent it was given
         profile = httpx.get(
@@ -443,3 +457,72 @@ def test_form_submissions_when_identity_is_down_and_the_rate_limit(
         limited = client.post(f"/v1/public/forms/{fid}/submissions", json=body)
         assert limited.status_code == 429
     assert orjson.loads(limited.content)["error"]["code"] == "rate_limited"
+
+
+def test_a_membership_application_enrols_a_member_identity_links(
+    tmp_path: Path, kafka_bootstrap: str, identity_url: str
+) -> None:
+    settings = _settings(tmp_path, kafka_bootstrap)
+    application = {
+        "kind": "membership",
+        "title": "会員登録",
+        "fields": [
+            {"id": "email", "kind": "email", "label": "メール", "required": True},
+            {"id": "name_kanji", "kind": "name_kanji", "label": "お名前", "required": True},
+            {"id": "birthday", "kind": "birthday", "label": "生年月日"},
+        ],
+        "consent": {
+            "purpose": "marketing",
+            "wording": "会員特典のご案内",
+            "wording_version": "v1",
+            "channels": ["email"],
+        },
+    }
+    with _client(settings, identity_url) as client:
+        bad = client.post(
+            "/v1/forms",
+            json={
+                **application,
+                "fields": [*application["fields"], {"id": "member_no", "kind": "member_no", "label": "No"}],
+            },
+            headers=STAFF,
+        )
+        assert bad.status_code == 422 and _error_fields(bad) == ["fields"]
+        fid = client.post("/v1/forms", json=application, headers=STAFF).json()["form_id"]
+        body = {
+            "submission_id": "app-1",
+            "fields": {"email": "kenji@example.jp", "name_kanji": "田中 健二", "birthday": "1990-07-15"},
+            "consent": {"email": True},
+        }
+        first = client.post(f"/v1/public/forms/{fid}/submissions", json=body)
+        assert first.status_code == 201, first.text
+        number = first.json()["member_no"]
+        assert len(number) == 13 and number.isdigit()
+        member = client.get(f"/v1/members/{number}", headers=READER).json()
+        assert member["channel"] == "form" and member["rank"] == "regular"
+        # a retry with the client's key gives the same number again. Without a key the
+        # submission is keyed by the e-mail: its first answer shows the number it issued,
+        # a retry does not (whoever knows an e-mail must not learn a member number)
+        again = client.post(f"/v1/public/forms/{fid}/submissions", json=body)
+        assert (again.status_code, again.json()["member_no"]) == (200, number)
+        unkeyed = {k: v for k, v in body.items() if k != "submission_id"}
+        assert (
+            client.post(f"/v1/public/forms/{fid}/submissions", json=unkeyed).json()["member_no"] is not None
+        )
+        assert client.post(f"/v1/public/forms/{fid}/submissions", json=unkeyed).json()["member_no"] is None
+        view = client.get(
+            f"/v1/forms/{fid}/submissions/{first.json()['submission_id']}", headers=READER
+        ).json()
+        # identity holds the new member number with the person
+        identifiers = httpx.get(
+            f"{identity_url}/customers/{view['customer_id']}/identifiers",
+            headers={"X-API-Key": "dev-admin-key"},
+        ).json()
+        assert {"member_no", "email"} <= {i["kind"] for i in identifiers}
+        assert view["member_key"] in {i["hash"] for i in identifiers}
+
+    events = [e for _, e in _relay(settings, expect=2) if e.event_type == "form.submitted"]
+    keys = {e.payload.member_key for e in events}
+    assert view["member_key"] in keys
+    first_event = next(e for e in events if e.payload.member_key == view["member_key"])
+    assert {i.kind.value for i in first_event.identifiers} == {"email", "member_no"}

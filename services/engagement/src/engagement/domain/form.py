@@ -169,6 +169,8 @@ def validate_definition(
             raise InvalidForm(f"{where}.choices", f"a {f.kind} field has no options")
         if (f.minimum is not None or f.maximum is not None) and f.kind != "number":
             raise InvalidForm(f"{where}.minimum", "bounds are for number fields")
+    if kind == "membership" and "member_no" in seen:
+        raise InvalidForm("fields", "a membership application issues the member number: no member_no field")
     if not seen & {"email", "phone", "member_no"}:
         raise InvalidForm("fields", "a form asks for an e-mail, a phone or a member number to know who it is")
     if not _SLUG.match(consent.purpose):
@@ -488,6 +490,11 @@ class FormSubmission(Aggregate):
         answers: dict[str, Any]
         registration: str | None
         submitted_at: datetime
+        #: a membership application: the blind index of the member number issued, and
+        #: which of the submission's candidate numbers it is (the number is derived, so
+        #: a retry can give it again without it being stored in clear)
+        member_no_hash: str | None
+        member_candidate: int | None
 
     @event(Submitted)
     def __init__(
@@ -501,6 +508,8 @@ class FormSubmission(Aggregate):
         answers: dict[str, Any],
         registration: str | None,
         submitted_at: datetime,
+        member_no_hash: str | None = None,
+        member_candidate: int | None = None,
     ) -> None:
         self.form_id = form_id
         self.form_kind = form_kind
@@ -511,6 +520,8 @@ class FormSubmission(Aggregate):
         self.answers = answers
         self.registration = registration
         self.submitted_at = submitted_at
+        self.member_no_hash = member_no_hash
+        self.member_candidate = member_candidate
 
     @classmethod
     def record(
@@ -524,6 +535,7 @@ class FormSubmission(Aggregate):
         answers: dict[str, Any],
         registration: str | None,
         at: datetime,
+        member: tuple[str, int] | None = None,
     ) -> FormSubmission:
         request = form.consent_request()
         return cls._create(
@@ -542,4 +554,6 @@ class FormSubmission(Aggregate):
             answers=answers,
             registration=registration,
             submitted_at=at,
+            member_no_hash=member[0] if member else None,
+            member_candidate=member[1] if member else None,
         )

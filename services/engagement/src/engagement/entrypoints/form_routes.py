@@ -31,6 +31,7 @@ from engagement.adapters.crm_clients import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from engagement.bootstrap import build_membership
 from engagement.domain.form import (
     ConsentRequest,
     EventFull,
@@ -38,6 +39,7 @@ from engagement.domain.form import (
     FormClosed,
     FormError,
     FormField,
+    FormSubmission,
     InvalidForm,
     InvalidSubmission,
     RegistrationNotFound,
@@ -53,6 +55,7 @@ from engagement.domain.survey import (
     SurveyNotOpen,
     invitation_id,
 )
+from engagement.membership import MembershipApplication
 from engagement.survey_bootstrap import build_surveys
 from engagement.surveys import (
     ConcurrentChange,
@@ -74,6 +77,8 @@ MAX_EXPLICIT_AUDIENCE = 10_000
 @dataclass
 class SurveyServices:
     app: SurveyApplication
+    #: membership applications enrol members (its own instance on membership's store)
+    membership: MembershipApplication
     settings: SurveySettings
     identity: IdentityClient
     analytics: AnalyticsClient
@@ -87,6 +92,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     survey_settings: SurveySettings = getattr(app.state, "survey_settings", None) or SurveySettings()
     services = SurveyServices(
         app=build_surveys(settings, survey_settings),
+        membership=build_membership(settings),
         settings=survey_settings,
         identity=IdentityClient(
             survey_settings.identity_url, survey_settings.identity_api_key.get_secret_value()
@@ -103,6 +109,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.identity.close()
         await services.analytics.close()
         services.app.close()
+        services.membership.close()
 
 
 async def _services(request: Request) -> SurveyServices:
@@ -298,13 +305,32 @@ class SubmissionIn(_Strict):
 
 
 class SubmissionResult(BaseModel):
+    """What the person submitting learns: nothing about whether the retailer knew them
+    already (no customer id, no outcome: a public form must not tell a stranger whether
+    an e-mail is on file). Staff read the rest at ``GET /v1/forms/{id}/submissions/{sid}``."""
+
     submission_id: uuid.UUID
     form_id: uuid.UUID
-    customer_id: uuid.UUID
-    outcome: str = Field(description="identity's answer: created | linked | matched | merged")
     registration: str | None = Field(description="event forms: confirmed | waitlisted | cancelled")
     waitlist_position: int | None
+    member_no: str | None = Field(
+        description="membership applications: the member number issued (in the first answer, and in "
+        "a retry that carries the client's own submission_id)"
+    )
     consent: dict[str, Any]
+    submitted_at: datetime
+
+
+class SubmissionView(BaseModel):
+    submission_id: uuid.UUID
+    form_id: uuid.UUID
+    form_kind: str
+    customer_id: uuid.UUID
+    outcome: str = Field(description="identity's answer: created | linked | matched | merged")
+    registration: str | None
+    member_key: str | None = Field(description="blind index of the member number issued")
+    consent: dict[str, Any]
+    answers: dict[str, Any]
     submitted_at: datetime
 
 
@@ -615,26 +641,63 @@ async def submit(
 ) -> JSONResponse:
     _limit(services, request, "form")
     done = await submit_form(
-        services.app, services.identity, form_id, body.fields, body.consent, body.submission_id, _run
+        services.app,
+        services.identity,
+        form_id,
+        body.fields,
+        body.consent,
+        body.submission_id,
+        _run,
+        services.membership,
     )
     s, form = done.submission, done.form
-    registration = s.registration
-    position = None
-    held = form.registrations.get(s.customer_id)
-    if held is not None and held.submission_id == str(s.id):
-        registration = held.status
-        position = form.position(s.customer_id)
+    registration, position = _registration(form, s)
+    # A retry without the client's own key is keyed by the e-mail (or phone): whoever
+    # knows that must not learn the member number from it.
+    member_no = done.member_no if done.created or body.submission_id is not None else None
     result = SubmissionResult(
         submission_id=s.id,
         form_id=form.id,
-        customer_id=uuid.UUID(s.customer_id),
-        outcome=s.outcome,
         registration=registration,
         waitlist_position=position,
+        member_no=member_no,
         consent=s.consent,
         submitted_at=s.submitted_at,
     )
     return JSONResponse(result.model_dump(mode="json"), status_code=201 if done.created else 200)
+
+
+def _registration(form: Form, s: FormSubmission) -> tuple[str | None, int | None]:
+    held = form.registrations.get(s.customer_id)
+    if held is not None and held.submission_id == str(s.id):
+        return held.status, form.position(s.customer_id)
+    return s.registration, None
+
+
+@forms.get(
+    "/{form_id}/submissions/{submission_id}",
+    response_model=SubmissionView,
+    summary="A submission: the customer identity resolved, the consent given",
+)
+async def get_submission(
+    form_id: uuid.UUID, submission_id: uuid.UUID, services: Services, _: Reader
+) -> SubmissionView:
+    form = await _run(services.app.form, form_id)
+    s = await _run(services.app.submission_by_id, submission_id)
+    if s is None or s.form_id != form.id:
+        raise FormNotFound(f"no submission {submission_id} of form {form_id}")
+    return SubmissionView(
+        submission_id=s.id,
+        form_id=form.id,
+        form_kind=s.form_kind,
+        customer_id=uuid.UUID(s.customer_id),
+        outcome=s.outcome,
+        registration=_registration(form, s)[0],
+        member_key=s.member_no_hash,
+        consent=s.consent,
+        answers=s.answers,
+        submitted_at=s.submitted_at,
+    )
 
 
 # -- errors --------------------------------------------------------------------------------
