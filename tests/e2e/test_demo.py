@@ -59,6 +59,11 @@ def test_a_small_retailer_resolves_well_and_every_purchase_counts_once(
             c["opted_out"],
         ), (r, c)
     assert sum(r["clicked"] for r in reported.values()) == truth["campaigns"]["clicks"]
+    # The survey: every answer sent reached analytics once, against its invitations.
+    survey = figures["surveys"]["survey"]
+    assert truth["surveys"]["answered"] > 0
+    assert counted["survey_responses"] == survey["responses"] == truth["surveys"]["answered"]
+    assert survey["invitations"] == truth["surveys"]["invited"]
     later = json.loads(again.read_text())
     assert later["all_time"]["tickets"] == expected["tickets"]
     assert later["support"] == figures["support"]

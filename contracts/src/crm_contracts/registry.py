@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from crm_contracts.envelope import Event
-from crm_contracts.events import commerce, identity, membership, messaging, support
+from crm_contracts.events import commerce, forms, identity, membership, messaging, support
 
 EVENT_CLASSES: tuple[type[Event], ...] = (
     identity.CustomerRegistered,
@@ -47,6 +47,11 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     support.TicketEscalated,
     support.TicketStatusChanged,
     support.TicketRated,
+    forms.SurveyInvited,
+    forms.SurveyAnswered,
+    forms.FormSubmitted,
+    forms.FormRegistered,
+    forms.FormRegistrationChanged,
 )
 
 #: An upcaster turns the JSON dict of ``(event_type, v)`` into that of ``v + 1``.

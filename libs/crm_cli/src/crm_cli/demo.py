@@ -94,6 +94,8 @@ class LoadReport:
     events_accepted: int = 0
     events_rejected: int = 0
     tickets: int = 0
+    #: what the surveys-and-forms piece sent (crm_cli.demo_surveys.SurveyLoadReport)
+    surveys: dict[str, Any] = field(default_factory=dict)
     customer_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     first_rejection: str = ""
@@ -329,6 +331,17 @@ async def load(plan_: DemoPlan, endpoints: Endpoints, progress: Progress, concur
         report.tickets = await load_tickets(
             http, endpoints.support, endpoints.admin_key, plan_.tickets, progress, concurrency
         )
+    from crm_cli.demo_surveys import load_surveys
+
+    # a post-purchase survey to recent buyers, a sign-up form, a seminar with a waitlist
+    surveyed = await load_surveys(
+        plan_, report, endpoints, progress, seed=plan_.seed, concurrency=concurrency
+    )
+    if surveyed.failures:
+        raise RuntimeError(
+            f"{len(surveyed.failures)} survey or form requests failed, e.g. {surveyed.failures[0]}"
+        )
+    report.surveys = asdict(surveyed)
     if report.events_rejected:
         # The generator makes valid events only: a rejection is a bug worth stopping for.
         raise RuntimeError(
@@ -466,6 +479,7 @@ def write_truth(path: Path, plan_: DemoPlan, report: LoadReport) -> None:
         ],
         "purchases": [asdict(p) for p in plan_.purchases],
         "interactions": plan_.interactions,
+        "surveys": report.surveys,
         "tickets": [
             {
                 "person_id": t.person_id,
@@ -534,12 +548,15 @@ async def wait_until_counted(
                     progress(
                         "tickets in analytics", min(tickets, len(truth["tickets"])), len(truth["tickets"])
                     )
+                answers = await _answers_counted(http, endpoints, truth)
+                answered = (truth.get("surveys") or {}).get("answered", 0)
                 if (
                     overview["orders"] >= len(purchases)
                     and tickets >= len(truth.get("tickets", ()))
+                    and answers >= answered
                     and lag == 0
                 ):
-                    return {**overview, "tickets": tickets}
+                    return {**overview, "tickets": tickets, "survey_responses": answers}
             await asyncio.sleep(1.0)
     raise TimeoutError(f"analytics counted {overview.get('orders')} of {len(purchases)} purchases")
 
@@ -579,6 +596,24 @@ async def run_campaigns(
     }
 
 
+async def survey_results(endpoints: Endpoints, truth: dict[str, Any]) -> dict[str, Any]:
+    """Analytics' results of the demo's survey (all time) and its forms' counts."""
+    surveys = truth.get("surveys") or {}
+    if not surveys.get("survey_id"):
+        return {}
+    start, end = all_time(truth)
+    period = {"start": start.isoformat(), "end": end.isoformat()}
+    headers = {"X-API-Key": endpoints.read_key}
+    async with httpx.AsyncClient(timeout=60) as http:
+        survey = await http.get(
+            f"{endpoints.analytics}/v1/surveys/{surveys['survey_id']}/results", params=period, headers=headers
+        )
+        survey.raise_for_status()
+        forms = await http.get(f"{endpoints.analytics}/v1/forms/results", params=period, headers=headers)
+        forms.raise_for_status()
+    return {"survey": survey.json(), "forms": forms.json()}
+
+
 async def campaign_reports(endpoints: Endpoints, truth: dict[str, Any]) -> list[dict[str, Any]]:
     """Analytics' report of each demo campaign (funnel, conversions against the holdout)."""
     ids = [c["campaign_id"] for c in (truth.get("campaigns") or {}).get("campaigns", [])]
@@ -604,6 +639,20 @@ def add_campaign_orders(truth: dict[str, Any], orders: Sequence[dict[str, Any]])
         truth["purchases"].append(
             asdict(Purchase(order["order_id"], -1, "online", moment.date().isoformat(), order["total"]))
         )
+
+
+async def _answers_counted(http: httpx.AsyncClient, endpoints: Endpoints, truth: dict[str, Any]) -> int:
+    """Responses to the demo survey analytics holds (0 when there is none)."""
+    survey_id = (truth.get("surveys") or {}).get("survey_id")
+    if not survey_id:
+        return 0
+    start, end = all_time(truth)
+    response = await http.get(
+        f"{endpoints.analytics}/v1/surveys/{survey_id}/results",
+        params={"start": start.isoformat(), "end": end.isoformat()},
+        headers={"X-API-Key": endpoints.read_key},
+    )
+    return int(response.json()["responses"]) if response.status_code == 200 else 0
 
 
 async def _tickets_counted(http: httpx.AsyncClient, endpoints: Endpoints, truth: dict[str, Any]) -> int:

@@ -318,11 +318,14 @@ async def load_campaigns(
     for r in received:
         spec = by_id[r.campaign_id]
         rng = random.Random(f"{seed}:{r.message_key}")
-        opened = bool(r.opens) and rng.random() < spec.open_rate.get(r.variant, spec.open_rate["*"])
+        reads = rng.random() < spec.open_rate.get(r.variant, spec.open_rate["*"])
+        opened = bool(r.opens) and reads
         if opened:
             await _get(http, r.opens[0])
             report.opens += 1
-        if r.clicks and (opened or r.channel != "email") and rng.random() < spec.click_rate:
+        # a click needs the message read: opened (HTML mail, its pixel fetched), or read
+        # without a trace (text-only mail, LINE, push, SMS)
+        if r.clicks and reads and rng.random() < spec.click_rate:
             await _get(http, r.clicks[0])
             report.clicks += 1
             if purchases and r.channel == "email" and rng.random() < 0.35:

@@ -252,7 +252,7 @@ def _life(
     ):
         return ticket
     if rng.random() < 0.3:  # waiting on the customer, who answers
-        if not step("status", 0.1, {"status": "pending", "reason": "waiting for the customer", "by": owner}):
+        if not step("status", 0.1, {"status": "pending", "reason": "waiting_for_customer", "by": owner}):
             return ticket
         if not step(
             "replies",
@@ -277,7 +277,7 @@ def _life(
             rating["comment"] = "丁寧な対応でした" if score >= 4 else "もう少し早く対応してほしかった"
         step("rating", rng.uniform(1, 72), rating)
     if rng.random() < 0.5:
-        step("status", rng.uniform(24, 24 * 7), {"status": "closed", "reason": "no further contact"})
+        step("status", rng.uniform(24, 24 * 7), {"status": "closed", "reason": "no_further_contact"})
     return ticket
 
 

@@ -288,9 +288,11 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
     expected = demo.expected_totals(truth)
     support = asyncio.run(demo.support_kpis(endpoints, end - timedelta(days=365), end))
     campaign_reports = asyncio.run(demo.campaign_reports(endpoints, truth))
+    surveys = asyncio.run(demo.survey_results(endpoints, truth))
     _print_report(quality, overview, segments, expected, counted)
     _print_support(support, expected, counted)
     _print_campaigns(campaign_reports, truth.get("campaigns") or {})
+    _print_surveys(surveys, truth.get("surveys") or {})
     return {
         "quality": quality,
         "overview": overview,
@@ -299,6 +301,7 @@ def load_demo(customers: int, seed: int, *, reload: bool = False) -> dict[str, A
         "expected": expected,
         "support": support,
         "campaigns": campaign_reports,
+        "surveys": surveys,
     }
 
 
@@ -394,6 +397,37 @@ def _print_campaigns(reports: list[dict[str, Any]], loaded: dict[str, Any]) -> N
     console.print(table)
     for line in loaded.get("not_launched", []):
         console.print(f"[dim]not launched: {escape(line)}[/dim]")
+
+
+def _print_surveys(results: dict[str, Any], loaded: dict[str, Any]) -> None:
+    if not results:
+        return
+    survey = results["survey"]
+    table = Table(title="Survey (アンケート) and forms, from analytics", header_style="bold")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rate = survey["response_rate"]
+    table.add_row(
+        "invited / answers generated / counted",
+        f"{loaded.get('invited', 0):,} / {loaded.get('answered', 0):,} / {survey['responses']:,}",
+    )
+    table.add_row("response rate", "–" if rate is None else f"{rate:.1%}")
+    for question_id, q in survey["questions"].items():
+        if q["kind"] == "nps":
+            table.add_row(f"NPS ({question_id})", "–" if q["nps"] is None else f"{q['nps']:+.0f}")
+        elif q["kind"] == "csat":
+            table.add_row(f"CSAT 1–5 ({question_id})", "–" if q["average"] is None else f"{q['average']:.2f}")
+    for form in results["forms"]["forms"]:
+        label = f"form {form.get('form_kind', '')}".strip()
+        figures = (
+            f"{form.get('submissions', 0):,} submissions, {form.get('new_customers', 0):,} new customers"
+        )
+        registrations = form.get("registrations")
+        if registrations:
+            confirmed, waitlisted = registrations.get("confirmed", 0), registrations.get("waitlisted", 0)
+            figures += f"; {confirmed} confirmed, {waitlisted} waitlisted"
+        table.add_row(label, figures)
+    console.print(table)
 
 
 @app.command("demo")

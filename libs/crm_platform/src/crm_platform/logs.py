@@ -43,3 +43,8 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # "producer flush took 0.02 s", once per flush
     logging.getLogger("faust.transport.producer").setLevel(logging.WARNING)
+    # one line per outbound request (the dispatcher asks identity for every recipient);
+    # failures reach the callers, which log them with their reason
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # aiosmtpd logs every SMTP session of the local mail sink
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -26,16 +26,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from analytics.queries import Queries
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from analytics.queries import Queries, iso_utc
 
 
 def campaigns(q: Queries, limit: int = 100) -> list[dict[str, Any]]:
     """Launched campaigns, newest first, with their send counts."""
-    rows = q._rows(
+    rows = q.rows(
         """
         SELECT c.campaign_id AS campaign_id, c.name AS name, c.channels AS channels, c.audience AS audience,
                c.recipients AS recipients, c.holdout AS holdout, c.send_at AS send_at,
@@ -57,7 +53,7 @@ def campaigns(q: Queries, limit: int = 100) -> list[dict[str, Any]]:
         {
             **r,
             "campaign_id": str(r["campaign_id"]),
-            "send_at": _iso(r["send_at"]),
+            "send_at": iso_utc(r["send_at"]),
             "channels": list(r["channels"]),
         }
         for r in rows
@@ -68,14 +64,14 @@ def campaign_report(
     q: Queries, campaign_id: uuid.UUID, days: int | None = None, cost: float | None = None
 ) -> dict[str, Any] | None:
     """The report of one campaign; None when no event of it has arrived."""
-    launched = q._rows(
+    launched = q.rows(
         """SELECT name, channels, audience, recipients, holdout, holdout_pct, variants, send_at,
                   attribution_days, launched_at
            FROM campaigns FINAL WHERE campaign_id = {cid:UUID}
            ORDER BY launched_at LIMIT 1""",
         cid=str(campaign_id),
     )
-    counts = q._rows(
+    counts = q.rows(
         """
         SELECT
             uniqExactIf(message_id, event_type IN ('message.sent', 'message.skipped', 'message.failed'))
@@ -95,13 +91,13 @@ def campaign_report(
     )[0]
     if not launched and counts["recorded"] == 0:
         return None
-    skipped = q._rows(
+    skipped = q.rows(
         """SELECT reason, uniqExact(message_id) AS n FROM messages FINAL
            WHERE campaign_id = {cid:UUID} AND event_type = 'message.skipped'
            GROUP BY reason ORDER BY n DESC, reason""",
         cid=str(campaign_id),
     )
-    by_variant = q._rows(
+    by_variant = q.rows(
         """SELECT variant,
                   uniqExactIf(message_id, event_type = 'message.sent') AS sent,
                   uniqExactIf(message_id, event_type = 'message.opened') AS opened,
@@ -126,7 +122,7 @@ def campaign_report(
         "name": c.get("name"),
         "channels": list(c.get("channels") or []),
         "audience": c.get("audience"),
-        "send_at": _iso(start),
+        "send_at": iso_utc(start),
         "recipients": int(c.get("recipients") or counts["recorded"]),
         "holdout": int(counts["holdout"]),
         "recorded": int(counts["recorded"]),
@@ -146,7 +142,7 @@ def campaign_report(
         ],
         "conversion": {
             "window_days": window_days,
-            "window_end": _iso(end),
+            "window_end": iso_utc(end),
             "targeted": targeted,
             "holdout": control,
         },
@@ -171,7 +167,7 @@ def _conversions(
 ) -> dict[int, dict[str, Any]]:
     """Per group (0 targeted, 1 holdout): customers (recipients as identity knows them
     now, each once), those who bought, orders, revenue."""
-    rows = q._rows(
+    rows = q.rows(
         """
         WITH recipients AS (
             SELECT customer_id, any(key_hash) AS key_hash,

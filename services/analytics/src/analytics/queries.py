@@ -88,9 +88,21 @@ class Queries:
         self._client = client
         self._budget = {**READ_SETTINGS, **(budget or {})}
 
-    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        return self._budget
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """One query's rows as dicts, within the read budget (modules of analytics that
+        add their own queries on the same client use it)."""
         result = self._client.query(sql, parameters=params, settings=self._budget)
         return list(result.named_results())
+
+    _rows = rows
 
     # -- KPI overview -----------------------------------------------------------------
 
@@ -512,7 +524,7 @@ class Queries:
         LIMIT {{limit:UInt32}}
         """
         rows = self._rows(sql, cid=customer_id, before=before, before_event=before_event, limit=limit)
-        return [{**r, "event_id": str(r["event_id"]), "occurred_at": _iso(r["occurred_at"])} for r in rows]
+        return [{**r, "event_id": str(r["event_id"]), "occurred_at": iso_utc(r["occurred_at"])} for r in rows]
 
     def customer_summary(self, customer_id: str) -> dict[str, Any] | None:
         keys = self.customer_keys(customer_id)
@@ -557,8 +569,8 @@ class Queries:
             "points": int(facts["points"]),
             "channels": sorted(facts["channels"]),
             "events": int(facts["events"]),
-            "first_event": _iso(facts["first_event"]) if facts["events"] else None,
-            "last_event": _iso(facts["last_event"]) if facts["events"] else None,
+            "first_event": iso_utc(facts["first_event"]) if facts["events"] else None,
+            "last_event": iso_utc(facts["last_event"]) if facts["events"] else None,
             "keys": len(keys),
             "tickets": _ticket_summary(self._client, self._budget, keys),
         }
@@ -567,7 +579,7 @@ class Queries:
         row = self._rows("SELECT count() AS events, max(ingested_at) AS last_ingested FROM events")[0]
         return {
             "events": int(row["events"]),
-            "last_ingested": _iso(row["last_ingested"]) if row["events"] else None,
+            "last_ingested": iso_utc(row["last_ingested"]) if row["events"] else None,
         }
 
 
@@ -581,7 +593,7 @@ def _ticket_summary(client: Client, budget: dict[str, Any], keys: list[str]) -> 
     }
 
 
-def _iso(value: datetime) -> str:
+def iso_utc(value: datetime) -> str:
     """An instant as ISO 8601 in UTC with ``Z`` (ClickHouse hands back naive UTC)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)

@@ -22,12 +22,10 @@ Breakdowns by the ticket's channel or category (set when it was opened).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal
 
-from clickhouse_connect.driver.client import Client
-
-from analytics.store.clickhouse import READ_SETTINGS
+from analytics.queries import Queries, iso_utc
 
 GroupBy = Literal["none", "channel", "category"]
 
@@ -40,14 +38,15 @@ _PER_TICKET = """
         anyIf(anonymous, event_type = 'ticket.opened') AS anonymous,
         countIf(event_type = 'ticket.opened') > 0 AS known,
         minIf(day, event_type = 'ticket.opened') AS opened_day,
-        argMaxIf(status, occurred_at, status != '') AS status_at_end,
+        argMaxIf(status, (occurred_at, recorded_at), status != '') AS status_at_end,
         minIf(first_response_seconds, event_type = 'ticket.replied' AND first_response_seconds >= 0) AS frt,
         minIf(day, event_type = 'ticket.replied' AND first_response_seconds >= 0) AS frt_day,
         countIf(event_type = 'ticket.replied' AND first_response_seconds >= 0) > 0 AS answered,
         countIf(event_type = 'ticket.resolved' AND day >= {start:Date}) > 0 AS has_resolution,
-        argMaxIf(resolution_seconds, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date})
-            AS rt,
-        argMaxIf(sla_met, occurred_at, event_type = 'ticket.resolved' AND day >= {start:Date}) AS verdict,
+        argMaxIf(resolution_seconds, (occurred_at, recorded_at),
+                 event_type = 'ticket.resolved' AND day >= {start:Date}) AS rt,
+        argMaxIf(sla_met, (occurred_at, recorded_at),
+                 event_type = 'ticket.resolved' AND day >= {start:Date}) AS verdict,
         maxIf(satisfaction, event_type = 'ticket.rated' AND day >= {start:Date}) AS rating
     FROM tickets FINAL
     WHERE day < {end:Date}
@@ -61,13 +60,8 @@ _FILTER = (
 )
 
 
-class SupportQueries:
-    def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
-        self._client = client
-        self._budget = {**READ_SETTINGS, **(budget or {})}
-
-    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        return list(self._client.query(sql, parameters=params, settings=self._budget).named_results())
+class SupportQueries(Queries):
+    """The support KPIs and a customer's inquiry history, on the API's client and budget."""
 
     def kpis(
         self, start: date, end: date, by: GroupBy = "none", channel: str = "", category: str = ""
@@ -127,9 +121,10 @@ class SupportQueries:
             anyIf(category, event_type = 'ticket.opened') AS category,
             anyIf(priority, event_type = 'ticket.opened') AS priority,
             minIf(occurred_at, event_type = 'ticket.opened') AS opened_at,
-            argMaxIf(status, occurred_at, status != '') AS status,
+            argMaxIf(status, (occurred_at, recorded_at), status != '') AS status,
             maxIf(satisfaction, event_type = 'ticket.rated') AS satisfaction,
-            argMaxIf(escalated_to, occurred_at, event_type = 'ticket.escalated') AS escalated_to,
+            argMaxIf(escalated_to, (occurred_at, recorded_at), event_type = 'ticket.escalated')
+                AS escalated_to,
             max(occurred_at) AS updated_at
         FROM tickets FINAL
         WHERE person_key IN {keys:Array(String)}
@@ -145,8 +140,8 @@ class SupportQueries:
                 "category": r["category"],
                 "priority": r["priority"],
                 "status": r["status"],
-                "opened_at": _iso(r["opened_at"]),
-                "updated_at": _iso(r["updated_at"]),
+                "opened_at": iso_utc(r["opened_at"]),
+                "updated_at": iso_utc(r["updated_at"]),
                 "satisfaction": int(r["satisfaction"]) or None,
                 "escalated_to": r["escalated_to"] or None,
             }
@@ -191,9 +186,3 @@ def _total(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _num(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _iso(value: datetime) -> str:
-    from analytics.queries import _iso as iso
-
-    return iso(value)

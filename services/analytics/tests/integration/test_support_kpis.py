@@ -160,3 +160,22 @@ def test_support_kpis_of_a_period(client: Client) -> None:
         "SELECT count() FROM bi_tickets WHERE customer_id = {c:UUID}", parameters={"c": str(customer_a)}
     )
     assert bi.result_rows[0][0] == len(tickets[0].events) + len(tickets[1].events)
+
+
+def test_a_ticket_opened_and_resolved_in_the_same_instant_is_resolved(client: Client) -> None:
+    # A call solved on the phone, imported with one time for both: the order support
+    # recorded them in decides (recorded_at), not chance.
+    tickets = [T(f.ident(f"same{i}@example.jp"), "2026-11-03", "phone") for i in range(5)]
+    events: list[Event] = []
+    for t in tickets:
+        t.resolve(0 * H, True)
+        opened, resolved = t.events
+        events += [
+            opened.model_copy(update={"recorded_at": opened.occurred_at + timedelta(milliseconds=1)}),
+            resolved.model_copy(
+                update={"recorded_at": opened.occurred_at + timedelta(milliseconds=1, microseconds=1)}
+            ),
+        ]
+    f.deliver(client, events)
+    total = SupportQueries(client).kpis(date(2026, 11, 1), date(2026, 12, 1))["total"]
+    assert (total["opened"], total["resolved"], total["backlog"]) == (5, 5, 0)

@@ -69,12 +69,13 @@ def worker() -> None:
 
 @cli.command()
 def relay() -> None:
-    """Publish the engagement stores' new events to Kafka: membership and campaigns
-    (one relay per store, exactly one process per deployment)."""
+    """Publish the new events of engagement's stores to Kafka: membership's, campaigns'
+    and surveys and forms' (one relay per store, all in this one process)."""
     from crm_platform.kafka import EventProducer, ensure_topics
     from crm_platform.process import run_until_signal
     from engagement.bootstrap import build_membership, build_relay
     from engagement.dispatch.wiring import build_campaign_relay, build_campaigns
+    from engagement.survey_bootstrap import build_survey_relay, build_surveys
 
     settings = _settings("relay")
 
@@ -82,18 +83,23 @@ def relay() -> None:
         await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
         app = build_membership(settings)
         campaigns = build_campaigns(settings)
+        surveys = build_surveys(settings)
         try:
-            async with EventProducer(
-                settings.kafka_bootstrap,
-                client_id="engagement-relay",
-                topic_prefix=settings.kafka_topic_prefix,
-            ) as producer:
-                await asyncio.gather(
-                    build_relay(settings, app, producer).run(stop),
-                    build_campaign_relay(settings, campaigns, producer).run(stop),
-                )
+            # One failing relay stops the others (and the process, for its supervisor).
+            async with (
+                EventProducer(
+                    settings.kafka_bootstrap,
+                    client_id="engagement-relay",
+                    topic_prefix=settings.kafka_topic_prefix,
+                ) as producer,
+                asyncio.TaskGroup() as relays,
+            ):
+                relays.create_task(build_relay(settings, app, producer).run(stop))
+                relays.create_task(build_campaign_relay(settings, campaigns, producer).run(stop))
+                relays.create_task(build_survey_relay(surveys, producer).run(stop))
         finally:
             campaigns.close()
+            surveys.close()
             app.close()
 
     run_until_signal(main)

@@ -55,8 +55,10 @@ def test_tickets_are_opened_once_worked_published_and_shredded(
         tid = answers[0].json()["ticket_id"]
         client.post(f"/v1/tickets/{tid}/replies", json={"body": "申し訳ございません"}, headers=STAFF)
         client.post(f"/v1/tickets/{tid}/resolution", json={"resolution": "apologised"}, headers=STAFF)
-        found = client.get(
-            "/v1/tickets", params={"phone": "08011112222", "status": "resolved"}, headers=STAFF
+        found = client.post(
+            "/v1/tickets/search",
+            json={"customer": {"phone": "08011112222"}, "status": "resolved"},
+            headers=STAFF,
         )
         assert [t["ticket_id"] for t in found.json()["tickets"]] == [tid]
 

@@ -94,7 +94,7 @@ def test_status_transitions_follow_the_life_cycle() -> None:
         t.resolve("answered", T0 + 2 * H)
     with pytest.raises(InvalidTransition):
         t.reply("staff", SEALED, T0 + 2 * H)
-    t.change_status("open", T0 + 2 * H, reason="not fixed")  # reopened
+    t.change_status("open", T0 + 2 * H, reason="not_fixed")  # reopened
     assert (t.status, t.reopened, t.resolved_at) == ("open", 1, None)
     t.resolve("replaced", T0 + 3 * H)
     t.rate(4, T0 + 4 * H)
@@ -114,6 +114,20 @@ def test_a_customer_reply_reopens_a_resolved_ticket() -> None:
     t.resolve("answered", T0 + H)
     t.reply("customer", SEALED, T0 + 2 * H)
     assert (t.status, t.reopened) == ("open", 1)
+
+
+def test_a_resolution_that_was_the_first_response_stays_so_after_a_reopen() -> None:
+    # normal priority: first response due within 24 h. Solved on the phone in an hour
+    # (no staff reply), reopened by the customer two days later, resolved again.
+    t = opened()
+    t.resolve("answered", T0 + H)
+    assert t.sla(T0 + H)["first_response"] == "met"
+    t.reply("customer", SEALED, T0 + 48 * H)  # reopens
+    assert not t.first_response_breached(T0 + 50 * H)
+    assert t.sla(T0 + 50 * H)["first_response"] == "met"
+    t.resolve("replaced", T0 + 51 * H)
+    assert t.collect_events()[-1].first_response_seconds is None
+    assert not t.first_response_breached(T0 + 60 * H)
 
 
 def test_changes_cannot_go_back_in_time_and_scores_are_1_to_5() -> None:

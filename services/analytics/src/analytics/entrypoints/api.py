@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from analytics.entrypoints import campaign_routes
+from analytics.entrypoints import campaign_routes, survey_routes
 from analytics.entrypoints.metrics import CONTENT_TYPE
 from analytics.entrypoints.metrics import render as render_metrics
 from analytics.entrypoints.support import router as support_router
@@ -398,6 +398,7 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
     app.include_router(v1)
     app.include_router(support_router)
     app.include_router(campaign_routes.router)  # campaign reports (analytics.campaigns)
+    app.include_router(survey_routes.router)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
     async def metrics(request: Request) -> PlainTextResponse:

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, Depends, Query, Request
 
+from analytics.queries import Queries
 from crm_platform.http import ApiError, Principal, require_scope
 
 T = TypeVar("T")
@@ -44,9 +44,8 @@ async def _run(analytics: _Runner, fn: Callable[[Any], T]) -> T:
     """Run ``fn`` on SupportQueries with the API's client pool and budget."""
     from analytics.support_queries import SupportQueries
 
-    def call(queries: Any) -> T:
-        client: Client = queries._client
-        return fn(SupportQueries(client, analytics.budget))
+    def call(queries: Queries) -> T:
+        return fn(SupportQueries(queries.client, analytics.budget))
 
     return await analytics.run(call)
 
@@ -77,9 +76,7 @@ async def customer_tickets(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     def query(q: Any) -> dict[str, Any]:
-        from analytics.queries import Queries
-
-        keys = Queries(q._client, analytics.budget).customer_keys(str(customer_id))
+        keys = q.customer_keys(str(customer_id))
         return {"customer_id": str(customer_id), **q.customer_tickets(keys, limit)}
 
     return await _run(analytics, query)

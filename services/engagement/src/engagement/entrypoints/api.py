@@ -30,7 +30,7 @@ from crm_platform.settings import Settings
 from engagement.adapters.ledger import open_ledger
 from engagement.bootstrap import build_membership
 from engagement.domain.membership import Member, MembershipError, NotEnoughPoints
-from engagement.entrypoints import campaign_routes
+from engagement.entrypoints import campaign_routes, form_routes
 from engagement.ingest.pipeline import Ingestor, Source
 from engagement.ingest.schemas import MAX_BATCH_EVENTS, BatchResult, EventResult, Incoming
 from engagement.membership import ConcurrentUpdate, MemberExists, MemberNotFound, MembershipApplication
@@ -310,6 +310,7 @@ def create(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest)
     app.include_router(members)
     app.include_router(campaign_routes.router)  # campaigns, tracking links (own lifespan)
+    form_routes.install(app)  # surveys and forms: routes, their store, their errors
     _document_incoming(app)
     return app
 

@@ -140,7 +140,8 @@ class TicketIndex:
                 t.store_id,
                 t.order_id,
                 ts(t.first_response_due),
-                ts(t.first_response_at),
+                # the first response, or the first resolution when none came before it
+                ts(t.first_response_at or t.first_settled_at),
                 resolution_due,
                 ts(t.paused_since),
                 ts(t.resolved_at),

@@ -107,6 +107,9 @@ class Ticket(Aggregate):
         self.last_at = opened_at
         self.first_response_at: datetime | None = None
         self.resolved_at: datetime | None = None
+        #: the first resolution: without a staff reply before it, it was the first
+        #: response — and stays so when the ticket is reopened
+        self.first_settled_at: datetime | None = None
         self.resolution: str | None = None
         self.resolved_by: str | None = None
         self.satisfaction: int | None = None
@@ -162,7 +165,7 @@ class Ticket(Aggregate):
         )
         routed = policy.on_open(category, priority, channel, store_id)
         if routed is not None:
-            ticket.escalate(routed[0], f"routing rule {routed[1]}", at, rule=routed[1], by="routing")
+            ticket.escalate(routed[0], "routing", at, rule=routed[1], by="routing")
         return ticket
 
     # -- reading ---------------------------------------------------------------------------
@@ -179,10 +182,9 @@ class Ticket(Aggregate):
         answered = self.first_response_at
         if answered is not None:
             return answered > self.first_response_due
-        # Resolved or closed without a staff reply (e.g. solved on the phone and
-        # resolved at once): the resolution counts as the response.
-        settled = self.resolved_at if self.status in ("resolved", "closed") else None
-        return (settled or now) > self.first_response_due
+        # Resolved without a staff reply (e.g. solved on the phone and resolved at once):
+        # the first resolution counts as the response, even after a reopen.
+        return (self.first_settled_at or now) > self.first_response_due
 
     def resolution_breached(self, now: datetime) -> bool:
         if self.resolved_at is not None and self.status in ("resolved", "closed"):
@@ -197,7 +199,7 @@ class Ticket(Aggregate):
         def state(breached: bool, done: bool) -> str:
             return "breached" if breached else "met" if done else "running"
 
-        done_first = self.first_response_at is not None or self.status in ("resolved", "closed")
+        done_first = self.first_response_at is not None or self.first_settled_at is not None
         done_resolution = self.status in ("resolved", "closed")
         return {
             "first_response_due_at": self.first_response_due,
@@ -273,7 +275,7 @@ class Ticket(Aggregate):
         if self.status == "closed" or (author == "staff" and self.status == "resolved"):
             raise InvalidTransition(f"cannot reply to a {self.status} ticket as {author}")
         if author == "customer" and self.status in ("pending", "resolved"):
-            reason = "the customer replied"
+            reason = "customer_replied"
             self._status_changed(at=at, previous=self.status, status="open", reason=reason, by=None)
         first = author == "staff" and self.first_response_at is None
         self._replied(
@@ -375,7 +377,7 @@ class Ticket(Aggregate):
         working = max(0, int((at - self.opened_at).total_seconds() - paused))
         first = self.first_response_at
         first_seconds = int((first - self.opened_at).total_seconds()) if first else None
-        first_met = (first or at) <= self.first_response_due
+        first_met = (first or self.first_settled_at or at) <= self.first_response_due
         met = first_met and at <= self.resolution_due + timedelta(seconds=paused)
         self._resolved(
             at=at,
@@ -401,6 +403,8 @@ class Ticket(Aggregate):
             self.paused_since = None
         self.status = "resolved"
         self.resolved_at = at
+        if self.first_settled_at is None:
+            self.first_settled_at = at
         self.resolution = resolution
         self.resolved_by = by
         self.last_at = at

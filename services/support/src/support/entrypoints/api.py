@@ -119,8 +119,13 @@ class ReplyIn(Stamped):
     )
 
 
+#: Reasons travel in clear (Kafka, ClickHouse): codes only, so no note can carry a name.
+REASON = r"^[a-z][a-z0-9_]{0,63}$"
+REASON_HELP = "a code such as complaint, vip, waiting_for_customer; a note goes in a (sealed) reply"
+
+
 class EscalationIn(Stamped):
-    reason: str = Field(min_length=1, max_length=200, description="a code or short note, no personal data")
+    reason: str = Field(pattern=REASON, description=REASON_HELP)
     to: str | None = Field(
         default=None,
         pattern=r"^[a-z][a-z0-9_-]{0,40}(:[A-Za-z0-9_.-]{1,64})?$",
@@ -130,7 +135,7 @@ class EscalationIn(Stamped):
 
 class StatusIn(Stamped):
     status: Literal["open", "pending", "closed"]
-    reason: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, pattern=REASON, description=REASON_HELP)
 
 
 class ResolutionIn(Stamped):
@@ -307,20 +312,43 @@ async def get_ticket(ticket_id: uuid.UUID, app: Support, _: Reader) -> TicketVie
     return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
 
 
-@router.get(
-    "/tickets", response_model=TicketPage, summary="Search tickets: by customer, status, owner, SLA..."
-)
-async def search_tickets(
+class CustomerQuery(BaseModel):
+    """The customer's identifiers, as written: in a body, so they stay out of URLs
+    (proxy and access logs, traces)."""
+
+    model_config = ConfigDict(extra="forbid")
+    email: str | None = Field(default=None, max_length=254)
+    phone: str | None = Field(default=None, max_length=40)
+    member_no: str | None = Field(default=None, max_length=64)
+    pos_card: str | None = Field(default=None, max_length=64)
+    ec_account: str | None = Field(default=None, max_length=128)
+    line_id: str | None = Field(default=None, max_length=128)
+
+
+class TicketSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer: CustomerQuery = Field(default_factory=CustomerQuery)
+    status: Status | None = None
+    owner: str | None = Field(default=None, max_length=128)
+    team: str | None = Field(default=None, max_length=128)
+    category: str | None = Field(default=None, pattern=CODE)
+    channel: Channel | None = None
+    priority: Priority | None = None
+    store_id: str | None = Field(default=None, max_length=64)
+    escalated_to: str | None = Field(default=None, max_length=128)
+    breached: bool | None = Field(default=None, description="SLA breached now (true) or not (false)")
+    opened_from: AwareDatetime | None = None
+    opened_to: AwareDatetime | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0, le=100_000)
+    content: bool = Field(default=False, description="include subjects and messages")
+
+
+@router.get("/tickets", response_model=TicketPage, summary="List tickets: by status, owner, SLA, channel...")
+async def list_tickets(
+    request: Request,
     app: Support,
     _: Reader,
-    email: Annotated[
-        str | None, Query(max_length=254, description="the customer's e-mail, as written")
-    ] = None,
-    phone: Annotated[str | None, Query(max_length=40)] = None,
-    member_no: Annotated[str | None, Query(max_length=64)] = None,
-    pos_card: Annotated[str | None, Query(max_length=64)] = None,
-    ec_account: Annotated[str | None, Query(max_length=128)] = None,
-    line_id: Annotated[str | None, Query(max_length=128)] = None,
     status: Status | None = None,
     owner: Annotated[str | None, Query(max_length=128)] = None,
     team: Annotated[str | None, Query(max_length=128)] = None,
@@ -336,29 +364,21 @@ async def search_tickets(
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     content: Annotated[bool, Query(description="include subjects and messages")] = False,
 ) -> TicketPage:
-    """Newest first. Customer identifiers are normalised and blind-indexed like at
-    every edge (``03-1234-5678`` finds ``+81312345678``); several given find tickets
-    carrying any of them."""
-    given = {
-        k: v
-        for k, v in {
-            "email": email,
-            "phone": phone,
-            "member_no": member_no,
-            "pos_card": pos_card,
-            "ec_account": ec_account,
-            "line_id": line_id,
-        }.items()
-        if v is not None
-    }
-    try:
-        hashes = tuple(i["hash"] for i in app.blind(given))
-    except InvalidIdentifier as exc:
+    """Newest first. A customer's tickets: ``POST /v1/tickets/search`` (their
+    identifiers go in the body, never in a URL)."""
+    misplaced = sorted(set(request.query_params) & set(CustomerQuery.model_fields))
+    if misplaced:  # refused, not ignored: an unfiltered list would look like an answer
         raise RequestValidationError(
-            [{"loc": ("query", exc.kind), "msg": exc.reason, "type": "value_error"}]
-        ) from None
-    filters = Filters(
-        identifier_hashes=hashes,
+            [
+                {
+                    "loc": ("query", key),
+                    "msg": "customer identifiers go in POST /v1/tickets/search",
+                    "type": "value_error",
+                }
+                for key in misplaced
+            ]
+        )
+    search = TicketSearch(
         status=status,
         owner=owner,
         team=team,
@@ -370,11 +390,47 @@ async def search_tickets(
         breached=breached,
         opened_from=opened_from,
         opened_to=opened_to,
+        limit=limit,
+        offset=offset,
+        content=content,
+    )
+    return await _search(app, search)
+
+
+@router.post("/tickets/search", response_model=TicketPage, summary="Search tickets, by customer too")
+async def search_tickets(body: TicketSearch, app: Support, _: Reader) -> TicketPage:
+    """Newest first. Customer identifiers are normalised and blind-indexed like at
+    every edge (``03-1234-5678`` finds ``+81312345678``); several given find tickets
+    carrying any of them. The other filters are those of ``GET /v1/tickets``."""
+    return await _search(app, body)
+
+
+async def _search(app: SupportApplication, search: TicketSearch) -> TicketPage:
+    given = {k: v for k, v in search.customer.model_dump().items() if v is not None}
+    try:
+        hashes = tuple(i["hash"] for i in app.blind(given))
+    except InvalidIdentifier as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "customer", exc.kind), "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    filters = Filters(
+        identifier_hashes=hashes,
+        status=search.status,
+        owner=search.owner,
+        team=search.team,
+        category=search.category,
+        channel=search.channel,
+        priority=search.priority,
+        store_id=search.store_id,
+        escalated_to=search.escalated_to,
+        breached=search.breached,
+        opened_from=search.opened_from,
+        opened_to=search.opened_to,
     )
     now = datetime.now(UTC)
-    total, tickets = await asyncio.to_thread(app.search, filters, now, limit, offset)
-    views = [await asyncio.to_thread(view, app, t, now, content) for t in tickets]
-    return TicketPage(total=total, limit=limit, offset=offset, tickets=views)
+    total, tickets = await asyncio.to_thread(app.search, filters, now, search.limit, search.offset)
+    views = [await asyncio.to_thread(view, app, t, now, search.content) for t in tickets]
+    return TicketPage(total=total, limit=search.limit, offset=search.offset, tickets=views)
 
 
 @router.post(

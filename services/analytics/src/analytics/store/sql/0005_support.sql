@@ -3,7 +3,7 @@
 -- the queue, a ReplacingMergeTree whose sort key is the event's own fields with event_id
 -- last, read with FINAL, so a re-delivered record never counts twice. A ticket's state
 -- at any instant is folded from its rows (its status at the end of a period is the
--- status of its last status-bearing row before it).
+-- status of its last status-bearing row before it, by occurred_at then recorded_at).
 --
 -- No personal data: subjects, bodies and comments stay sealed in events.payload and are
 -- not copied here; the person is the event's customer_key (a blind index), attributed to
@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS tickets
     key_hash UInt64,
     anonymous UInt8,
     occurred_at DateTime64(3, 'UTC'),
+    -- when support recorded the change: orders a ticket's changes that share an
+    -- instant (opened and resolved at once, as an imported call often is)
+    recorded_at DateTime64(6, 'UTC'),
     day Date,
     -- set on ticket.opened (the ticket's own attributes; '' on the other rows)
     channel LowCardinality(String),
@@ -55,6 +58,7 @@ SELECT
     cityHash64(customer_key) AS key_hash,
     toUInt8(startsWith(customer_key, 'anonymous:')) AS anonymous,
     toDateTime64(occurred_at, 3, 'UTC') AS occurred_at,
+    toDateTime64(recorded_at, 6, 'UTC') AS recorded_at,
     toDate(occurred_at, 'Asia/Tokyo') AS day,
     if(event_type = 'ticket.opened', tupleElement(p, 'channel'), '') AS channel,
     if(event_type = 'ticket.opened', tupleElement(p, 'category'), '') AS category,
@@ -89,6 +93,7 @@ SELECT
     cityHash64(person_key) AS key_hash,
     toUInt8(startsWith(person_key, 'anonymous:')) AS anonymous,
     occurred_at,
+    recorded_at,
     toDate(occurred_at, 'Asia/Tokyo') AS day,
     if(event_type = 'ticket.opened', tupleElement(p, 'channel'), '') AS channel,
     if(event_type = 'ticket.opened', tupleElement(p, 'category'), '') AS category,

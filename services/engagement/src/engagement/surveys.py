@@ -1,0 +1,628 @@
+"""The surveys-and-forms application: its store, signed invitation links, and the
+submission flow that goes through identity.
+
+**Store.** ``SurveyApplication`` keeps surveys, responses, forms and submissions in a
+store of their own next to membership's (``var/engagement/surveys.sqlite``, or the
+``surveys_*`` tables of engagement's PostgreSQL database), with its own outbox relay
+(``engagement.surveys-relay``, run by ``python -m engagement relay`` beside
+membership's): SQLite keeps one notification log per file, PostgreSQL one per
+application, so two applications in one file would each relay the other's events.
+
+**Invitation links.** A token is ``v1.<invitation id>.<HMAC>``: the invitation's id (a
+UUID derived from the survey and the customer key — no personal data) signed with
+``CRM_SURVEY_TOKEN_KEY`` (HMAC-SHA256, 128 bits kept). The link a message carries is
+``CRM_SURVEY_PUBLIC_BASE_URL/v1/public/survey-invitations/<token>``; templates name it ``survey_url``.
+
+**One answer per invitation.** A second answer that differs is refused with 409
+(answers are facts others already counted); the same answer again is a retry and
+answers 200 with the first result.
+
+**Form submissions** are validated against the form, then the person is registered
+with identity (``POST /customers``, channel ``form``, the consents granted), and only
+then the submission is recorded (with the event registration, if any, in the same
+transaction). The submission's id derives from the client's ``submission_id`` (or,
+without one, from the form and the first identifier given), so a retry finds the first
+submission and answers the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crm_platform.crypto import BlindIndexer
+from crm_platform.eventstore import project
+from crm_platform.identifiers import InvalidIdentifier, normalise
+from crm_platform.settings import Environment
+from engagement.adapters.crm_clients import IdentityClient
+from engagement.domain.form import (
+    IDENTIFIER_KINDS,
+    ConsentRequest,
+    EventFull,
+    Form,
+    FormClosed,
+    FormError,
+    FormField,
+    FormSubmission,
+    InvalidSubmission,
+    check_consent,
+    check_submission,
+    submission_id,
+)
+from engagement.domain.survey import (
+    Question,
+    Survey,
+    SurveyError,
+    SurveyResponse,
+    invitation_id,
+)
+from engagement.membership import MemberExists, MembershipApplication, luhn_digit
+
+T = TypeVar("T")
+APP_NAME = "surveys"
+DEV_SURVEY_TOKEN_KEY = base64.b64encode(b"crm-dev-survey-token-key-32byte!").decode()
+
+
+class SurveySettings(BaseSettings):
+    """Settings of surveys and forms (``CRM_*`` like every other setting)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    env: Environment = Environment.DEVELOPMENT
+    #: identity's API, for form submissions (scope identity:write)
+    identity_url: str = "http://127.0.0.1:8001"
+    identity_api_key: SecretStr = SecretStr("dev-admin-key")
+    #: analytics' API, for survey audiences from segments (scope analytics:read)
+    analytics_url: str = "http://127.0.0.1:8004"
+    analytics_api_key: SecretStr = SecretStr("dev-read-key")
+    #: signs invitation links (base64, 32 bytes)
+    survey_token_key: SecretStr = SecretStr(DEV_SURVEY_TOKEN_KEY)
+    #: where the public survey and form routes are reached from outside (a ``survey_url``
+    #: is ``<this>/v1/public/survey-invitations/<token>``)
+    survey_public_base_url: str = "http://127.0.0.1:8002"
+    #: public form submissions per client address and minute (per API process)
+    form_rate_per_minute: int = Field(default=30, ge=1, le=100_000)
+    #: the most customers one invitation request (or segment) may invite
+    survey_max_audience: int = Field(default=50_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> SurveySettings:
+        if self.env is Environment.PRODUCTION and (
+            self.survey_token_key.get_secret_value() == DEV_SURVEY_TOKEN_KEY
+            or self.identity_api_key.get_secret_value() == "dev-admin-key"
+            or self.analytics_api_key.get_secret_value() == "dev-read-key"
+        ):
+            raise ValueError(
+                "production refuses development secrets: set CRM_SURVEY_TOKEN_KEY, "
+                "CRM_IDENTITY_API_KEY and CRM_ANALYTICS_API_KEY"
+            )
+        return self
+
+    @property
+    def invitation_url_prefix(self) -> str:
+        return self.survey_public_base_url.rstrip("/") + "/v1/public/survey-invitations/"
+
+    @property
+    def token_key_bytes(self) -> bytes:
+        raw = base64.b64decode(self.survey_token_key.get_secret_value(), validate=True)
+        if len(raw) != 32:
+            raise ValueError("CRM_SURVEY_TOKEN_KEY must decode to 32 bytes")
+        return raw
+
+
+# -- signed invitation tokens --------------------------------------------------------------
+
+
+class InvalidToken(Exception):
+    """A token that was not issued by us, or was altered (HTTP 404: nothing to reveal)."""
+
+
+class InvitationSigner:
+    PREFIX = "v1"
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the token key is at least 32 bytes")
+        self._key = key
+
+    def _mac(self, invitation: uuid.UUID) -> str:
+        digest = hmac.new(self._key, b"survey-invitation:v1:" + invitation.bytes, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+    def sign(self, invitation: uuid.UUID) -> str:
+        return f"{self.PREFIX}.{invitation.hex}.{self._mac(invitation)}"
+
+    def verify(self, token: str) -> uuid.UUID:
+        parts = token.split(".")
+        if len(token) > 100 or len(parts) != 3 or parts[0] != self.PREFIX:
+            raise InvalidToken("not an invitation token")
+        try:
+            invitation = uuid.UUID(hex=parts[1])
+        except ValueError:
+            raise InvalidToken("not an invitation token") from None
+        if not hmac.compare_digest(self._mac(invitation), parts[2]):
+            raise InvalidToken("not an invitation token")
+        return invitation
+
+
+class MemberNumbers:
+    """Member numbers for membership applications: 12 digits and a Luhn check digit, like
+    the programme's own, derived from the submission (HMAC under the token key) so a
+    retried submission can give the person their number again without it being stored
+    in clear. Candidate ``i + 1`` is used when ``i`` is taken."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"member-numbers:" + key).digest()
+
+    def candidate(self, submission: uuid.UUID, index: int) -> str:
+        digest = hmac.new(self._key, f"{submission}:{index}".encode(), hashlib.sha256).digest()
+        body = str(int.from_bytes(digest[:8], "big") % (9 * 10**11) + 10**11)
+        return body + luhn_digit(body)
+
+
+# -- a small rate limiter for the public endpoints -----------------------------------------
+
+
+class RateLimiter:
+    """At most ``per_minute`` calls per key in any minute (a sliding window of call
+    times), remembering at most ``max_keys`` keys. Per process: behind N API workers the
+    bound is N times this, which is what a captcha-free form needs — a brake on scripts,
+    not an accounting system."""
+
+    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._calls: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            calls = [t for t in self._calls.pop(key, []) if t > now - 60.0]
+            allowed = len(calls) < self.per_minute
+            if allowed:
+                calls.append(now)
+            self._calls[key] = calls
+            while len(self._calls) > self.max_keys:
+                self._calls.popitem(last=False)
+            return allowed
+
+
+# -- the application -----------------------------------------------------------------------
+
+
+class SurveyNotFound(SurveyError):
+    pass
+
+
+class InvitationNotFound(SurveyError):
+    pass
+
+
+class FormNotFound(FormError):
+    pass
+
+
+class ConcurrentChange(Exception):
+    """Another writer changed the same survey or form first; the request may be retried."""
+
+
+@dataclass(frozen=True)
+class Invitation:
+    invitation_id: uuid.UUID
+    customer_key: str
+    token: str
+    new: bool
+
+
+@dataclass(frozen=True)
+class Submitted:
+    submission: FormSubmission
+    form: Form
+    created: bool
+    #: the member number a membership application was issued, in clear
+    member_no: str | None = None
+
+
+class SurveyApplication(Application[uuid.UUID]):
+    name = APP_NAME
+
+    def __init__(
+        self,
+        env: Mapping[str, Any],
+        signer: InvitationSigner,
+        indexer: BlindIndexer,
+        member_numbers: MemberNumbers | None = None,
+    ) -> None:
+        super().__init__(env=env)
+        self.signer = signer
+        self.indexer = indexer
+        self.member_numbers = member_numbers
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _get(self, aggregate_id: uuid.UUID) -> Any:
+        return self.repository.get(aggregate_id, projector_func=project)
+
+    def survey(self, survey_id: uuid.UUID) -> Survey:
+        try:
+            found = self._get(survey_id)
+        except AggregateNotFoundError:
+            raise SurveyNotFound(f"no survey {survey_id}") from None
+        if not isinstance(found, Survey):
+            raise SurveyNotFound(f"no survey {survey_id}")
+        return found
+
+    def response(self, response_id: uuid.UUID) -> SurveyResponse | None:
+        try:
+            found = self._get(response_id)
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, SurveyResponse) else None
+
+    def form(self, form_id: uuid.UUID) -> Form:
+        try:
+            found = self._get(form_id)
+        except AggregateNotFoundError:
+            raise FormNotFound(f"no form {form_id}") from None
+        if not isinstance(found, Form):
+            raise FormNotFound(f"no form {form_id}")
+        return found
+
+    def submission(self, form_id: uuid.UUID, submission_key: str) -> FormSubmission | None:
+        try:
+            found = self._get(submission_id(form_id, submission_key))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, FormSubmission) else None
+
+    def submission_by_id(self, submission: uuid.UUID) -> FormSubmission | None:
+        try:
+            found = self._get(submission)
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, FormSubmission) else None
+
+    def _saving(self, *aggregates: Any) -> None:
+        try:
+            self.save(*aggregates)
+        except IntegrityError:
+            raise ConcurrentChange("changed concurrently; retry") from None
+
+    @staticmethod
+    def _retrying(change: Callable[[], T], attempts: int = 5) -> T:
+        for attempt in range(attempts):
+            try:
+                return change()
+            except ConcurrentChange:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- surveys -------------------------------------------------------------------------
+
+    def define_survey(
+        self, title: str, questions: Sequence[Question], allow_anonymous: bool, at: datetime
+    ) -> Survey:
+        survey = Survey.define(uuid.uuid4(), title, questions, allow_anonymous, at)
+        self._saving(survey)
+        return survey
+
+    def edit_survey(self, survey_id: uuid.UUID, questions: Sequence[Question], at: datetime) -> Survey:
+        def change() -> Survey:
+            survey = self.survey(survey_id)
+            survey.edit(questions, at)
+            self._saving(survey)
+            return survey
+
+        return self._retrying(change)
+
+    def set_survey_status(self, survey_id: uuid.UUID, status: str, at: datetime) -> Survey:
+        def change() -> Survey:
+            survey = self.survey(survey_id)
+            survey.open(at) if status == "open" else survey.close(at)
+            if survey.pending_events:
+                self._saving(survey)
+            return survey
+
+        return self._retrying(change)
+
+    def invite(
+        self, survey_id: uuid.UUID, customer_keys: Sequence[str], audience: str, at: datetime
+    ) -> list[Invitation]:
+        """Invite each customer once: a customer invited before keeps their invitation
+        (and link). Saved in chunks, each chunk in one transaction."""
+        survey = self.survey(survey_id)
+        if survey.status == "closed":
+            raise SurveyError("a closed survey takes no more invitations")
+        keys = list(dict.fromkeys(customer_keys))
+        out: list[Invitation] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+
+            def save_chunk(chunk: list[str] = chunk) -> list[Invitation]:
+                fresh, done = [], []
+                for key in chunk:
+                    iid = invitation_id(survey_id, key)
+                    if self.response(iid) is None:
+                        fresh.append(SurveyResponse.invite(survey_id, key, audience, at))
+                    else:
+                        done.append(Invitation(iid, key, self.signer.sign(iid), new=False))
+                if fresh:
+                    self._saving(*fresh)
+                return done + [
+                    Invitation(r.id, key, self.signer.sign(r.id), new=True)
+                    for r in fresh
+                    for key in [r.customer_key or ""]
+                ]
+
+            out += self._retrying(save_chunk)
+        order = {k: i for i, k in enumerate(keys)}
+        return sorted(out, key=lambda inv: order[inv.customer_key])
+
+    def invitation(self, token: str) -> tuple[SurveyResponse, Survey]:
+        response = self.response(self.signer.verify(token))
+        if response is None or response.customer_key is None:
+            raise InvitationNotFound("no such invitation")
+        return response, self.survey(response.survey_id)
+
+    def answer_invitation(
+        self, token: str, answers: Mapping[str, Any], at: datetime
+    ) -> tuple[SurveyResponse, bool]:
+        def change() -> tuple[SurveyResponse, bool]:
+            response, survey = self.invitation(token)
+            recorded = response.answer(survey, answers, at)
+            if recorded:
+                self._saving(response, survey)
+            return response, recorded
+
+        return self._retrying(change)
+
+    def answer_anonymously(
+        self, survey_id: uuid.UUID, client_key: str, answers: Mapping[str, Any], at: datetime
+    ) -> tuple[SurveyResponse, bool]:
+        def change() -> tuple[SurveyResponse, bool]:
+            survey = self.survey(survey_id)
+            response = self.response(SurveyResponse.anonymous(survey_id, client_key).id)
+            if response is None:
+                response = SurveyResponse.anonymous(survey_id, client_key)
+            recorded = response.answer(survey, answers, at)
+            if recorded:
+                self._saving(response, survey)
+            return response, recorded
+
+        return self._retrying(change)
+
+    def survey_url(self, base: str, invitation: uuid.UUID) -> str:
+        return base + self.signer.sign(invitation)
+
+    # -- forms ---------------------------------------------------------------------------
+
+    def define_form(
+        self,
+        kind: str,
+        title: str,
+        fields: Sequence[FormField],
+        consent: ConsentRequest,
+        at: datetime,
+        capacity: int | None = None,
+        waitlist: int = 0,
+        event_starts_at: datetime | None = None,
+    ) -> Form:
+        form = Form.define(
+            uuid.uuid4(), kind, title, fields, consent, at, capacity, waitlist, event_starts_at
+        )
+        self._saving(form)
+        return form
+
+    def close_form(self, form_id: uuid.UUID, at: datetime) -> Form:
+        def change() -> Form:
+            form = self.form(form_id)
+            form.close(at)
+            if form.pending_events:
+                self._saving(form)
+            return form
+
+        return self._retrying(change)
+
+    def record_submission(
+        self,
+        form_id: uuid.UUID,
+        submission_key: str,
+        customer_id: str,
+        outcome: str,
+        identifiers: list[list[str]],
+        consent: Mapping[str, bool],
+        answers: dict[str, Any],
+        at: datetime,
+        member: tuple[str, int] | None = None,
+    ) -> Submitted:
+        """Record a submission identity has resolved; for an event form, with its place
+        (confirmed or waitlisted) in the same transaction. A submission recorded before
+        (a retry) is returned as it was."""
+
+        def change() -> Submitted:
+            form = self.form(form_id)
+            existing = self.submission(form_id, submission_key)
+            if existing is not None:
+                return Submitted(existing, form, created=False)
+            registration = None
+            if form.kind == "event_registration":
+                sid = str(submission_id(form_id, submission_key))
+                registration = form.register(sid, customer_id, at).status
+            submission = FormSubmission.record(
+                form,
+                submission_key,
+                customer_id,
+                outcome,
+                identifiers,
+                consent,
+                answers,
+                registration,
+                at,
+                member,
+            )
+            self._saving(submission, form) if form.pending_events else self._saving(submission)
+            return Submitted(submission, form, created=True)
+
+        return self._retrying(change)
+
+    def member_no(self, submission: FormSubmission) -> str | None:
+        """The member number a membership application was issued (derived again)."""
+        if submission.member_candidate is None or self.member_numbers is None:
+            return None
+        return self.member_numbers.candidate(submission.id, submission.member_candidate)
+
+    def enrol_applicant(
+        self,
+        membership: MembershipApplication,
+        submission: uuid.UUID,
+        birthday_month: int | None,
+        at: datetime,
+    ) -> tuple[str, str, int]:
+        """Enrol a membership applicant under the submission's first free candidate
+        number: (number, its blind index, candidate index)."""
+        if self.member_numbers is None:
+            raise FormError("membership applications need member numbers configured")
+        for index in range(8):
+            number = self.member_numbers.candidate(submission, index)
+            try:
+                member = membership.enrol(number, "form", at, birthday_month)
+            except MemberExists:
+                continue
+            return number, member.member_no_hash, index
+        raise ConcurrentChange("could not issue a free member number; retry")  # pragma: no cover
+
+    def cancel_registration(self, form_id: uuid.UUID, submission: uuid.UUID, at: datetime) -> Form:
+        def change() -> Form:
+            form = self.form(form_id)
+            form.cancel(str(submission), at)
+            if form.pending_events:
+                self._saving(form)
+            return form
+
+        return self._retrying(change)
+
+
+# -- the submission flow (async: it waits for identity) --------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A submission checked against its form, ready for identity."""
+
+    form: Form
+    submission_key: str
+    registration_body: dict[str, Any]
+    identifiers: list[list[str]]
+    consent: dict[str, bool]
+    answers: dict[str, Any]
+
+
+def prepare_submission(
+    app: SurveyApplication,
+    form: Form,
+    values: Mapping[str, Any],
+    consent: Mapping[str, Any],
+    client_key: str | None,
+    at: datetime,
+) -> Prepared:
+    """Validate a submission (names the field at fault) and build identity's request."""
+    if form.status != "open":
+        raise FormClosed("this form is closed")
+    personal, answers = check_submission(form.field_list(), values)
+    ticked = check_consent(form.consent_request(), consent)
+    identifiers: list[list[str]] = []
+    for kind in IDENTIFIER_KINDS:
+        if kind in personal:
+            try:
+                value = normalise(kind, personal[kind])
+            except InvalidIdentifier as exc:
+                raise InvalidSubmission(f"fields.{kind}", exc.reason) from None
+            identifiers.append([kind, app.indexer.index(kind, value)])
+    if not identifiers:
+        raise InvalidSubmission("fields", "an e-mail, a phone or a member number is needed")
+    body: dict[str, Any] = {
+        "channel": "form",
+        **personal,
+        # Only what was granted: a box left unticked on one form is no consent given
+        # here, not the withdrawal of one given elsewhere (opting out is its own act).
+        # The submission itself keeps both (the proof of what was asked and answered).
+        "consents": {channel: True for channel, granted in ticked.items() if granted},
+        "registered_at": at.isoformat(),
+    }
+    # Without a client key, a person submitting the same form again is the same submission.
+    key = client_key or f"{identifiers[0][0]}:{identifiers[0][1]}"
+    return Prepared(form, key, body, identifiers, ticked, answers)
+
+
+async def submit_form(
+    app: SurveyApplication,
+    identity: IdentityClient,
+    form_id: uuid.UUID,
+    values: Mapping[str, Any],
+    consent: Mapping[str, Any],
+    client_key: str | None,
+    run: Callable[..., Any],
+    membership: MembershipApplication | None = None,
+) -> Submitted:
+    """Validate, (for a membership application) enrol, register with identity, record.
+    ``run`` runs blocking store work off the event loop. A retry of a recorded
+    submission returns it without calling identity."""
+    at = datetime.now(UTC)
+    form = await run(app.form, form_id)
+    prepared = prepare_submission(app, form, values, consent, client_key, at)
+    existing = await run(app.submission, form_id, prepared.submission_key)
+    if existing is not None:
+        return Submitted(existing, form, created=False, member_no=app.member_no(existing))
+    if form.kind == "event_registration" and not form.has_room():
+        # Refused before identity is asked: nobody is registered only to be turned away.
+        # (A place taken between this check and the recording still gets EventFull.)
+        raise EventFull(f"all {form.capacity} places and the waitlist are taken")
+    body = prepared.registration_body
+    member: tuple[str, int] | None = None
+    if form.kind == "membership":
+        if membership is None:
+            raise FormError("membership applications need the membership programme")
+        birthday = body.get("birthday")
+        number, member_hash, index = await run(
+            app.enrol_applicant,
+            membership,
+            submission_id(form_id, prepared.submission_key),
+            int(birthday[5:7]) if birthday else None,
+            at,
+        )
+        # identity links the new member number to the person, so purchases made with
+        # the card count for them (and for the member, through the membership worker)
+        body = {**body, "member_no": number}
+        member = (member_hash, index)
+    registered = await identity.register(body)
+    submitted: Submitted = await run(
+        app.record_submission,
+        form_id,
+        prepared.submission_key,
+        str(registered.customer_id),
+        registered.outcome,
+        prepared.identifiers + ([["member_no", member[0]]] if member else []),
+        prepared.consent,
+        prepared.answers,
+        at,
+        member,
+    )
+    return Submitted(
+        submitted.submission, submitted.form, submitted.created, app.member_no(submitted.submission)
+    )
