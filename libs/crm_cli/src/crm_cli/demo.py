@@ -84,6 +84,8 @@ class DemoPlan:
     interactions: int = 0
     #: the customer centre's inquiries (crm_cli.demo_support.PlannedTicket)
     tickets: list[Any] = field(default_factory=list)
+    #: the day the plan ends before (Asia/Tokyo): the surveys' "recent buyers" are recent to it
+    today: date | None = None
 
 
 @dataclass
@@ -248,7 +250,9 @@ def plan(customers: int, seed: int = 7, today: date | None = None, months: int =
     from crm_cli.demo_support import plan_tickets  # it builds on this module's purchases
 
     tickets = plan_tickets(people, purchases, seed, today)
-    return DemoPlan(seed, people, registrations, late, members, events, purchases, n_interactions, tickets)
+    return DemoPlan(
+        seed, people, registrations, late, members, events, purchases, n_interactions, tickets, today
+    )
 
 
 def _at(day: date, hour: int, rng: random.Random) -> datetime:
@@ -335,7 +339,7 @@ async def load(plan_: DemoPlan, endpoints: Endpoints, progress: Progress, concur
 
     # a post-purchase survey to recent buyers, a sign-up form, a seminar with a waitlist
     surveyed = await load_surveys(
-        plan_, report, endpoints, progress, seed=plan_.seed, concurrency=concurrency
+        plan_, report, endpoints, progress, seed=plan_.seed, today=plan_.today, concurrency=concurrency
     )
     if surveyed.failures:
         raise RuntimeError(

@@ -1,5 +1,5 @@
-"""The surveys-and-forms demo against the real identity and engagement APIs (each its own
-process), after a small main demo load: everything it plans is accepted."""
+"""The surveys-and-forms demo against the real identity, engagement and support APIs (each
+its own process), as part of a small demo load: everything it plans is accepted."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from crm_cli.demo import Endpoints, load, plan
-from crm_cli.demo_surveys import SEMINAR_CAPACITY, load_surveys, plan_surveys
+from crm_cli.demo_surveys import SEMINAR_CAPACITY, SurveyLoadReport, plan_surveys
 from crm_platform.kafka import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def _start(service: str, port: int, env: dict[str, str], log: Path) -> subproces
 def endpoints(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Endpoints]:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     asyncio.run(ensure_topics(kafka_bootstrap, prefix=prefix))
-    identity_port, engagement_port = _free_port(), _free_port()
+    identity_port, engagement_port, support_port = _free_port(), _free_port(), _free_port()
     env = {
         **os.environ,
         "CRM_VAR_DIR": str(tmp_path / "var"),
@@ -63,10 +63,13 @@ def endpoints(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Endpoints]:
     procs = [
         _start("identity", identity_port, env, tmp_path / "identity.log"),
         _start("engagement", engagement_port, env, tmp_path / "engagement.log"),
+        _start("support", support_port, env, tmp_path / "support.log"),  # the demo's tickets
     ]
     try:
         yield Endpoints(
-            identity=f"http://127.0.0.1:{identity_port}", engagement=f"http://127.0.0.1:{engagement_port}"
+            identity=f"http://127.0.0.1:{identity_port}",
+            engagement=f"http://127.0.0.1:{engagement_port}",
+            support=f"http://127.0.0.1:{support_port}",
         )
     finally:
         for proc in procs:
@@ -81,8 +84,8 @@ def endpoints(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Endpoints]:
 def test_the_surveys_demo_loads_through_the_apis(endpoints: Endpoints) -> None:
     today = date(2026, 11, 20)
     demo = plan(100, seed=5, today=today, months=3)
-    report = asyncio.run(load(demo, endpoints, lambda *_: None))
-    loaded = asyncio.run(load_surveys(demo, report, endpoints, lambda *_: None, seed=5, today=today))
+    report = asyncio.run(load(demo, endpoints, lambda *_: None))  # surveys and forms included
+    loaded = SurveyLoadReport(**report.surveys)
     planned = plan_surveys(demo, seed=5, today=today)
     assert loaded.failures == []
     assert loaded.invited > 0 and loaded.invited == len(planned.invitees)
