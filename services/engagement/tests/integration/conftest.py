@@ -1,8 +1,12 @@
-"""Real neighbours for campaign tests: identity's API served on a port, an SMTP server."""
+"""Real neighbours for campaign tests: identity's (and analytics') API in processes of
+their own — services never import each other, their tests neither — and an SMTP server."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,18 +17,17 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 
-from crm_platform.settings import DEV_API_KEYS, Settings
-
 
 @dataclass
 class Served:
     url: str
-    server: uvicorn.Server
+    server: uvicorn.Server | None = None
 
 
 def serve(app: Any, name: str) -> Iterator[Served]:
@@ -48,18 +51,51 @@ def serve(app: Any, name: str) -> Iterator[Served]:
         sock.close()
 
 
+def service_api(service: str, tmp_path: Path, **env: str) -> Iterator[Served]:
+    """``python -m <service> api`` on a free port, on its own ``var/``; its log is
+    shown when it does not start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    log = tmp_path / f"{service}.log"
+    environment = {
+        **os.environ,
+        "CRM_VAR_DIR": str(tmp_path / f"{service}-var"),
+        "CRM_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", service, "api", "--port", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{service} api did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield Served(url)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @pytest.fixture
 def identity_api(tmp_path: Path) -> Iterator[Served]:
     """identity's real API on its own SQLite store, on a free port."""
-    from identity.bootstrap import build
-    from identity.entrypoints.api import create
-
-    settings = Settings(var_dir=tmp_path / "identity-var", api_keys=dict(DEV_API_KEYS))
-    identity = build(settings)
-    try:
-        yield from serve(create(settings, identity), "identity-api")
-    finally:
-        identity.close()
+    yield from service_api("identity", tmp_path)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from engagement.dispatch.mailsink import start_mailsink, start_webhook_sink
 from engagement.dispatch.process import run_dispatcher
 from engagement.dispatch.settings import MessagingSettings
 
-from .conftest import Served, serve
+from .conftest import Served, serve, service_api
 
 pytestmark = pytest.mark.integration
 ADMIN = {"X-API-Key": "dev-admin-key"}
@@ -42,7 +42,6 @@ def test_plan_is_deterministic() -> None:
 def test_demo_campaigns_are_sent_and_answered(
     tmp_path: Path, kafka_bootstrap: str, identity_api: Served
 ) -> None:
-    from analytics.entrypoints.api import create as analytics_api
     from engagement.entrypoints.api import create as engagement_api
 
     settings = Settings(
@@ -56,7 +55,12 @@ def test_demo_campaigns_are_sent_and_answered(
     mail, outbox = tmp_path / "mail", tmp_path / "outbox"
     controller = start_mailsink(mail, port=smtp_port)
     hooks = start_webhook_sink(outbox, port=hook_port)
-    analytics_gen = serve(analytics_api(settings, embedded_sink=False), "analytics-api")
+    analytics_gen = service_api(
+        "analytics",
+        tmp_path,
+        CRM_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        CRM_KAFKA_TOPIC_PREFIX=settings.kafka_topic_prefix,
+    )
     analytics = next(analytics_gen)
     engagement_app = engagement_api(settings)
     # the API's own calls: segments from analytics, unsubscribes to identity
