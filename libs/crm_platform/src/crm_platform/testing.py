@@ -42,18 +42,29 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, from the broker's description of it. (A consumer's own
+    metadata, refreshed for no topic in particular, can come back without the topic:
+    an empty assignment then reads nothing, silently.)"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p["partition"]) for p in described.get("partitions") or ()]
+    if not partitions:
+        raise LookupError(f"topic {topic} has no partitions on {bootstrap}: {described.get('error_code')}")
+    return sorted(partitions)
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     """Where ``topic`` ends now: read from here to see only what a test produces next."""
+    partitions = await partitions_of(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+        return dict(await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()
 
@@ -73,12 +84,11 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
+    partitions = await partitions_of(bootstrap, topic)
     await consumer.start()
     records: list[Record] = []
     deadline = time.monotonic() + timeout
     try:
-        await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         for tp in partitions:
             if start and tp in start:
