@@ -380,18 +380,16 @@ def _print_campaigns(reports: list[dict[str, Any]], loaded: dict[str, Any]) -> N
         return "–" if value is None else f"{value:.1%}"
 
     table = Table(title="Campaigns (一斉配信), from the analytics report", header_style="bold")
-    for column in ("campaign", "recipients", "sent", "opened", "clicked", "opt-outs"):
-        table.add_column(column, justify="left" if column == "campaign" else "right")
-    table.add_column("converted: targeted / holdout", justify="right")
+    table.add_column("campaign", overflow="fold", min_width=12)
+    for column in ("to / held out", "sent", "opened / clicked / opted out", "bought: targeted / held out"):
+        table.add_column(column, justify="right")
     for r in reports:
         targeted, holdout = r["conversion"]["targeted"], r["conversion"]["holdout"]
         table.add_row(
             r["name"] or r["campaign_id"],
-            f"{r['recipients']:,} ({r['holdout']:,} held out)",
+            f"{r['recipients']:,} / {r['holdout']:,}",
             f"{r['sent']:,}",
-            f"{r['opened']:,}",
-            f"{r['clicked']:,}",
-            f"{r['opted_out']:,}",
+            f"{r['opened']:,} / {r['clicked']:,} / {r['opted_out']:,}",
             f"{rate(targeted['conversion_rate'])} / {rate(holdout['conversion_rate'])}",
         )
     console.print(table)
