@@ -47,6 +47,8 @@ class KeyBackend(Protocol):
     def put_if_absent(self, key_id: str, wrapped: bytes, subject: str | None = None) -> None: ...
     def erase(self, key_ids: Sequence[str]) -> int: ...
     def keys_of(self, subjects: Sequence[str]) -> list[str]: ...
+    def share(self, source: str, target: str) -> int: ...
+    def unshare(self, source: str, target: str) -> int: ...
 
 
 def _table(name: str) -> str:
@@ -128,6 +130,17 @@ class DataKeys:
         key_ids = self._backend.keys_of(list(subjects))
         return self._erase_key_ids(key_ids) if key_ids else 0
 
+    def share_subject(self, source: str, target: str) -> int:
+        """Record ``source``'s keys under ``target`` too (a merge: erasing the survivor
+        erases what the merged customer wrote); returns how many keys were added. Keys made
+        for ``source`` later are not shared."""
+        return self._backend.share(source, target)
+
+    def unshare_subject(self, source: str, target: str) -> int:
+        """Undo :meth:`share_subject` (an unmerge): ``target`` no longer finds the keys
+        recorded under ``source``; returns how many were removed."""
+        return self._backend.unshare(source, target)
+
     def _erase_key_ids(self, key_ids: list[str]) -> int:
         erased = self._backend.erase(key_ids)
         with self._lock:
@@ -146,6 +159,10 @@ _SQLITE = {
     "put_subject": "INSERT OR IGNORE INTO {t}_subjects (subject, key_id) VALUES (?, ?)",
     "put": "INSERT OR IGNORE INTO {t} (key_id, wrapped_key) VALUES (?, ?)",
     "keys_of": "SELECT DISTINCT key_id FROM {t}_subjects WHERE subject IN (SELECT value FROM json_each(?))",
+    "share": "INSERT OR IGNORE INTO {t}_subjects (subject, key_id)"
+    " SELECT ?, key_id FROM {t}_subjects WHERE subject = ?",
+    "unshare": "DELETE FROM {t}_subjects WHERE subject = ? AND key_id IN"
+    " (SELECT key_id FROM {t}_subjects WHERE subject = ?)",
     "live": "SELECT count(*) FROM {t} WHERE erased_at IS NULL AND key_id IN (SELECT value FROM json_each(?))",
     "erase": "INSERT INTO {t} (key_id, wrapped_key, erased_at) VALUES (?, NULL, datetime('now'))"
     " ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL,"
@@ -159,6 +176,10 @@ _POSTGRES = {
     "put_subject": "INSERT INTO {t}_subjects (subject, key_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
     "put": "INSERT INTO {t} (key_id, wrapped_key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
     "keys_of": "SELECT DISTINCT key_id FROM {t}_subjects WHERE subject = ANY(%s)",
+    "share": "INSERT INTO {t}_subjects (subject, key_id)"
+    " SELECT %s, key_id FROM {t}_subjects WHERE subject = %s ON CONFLICT DO NOTHING",
+    "unshare": "DELETE FROM {t}_subjects WHERE subject = %s AND key_id IN"
+    " (SELECT key_id FROM {t}_subjects WHERE subject = %s)",
     "live": "SELECT count(*) AS n FROM {t} WHERE erased_at IS NULL AND key_id = ANY(%s)",
     "erase": "INSERT INTO {t} (key_id, wrapped_key, erased_at) VALUES (%s, NULL, now())"
     " ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = coalesce({t}.erased_at, now())",
@@ -210,6 +231,18 @@ class SQLiteKeyBackend:
             rows = self._db.execute(self._sql["keys_of"], (orjson.dumps(list(subjects)).decode(),)).fetchall()
         return sorted(r[0] for r in rows)
 
+    def share(self, source: str, target: str) -> int:
+        _require_subjects(self._subjects, self._table)
+        with self._lock:
+            return int(self._db.execute(self._sql["share"], (target, source)).rowcount)
+
+    def unshare(self, source: str, target: str) -> int:
+        _require_subjects(self._subjects, self._table)
+        if source == target:
+            return 0
+        with self._lock:
+            return int(self._db.execute(self._sql["unshare"], (target, source)).rowcount)
+
     def erase(self, key_ids: Sequence[str]) -> int:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -258,6 +291,18 @@ class PostgresKeyBackend:
         with self._connect() as conn:
             rows = conn.execute(self._sql["keys_of"], (list(subjects),)).fetchall()
         return sorted(r["key_id"] for r in rows)
+
+    def share(self, source: str, target: str) -> int:
+        _require_subjects(self._subjects, self._table)
+        with self._connect() as conn:
+            return int(conn.execute(self._sql["share"], (target, source)).rowcount)
+
+    def unshare(self, source: str, target: str) -> int:
+        _require_subjects(self._subjects, self._table)
+        if source == target:
+            return 0
+        with self._connect() as conn:
+            return int(conn.execute(self._sql["unshare"], (target, source)).rowcount)
 
     def erase(self, key_ids: Sequence[str]) -> int:
         with self._connect() as conn, conn.transaction():

@@ -82,6 +82,24 @@ def test_seal_open_and_erase_with_subjects(backend_factory: Callable[..., Any]) 
         fresh.open(bob, sealed_b, "ctx:b")
 
 
+def test_shared_subjects_follow_merges_and_unmerges(backend_factory: Callable[..., Any]) -> None:
+    keys = DataKeys(backend_factory("k", with_subjects=True), MASTER, prefix="r")
+    old, older, survivor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    sealed_old = keys.seal(old, "o", "c", subject="m")
+    sealed_older = keys.seal(older, "p", "c", subject="m2")
+    keys.seal(survivor, "s", "c", subject="s")
+    assert keys.share_subject("m2", "m") == 1  # m2 merged into m ...
+    assert keys.share_subject("m", "s") == 2  # ... then m into s: transitively
+    assert keys.share_subject("m", "s") == 0  # idempotent
+    assert keys.unshare_subject("m", "s") == 2  # the second merge undone
+    assert keys.erase_subjects(["s"]) == 1
+    assert keys.open(old, sealed_old, "c") == "o"
+    assert keys.share_subject("m", "s") == 2
+    assert keys.erase_subjects(["s"]) == 2
+    with pytest.raises(ContentErased):
+        keys.open(older, sealed_older, "c")
+
+
 def test_a_store_without_subjects_refuses_them(backend_factory: Callable[..., Any]) -> None:
     keys = DataKeys(backend_factory("ticket_data_keys"), MASTER, prefix="ticket")
     record = uuid.uuid4()

@@ -6,14 +6,19 @@ data keys of the survey responses the customer gave by invitation — found by t
 customer id the invitation named (``survey_text_keys_subjects``). From then on their
 free text reads as erased in the store and everywhere its ciphertext went, while their
 scores and choices still count in analytics' survey results. At-least-once with
-de-duplication by event id; erasing is idempotent anyway. Other events are ignored.
+de-duplication by event id; erasing is idempotent anyway.
+
+It follows merges too: on ``customer.merged`` the merged customer's keys are recorded
+under the survivor as well (so erasing the survivor, the id identity erases after a
+merge, reaches what was answered under the merged id), and ``customer.merge_undone``
+removes that again. Other events on the topic are ignored.
 
 What is not found (docs/surveys.md, *Sealing and erasure*):
 
 * an **anonymous** response (public link) names no customer and carries no identifier,
   so no erasure can find it; its text stays sealed under its own key;
-* an invitation sent to a customer id that identity later **merged** into the erased
-  customer: ``customer.erased`` names the survivor only, not the ids merged into it;
+* text a merged id answered *after* the merge was followed (an old invitation link used
+  late) is recorded under the merged id only;
 * form submissions keep no free text (personal fields go to identity), so there is
   nothing of theirs to shred here; the erased identifiers' blind indexes are not used.
 """
@@ -26,7 +31,7 @@ import logging
 from aiokafka import ConsumerRecord
 
 from crm_contracts.envelope import Event
-from crm_contracts.events.identity import CustomerErased
+from crm_contracts.events.identity import CustomerErased, CustomersMerged, MergeUndone
 from crm_contracts.topics import ENGAGEMENT_ERASURE_GROUP, IDENTITY_CUSTOMER
 from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
 from crm_platform.settings import Settings
@@ -37,8 +42,16 @@ log = logging.getLogger(__name__)
 GROUP = ENGAGEMENT_ERASURE_GROUP
 
 
-def erase(app: SurveyApplication, event: Event) -> int:
-    """Shred the survey free text an erasure concerns; returns how many keys were deleted."""
+def apply(app: SurveyApplication, event: Event) -> int:
+    """Follow one identity event: an erasure shreds the customer's survey free text
+    (returns how many keys were deleted); a merge or its undoing moves what an erasure
+    of the survivor finds (returns 0)."""
+    if isinstance(event, CustomersMerged):
+        app.follow_merge(str(event.payload.survivor_id), str(event.payload.merged_id))
+        return 0
+    if isinstance(event, MergeUndone):
+        app.follow_unmerge(str(event.payload.survivor_id), str(event.payload.restored_id))
+        return 0
     if not isinstance(event, CustomerErased):
         return 0
     erased = app.erase_customers([str(event.payload.customer_id)])
@@ -57,7 +70,7 @@ async def run_eraser(settings: Settings, stop: asyncio.Event, group_id: str | No
     dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
 
     async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
-        await asyncio.to_thread(erase, app, event)
+        await asyncio.to_thread(apply, app, event)
 
     prefix = settings.kafka_topic_prefix
     try:

@@ -344,6 +344,16 @@ class SurveyApplication(Application[uuid.UUID]):
             "answers": answers,
         }
 
+    def follow_merge(self, survivor: str, merged: str) -> int:
+        """identity merged ``merged`` into ``survivor``: erasing the survivor erases the
+        merged customer's text too (returns how many keys it now finds in addition)."""
+        return self.text_keys.share_subject(merged, survivor)
+
+    def follow_unmerge(self, survivor: str, restored: str) -> int:
+        """identity undid a merge: the survivor's erasure no longer reaches the restored
+        customer's text."""
+        return self.text_keys.unshare_subject(restored, survivor)
+
     def erase_customers(self, customer_keys: Sequence[str]) -> int:
         """Shred the free text of every response these customers gave by invitation
         (idempotent); returns how many keys were live."""

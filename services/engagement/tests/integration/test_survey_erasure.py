@@ -18,12 +18,20 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from crm_contracts.events.identity import CustomerErased, CustomerErasedPayload
+from crm_contracts.events.identity import (
+    CustomerErased,
+    CustomerErasedPayload,
+    CustomersMerged,
+    CustomersMergedPayload,
+    LinkEvidence,
+    MergeUndone,
+    MergeUndonePayload,
+)
 from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.domain.survey import Question
 from engagement.entrypoints.api import create
-from engagement.eraser import erase, run_eraser
+from engagement.eraser import apply, run_eraser
 from engagement.survey_bootstrap import build_survey_relay, build_surveys
 from engagement.surveys import SurveySettings
 
@@ -186,7 +194,7 @@ def test_free_text_is_sealed_readable_then_shredded_by_customer_erased(
             assert time.monotonic() < deadline, "the eraser did not shred the customer's text"
             time.sleep(0.3)
             surveys.text_keys._cache.clear()  # another process's erasure, seen at once
-        assert erase(surveys, erasure) == 0  # idempotent: nothing live is left to erase
+        assert apply(surveys, erasure) == 0  # idempotent: nothing live is left to erase
     finally:
         loop.call_soon_threadsafe(stop.set)
         worker.join(timeout=15)
@@ -269,3 +277,65 @@ def test_sealing_and_erasure_on_each_store_kind(store_settings: Settings) -> Non
         assert _comment(again.read_response(anonymous.id))["value"] == SECRET_B
     finally:
         again.close()
+
+
+def _identity_event(kind: str, survivor: str, other: str) -> CustomersMerged | MergeUndone | CustomerErased:
+    now = datetime.now(UTC)
+    common = {"occurred_at": now, "producer": "identity.relay", "customer_key": survivor}
+    if kind == "merged":
+        return CustomersMerged(
+            **common,
+            payload=CustomersMergedPayload(
+                merge_id=uuid.uuid4(),
+                survivor_id=uuid.UUID(survivor),
+                merged_id=uuid.UUID(other),
+                evidence=LinkEvidence(rule="exact:email"),
+            ),
+        )
+    if kind == "undone":
+        return MergeUndone(
+            **common,
+            payload=MergeUndonePayload(
+                merge_id=uuid.uuid4(),
+                survivor_id=uuid.UUID(survivor),
+                restored_id=uuid.UUID(other),
+                reason="t",
+            ),
+        )
+    return CustomerErased(
+        **common, payload=CustomerErasedPayload(customer_id=uuid.UUID(survivor), requested_at=now)
+    )
+
+
+def test_erasing_a_survivor_reaches_the_text_of_the_customers_merged_into_it(
+    store_settings: Settings,
+) -> None:
+    """identity erases the survivor of a merge; the invitation may have named the merged
+    id. An undone merge no longer carries the survivor's erasure to the restored one."""
+    surveys = build_surveys(store_settings)
+    t0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    try:
+        questions = [Question("recommend", "nps", "?"), Question("comment", "free_text", "?")]
+        survey = surveys.define_survey("NPS", questions, False, t0)
+        surveys.set_survey_status(survey.id, "open", t0)
+        survivor, merged, restored = (str(uuid.uuid4()) for _ in range(3))
+        invitations = {
+            i.customer_key: i for i in surveys.invite(survey.id, [survivor, merged, restored], "c", t0)
+        }
+        for key, text in ((survivor, "s"), (merged, SECRET_A), (restored, SECRET_B)):
+            surveys.answer_invitation(invitations[key].token, {"recommend": 8, "comment": text}, t0)
+
+        assert apply(surveys, _identity_event("merged", survivor, merged)) == 0
+        assert apply(surveys, _identity_event("merged", survivor, restored)) == 0
+        assert apply(surveys, _identity_event("undone", survivor, restored)) == 0
+        assert (
+            apply(surveys, _identity_event("erased", survivor, survivor)) == 2
+        )  # its own and the merged one's
+
+        def comment(key: str) -> dict[str, object]:
+            return _comment(surveys.read_response(invitations[key].invitation_id))
+
+        assert comment(survivor)["erased"] is True and comment(merged)["erased"] is True
+        assert comment(restored)["value"] == SECRET_B  # unmerged before the erasure: kept
+    finally:
+        surveys.close()
