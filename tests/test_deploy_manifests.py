@@ -61,3 +61,11 @@ def test_every_enabled_chart_component_runs_a_role_of_its_service(
 ) -> None:
     service, role = component["service"], component["role"]
     assert role in _roles(service), f"{name}: `python -m {service} {role}` does not exist"
+
+
+@pytest.mark.parametrize("service", ["support", "engagement"])
+def test_every_eraser_runs_in_compose_and_the_chart(service: str) -> None:
+    """An eraser that is not deployed leaves erased customers readable in production."""
+    assert "eraser" in _roles(service), f"`python -m {service} eraser` does not exist"
+    assert (service, "eraser") in {(s, r) for _, s, r in _compose_processes()}
+    assert (service, "eraser") in {(c["service"], c["role"]) for _, c in _chart_components()}

@@ -31,7 +31,13 @@ IDENTITY_CUSTOMER = Topic(
     description="Customer lifecycle decided by the identity service: registered, profile "
     "changed, identifiers linked/unlinked, merged, merge undone, erased.",
     producers=("identity.relay",),
-    consumers=("identity.resolver", "analytics.sink", "engagement.worker", "support.eraser"),
+    consumers=(
+        "identity.resolver",
+        "analytics.sink",
+        "engagement.worker",
+        "support.eraser",
+        "engagement.eraser",
+    ),
 )
 
 IDENTITY_PROFILE = Topic(
@@ -134,3 +140,5 @@ ENGAGEMENT_MEMBERSHIP_GROUP = "engagement-membership"
 ENGAGEMENT_DISPATCHER_GROUP = "engagement-dispatcher"
 ANALYTICS_SINK_GROUP = "analytics-sink"
 SUPPORT_ERASURE_GROUP = "support-erasure"
+#: engagement's eraser: shreds an erased customer's survey free text
+ENGAGEMENT_ERASURE_GROUP = "engagement-erasure"

@@ -53,6 +53,7 @@ def platform_processes() -> list[ProcessSpec]:
         ),
         ProcessSpec("engagement-relay", (py, "-m", "engagement", "relay")),
         ProcessSpec("engagement-worker", (py, "-m", "engagement", "worker")),
+        ProcessSpec("engagement-eraser", (py, "-m", "engagement", "eraser")),
         ProcessSpec("support-api", (py, "-m", "support", "api"), health_url="http://127.0.0.1:8003/healthz"),
         ProcessSpec("support-relay", (py, "-m", "support", "relay")),
         ProcessSpec("support-eraser", (py, "-m", "support", "eraser")),

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from crm_contracts.topics import (
     ANALYTICS_SINK_GROUP,
     ENGAGEMENT_DISPATCHER_GROUP,
+    ENGAGEMENT_ERASURE_GROUP,
     ENGAGEMENT_MEMBERSHIP_GROUP,
     IDENTITY_RESOLVER_GROUP,
     SUPPORT_ERASURE_GROUP,
@@ -188,7 +189,7 @@ class Settings(BaseSettings):
     def platform_groups(self) -> tuple[str, ...]:
         """The consumer groups of this deployment's stream processors — the resolver,
         the membership worker, support's eraser, the analytics sink, the campaign
-        dispatcher's consent view — and no one else's
+        dispatcher's consent view, engagement's eraser — and no one else's
         (a BI tool's, a ``crm replay`` scratch group, the sink of another data directory)."""
         prefix = self.kafka_topic_prefix
         return (
@@ -197,6 +198,7 @@ class Settings(BaseSettings):
             self.analytics_sink_group,
             prefix + SUPPORT_ERASURE_GROUP,
             prefix + ENGAGEMENT_DISPATCHER_GROUP,
+            prefix + ENGAGEMENT_ERASURE_GROUP,
         )
 
     def service_dir(self, service: str) -> Path:

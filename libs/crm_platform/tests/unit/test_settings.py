@@ -44,9 +44,10 @@ def test_secrets_must_be_32_byte_base64() -> None:
 
 def test_a_deployment_names_its_own_consumer_groups(tmp_path: Path) -> None:
     local = Settings(var_dir=tmp_path / "a", kafka_topic_prefix="t1.")
-    resolver, worker, sink, eraser, dispatcher = local.platform_groups()
+    resolver, worker, sink, eraser, dispatcher, survey_eraser = local.platform_groups()
     assert (resolver, worker) == ("t1.identity-resolver", "t1.engagement-membership")
     assert eraser == "t1.support-erasure"
+    assert survey_eraser == "t1.engagement-erasure"
     # the dispatcher follows the profile topic into its consent view: settled waits for it
     assert dispatcher == "t1.engagement-dispatcher"
     # an embedded sink's group follows its data directory, whatever the prefix

@@ -68,6 +68,22 @@ def worker() -> None:
 
 
 @cli.command()
+def eraser() -> None:
+    """Shred an erased customer's survey free text (follows crm.identity.customer)."""
+    from crm_platform.kafka import ensure_topics
+    from crm_platform.process import run_until_signal
+    from engagement.eraser import run_eraser
+
+    settings = _settings("eraser")
+
+    async def main(stop: asyncio.Event) -> None:
+        await ensure_topics(settings.kafka_bootstrap, prefix=settings.kafka_topic_prefix)
+        await run_eraser(settings, stop)
+
+    run_until_signal(main)
+
+
+@cli.command()
 def relay() -> None:
     """Publish the new events of engagement's stores to Kafka: membership's, campaigns'
     and surveys and forms' (one relay per store, all in this one process)."""

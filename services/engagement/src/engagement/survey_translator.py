@@ -4,7 +4,8 @@ Event ids derive from the store position (relay retries are recognised downstrea
 stored events carry what their contract needs (the customer key, the question kinds),
 so translating reads nothing from the store. Survey definitions (created, edited,
 opened, closed) are not published: analytics needs answers and invitations only.
-Free text is published as its length alone (see ``crm_contracts.events.forms``).
+Free text is published as its length alone (see ``crm_contracts.events.forms``); in the
+store it is sealed (``engagement.surveys``), so the length travels beside it.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ from engagement.domain.survey import SurveyResponse
 PRODUCER = "engagement.relay"
 
 
-def _answer(question_id: str, kind: str, value: Any) -> QuestionAnswer:
+def _answer(question_id: str, kind: str, value: Any, length: int | None = None) -> QuestionAnswer:
     if kind in ("nps", "csat"):
         return QuestionAnswer(question_id=question_id, kind=kind, score=int(value))
     if kind == "single_choice":
         return QuestionAnswer(question_id=question_id, kind=kind, choices=(str(value),))
     if kind == "multiple_choice":
         return QuestionAnswer(question_id=question_id, kind=kind, choices=tuple(value))
-    return QuestionAnswer(question_id=question_id, kind="free_text", text_length=len(value))
+    # Sealed text records its length beside it; answers stored before sealing hold the text.
+    return QuestionAnswer(
+        question_id=question_id, kind="free_text", text_length=length if length is not None else len(value)
+    )
 
 
 class SurveyTranslator:
@@ -74,7 +78,9 @@ class SurveyTranslator:
                 invitation_id=event.originator_id if invited else None,
                 anonymous=not invited,
                 channel="invitation" if invited else "link",
-                answers=tuple(_answer(qid, a["kind"], a["value"]) for qid, a in event.answers.items()),
+                answers=tuple(
+                    _answer(qid, a["kind"], a["value"], a.get("length")) for qid, a in event.answers.items()
+                ),
             )
             key = event.customer_key if invited else f"anonymous:{event.originator_id}"
             return [SurveyAnswered(**common, occurred_at=event.at, customer_key=key, payload=answered)]

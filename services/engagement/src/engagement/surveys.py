@@ -17,6 +17,15 @@ UUID derived from the survey and the customer key — no personal data) signed w
 (answers are facts others already counted); the same answer again is a retry and
 answers 200 with the first result.
 
+**Free text is sealed.** A response with free text gets a data key of its own
+(``crm_platform.datakeys``: table ``survey_text_keys`` beside the store, key id
+``survey-response-<response id>``, wrapped by the master key); the text is sealed
+(AES-256-GCM, associated data binding the response and the question) before it reaches
+the store, so the store, its backups and the relay hold only ciphertext and the length.
+An invitation's key is recorded under the invited customer id; erasure
+(``engagement.eraser``, on ``customer.erased``) deletes that customer's keys and the
+text is gone for good, while scores and choices still count.
+
 **Form submissions** are validated against the form, then the person is registered
 with identity (``POST /customers``, channel ``form``, the consents granted), and only
 then the submission is recorded (with the event registration, if any, in the same
@@ -45,6 +54,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_platform.crypto import BlindIndexer
+from crm_platform.datakeys import ContentErased, DataKeys
 from crm_platform.eventstore import project
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Environment
@@ -74,6 +84,9 @@ from engagement.membership import MemberExists, MembershipApplication, luhn_digi
 
 T = TypeVar("T")
 APP_NAME = "surveys"
+#: the table of free-text data keys (beside the surveys store) and their key ids' prefix
+TEXT_KEY_TABLE = "survey_text_keys"
+TEXT_KEY_PREFIX = "survey-response"
 DEV_SURVEY_TOKEN_KEY = base64.b64encode(b"crm-dev-survey-token-key-32byte!").decode()
 
 
@@ -217,6 +230,46 @@ class FormNotFound(FormError):
     pass
 
 
+class ResponseNotFound(SurveyError):
+    pass
+
+
+class InvitationErased(SurveyError):
+    """The invited customer was erased: their invitation takes no free text (HTTP 410)."""
+
+
+class _ResponseSealer:
+    """Seals and opens one response's free text with its data key. The associated data
+    binds the response and the question, so sealed text cannot be replayed elsewhere.
+    An invitation's key is recorded under the invited customer (the eraser finds it by
+    that id); an anonymous response's has no subject."""
+
+    def __init__(self, keys: DataKeys, response_id: uuid.UUID, customer_key: str | None) -> None:
+        self._keys = keys
+        self._id = response_id
+        self._subject = customer_key
+
+    def _context(self, question_id: str) -> str:
+        return f"survey-answer:{self._id}:{question_id}"
+
+    def seal(self, question_id: str, text: str) -> dict[str, str]:
+        try:
+            return self._keys.seal(self._id, text, self._context(question_id), subject=self._subject)
+        except ContentErased:
+            # The customer was erased before answering: their text is not taken.
+            raise InvitationErased("this invitation's customer was erased") from None
+
+    def open(self, question_id: str, sealed: Mapping[str, str]) -> str | None:
+        try:
+            text = self._keys.open(self._id, dict(sealed), self._context(question_id))
+        except ContentErased:
+            return None
+        return str(text)
+
+    def opens_to(self, question_id: str, sealed: Mapping[str, str], text: str) -> bool:
+        return self.open(question_id, sealed) == text
+
+
 class ConcurrentChange(Exception):
     """Another writer changed the same survey or form first; the request may be retried."""
 
@@ -247,11 +300,64 @@ class SurveyApplication(Application[uuid.UUID]):
         signer: InvitationSigner,
         indexer: BlindIndexer,
         member_numbers: MemberNumbers | None = None,
+        text_keys: Callable[[SurveyApplication], DataKeys] | None = None,
     ) -> None:
         super().__init__(env=env)
         self.signer = signer
         self.indexer = indexer
         self.member_numbers = member_numbers
+        #: built from the application: on PostgreSQL the keys live in the store's database
+        self._text_keys = text_keys(self) if text_keys is not None else None
+
+    @property
+    def text_keys(self) -> DataKeys:
+        if self._text_keys is None:
+            raise RuntimeError("this surveys application has no key store (free text needs one)")
+        return self._text_keys
+
+    def _sealer(self, response: SurveyResponse) -> _ResponseSealer:
+        return _ResponseSealer(self.text_keys, response.id, response.customer_key)
+
+    def read_response(self, response_id: uuid.UUID) -> dict[str, Any]:
+        """A response as staff read it: each answer with its kind and value; free text
+        opened, or ``None`` with ``erased: true`` once its key was deleted."""
+        response = self.response(response_id)
+        if response is None or response.answered_at is None:
+            raise ResponseNotFound(f"no answered response {response_id}")
+        sealer = self._sealer(response)
+        answers: list[dict[str, Any]] = []
+        for qid, value in response.answers.items():
+            if isinstance(value, dict):  # sealed free text
+                text = sealer.open(qid, value)
+                answers.append(
+                    {"question_id": qid, "kind": "free_text", "value": text, "erased": text is None}
+                )
+            else:  # scores and choices (and text answered before sealing: in clear)
+                answers.append({"question_id": qid, "kind": response.kinds.get(qid), "value": value})
+        return {
+            "response_id": response.id,
+            "survey_id": response.survey_id,
+            "survey_version": response.answered_version,
+            "customer_id": response.customer_key,
+            "anonymous": response.customer_key is None,
+            "answered_at": response.answered_at,
+            "answers": answers,
+        }
+
+    def follow_merge(self, survivor: str, merged: str) -> int:
+        """identity merged ``merged`` into ``survivor``: erasing the survivor erases the
+        merged customer's text too (returns how many keys it now finds in addition)."""
+        return self.text_keys.share_subject(merged, survivor)
+
+    def follow_unmerge(self, survivor: str, restored: str) -> int:
+        """identity undid a merge: the survivor's erasure no longer reaches the restored
+        customer's text."""
+        return self.text_keys.unshare_subject(restored, survivor)
+
+    def erase_customers(self, customer_keys: Sequence[str]) -> int:
+        """Shred the free text of every response these customers gave by invitation
+        (idempotent); returns how many keys were live."""
+        return self.text_keys.erase_subjects(customer_keys) if customer_keys else 0
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -385,7 +491,7 @@ class SurveyApplication(Application[uuid.UUID]):
     ) -> tuple[SurveyResponse, bool]:
         def change() -> tuple[SurveyResponse, bool]:
             response, survey = self.invitation(token)
-            recorded = response.answer(survey, answers, at)
+            recorded = response.answer(survey, answers, at, self._sealer(response))
             if recorded:
                 self._saving(response, survey)
             return response, recorded
@@ -400,7 +506,7 @@ class SurveyApplication(Application[uuid.UUID]):
             response = self.response(SurveyResponse.anonymous(survey_id, client_key).id)
             if response is None:
                 response = SurveyResponse.anonymous(survey_id, client_key)
-            recorded = response.answer(survey, answers, at)
+            recorded = response.answer(survey, answers, at, self._sealer(response))
             if recorded:
                 self._saving(response, survey)
             return response, recorded

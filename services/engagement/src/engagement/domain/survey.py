@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from eventsourcing.domain import Aggregate, event
 
@@ -220,6 +220,17 @@ def csat(scores: Iterable[int]) -> dict[str, Any]:
 # -- aggregates ----------------------------------------------------------------------------
 
 
+class TextSealer(Protocol):
+    """Seals a response's free text before it is recorded (the application's data keys;
+    the domain only sees opaque sealed values)."""
+
+    def seal(self, question_id: str, text: str) -> dict[str, str]: ...
+
+    def opens_to(self, question_id: str, sealed: Mapping[str, str], text: str) -> bool:
+        """Whether ``sealed`` holds ``text`` (False once the text was erased)."""
+        ...
+
+
 def invitation_id(survey_id: uuid.UUID, customer_key: str) -> uuid.UUID:
     """The invitation of ``customer_key`` to a survey: the same on every invitation run."""
     return uuid.uuid5(SURVEY_NAMESPACE, f"invitation:{survey_id}:{customer_key}")
@@ -359,6 +370,7 @@ class SurveyResponse(Aggregate):
         self.answered_at: datetime | None = None
         self.answered_version: int | None = None
         self.answers: dict[str, Any] = {}
+        self.kinds: dict[str, str] = {}
 
     @classmethod
     def invite(cls, survey_id: uuid.UUID, customer_key: str, audience: str, at: datetime) -> SurveyResponse:
@@ -394,28 +406,53 @@ class SurveyResponse(Aggregate):
         channel: str
         at: datetime
 
-    def answer(self, survey: Survey, answers: Mapping[str, Any], at: datetime) -> bool:
+    def answer(
+        self, survey: Survey, answers: Mapping[str, Any], at: datetime, sealer: TextSealer | None = None
+    ) -> bool:
         """Record the answer (True), or recognise a retry of the same answer (False);
-        a different second answer raises :class:`AlreadyAnswered`."""
+        a different second answer raises :class:`AlreadyAnswered`.
+
+        With a ``sealer`` (the application always gives one) free text is recorded sealed,
+        with its length beside it: ``{"kind": "free_text", "value": <sealed>, "length": n}``.
+        A retry is recognised by opening the sealed text; once erased it cannot be, and
+        the invitation counts as answered with other answers."""
         questions = survey.questions()
         checked = check_answers(questions, answers)
         if self.answered_at is not None:
-            if self.answered_version == survey.current_version and checked == self.answers:
+            if self.answered_version == survey.current_version and self._same(checked, sealer):
                 return False
             raise AlreadyAnswered("this invitation has been answered already")
         survey.accepting()
         if self.customer_key is None and not survey.allow_anonymous:
             raise AnonymousNotAllowed("this survey is answered by invitation only")
         kinds = {q.id: q.kind for q in questions}
+        recorded: dict[str, dict[str, Any]] = {}
+        for qid, value in checked.items():
+            if kinds[qid] == "free_text" and sealer is not None:
+                recorded[qid] = {"kind": "free_text", "value": sealer.seal(qid, value), "length": len(value)}
+            else:
+                recorded[qid] = {"kind": kinds[qid], "value": value}
         self._answered(
             survey_id=survey.id,
             version=survey.current_version,
-            answers={qid: {"kind": kinds[qid], "value": v} for qid, v in checked.items()},
+            answers=recorded,
             customer_key=self.customer_key,
             channel="invitation" if self.customer_key is not None else "link",
             at=at,
         )
         survey.note_answered(survey.current_version)
+        return True
+
+    def _same(self, checked: Mapping[str, Any], sealer: TextSealer | None) -> bool:
+        if set(checked) != set(self.answers):
+            return False
+        for qid, value in checked.items():
+            stored = self.answers[qid]
+            if isinstance(stored, dict) and isinstance(value, str):  # sealed free text
+                if sealer is None or not sealer.opens_to(qid, stored, value):
+                    return False
+            elif stored != value:
+                return False
         return True
 
     @event(Answered)
@@ -430,4 +467,5 @@ class SurveyResponse(Aggregate):
     ) -> None:
         self.answered_version = version
         self.answers = {qid: a["value"] for qid, a in answers.items()}
+        self.kinds = {qid: a["kind"] for qid, a in answers.items()}
         self.answered_at = at

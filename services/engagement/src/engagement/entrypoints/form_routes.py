@@ -61,8 +61,10 @@ from engagement.surveys import (
     ConcurrentChange,
     FormNotFound,
     InvalidToken,
+    InvitationErased,
     InvitationNotFound,
     RateLimiter,
+    ResponseNotFound,
     SurveyApplication,
     SurveyNotFound,
     SurveySettings,
@@ -491,6 +493,41 @@ async def get_invitation(
     )
 
 
+class AnswerView(BaseModel):
+    question_id: str
+    kind: str | None
+    value: int | str | list[str] | None = Field(description="free text: null once erased")
+    erased: bool = Field(default=False, description="free text whose customer was erased (its key deleted)")
+
+
+class ResponseView(BaseModel):
+    response_id: uuid.UUID
+    survey_id: uuid.UUID
+    survey_version: int | None
+    customer_id: str | None
+    anonymous: bool
+    answered_at: datetime
+    answers: list[AnswerView]
+
+
+@surveys.get(
+    "/{survey_id}/responses/{response_id}",
+    response_model=ResponseView,
+    summary="One answered response, free text included (staff)",
+    responses={404: {"description": "no answered response of that id in this survey"}},
+)
+async def get_response(
+    survey_id: uuid.UUID, response_id: uuid.UUID, services: Services, _: Reader
+) -> ResponseView:
+    """The answers of one response (the invitation id, or an anonymous response's id).
+    Free text is opened with the response's data key; after the customer's erasure it
+    reads as ``null`` with ``erased: true`` while scores and choices remain."""
+    view = await _run(services.app.read_response, response_id)
+    if view["survey_id"] != survey_id:
+        raise ResponseNotFound(f"no answered response {response_id} in survey {survey_id}")
+    return ResponseView.model_validate(view)
+
+
 # -- surveys (public) ----------------------------------------------------------------------
 
 public = APIRouter(prefix="/v1/public", tags=["public: surveys and forms"])
@@ -727,6 +764,8 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     SurveyNotFound: (404, "not_found"),
     FormNotFound: (404, "not_found"),
     InvitationNotFound: (404, "not_found"),
+    ResponseNotFound: (404, "not_found"),
+    InvitationErased: (410, "erased"),
     InvalidToken: (404, "not_found"),
     RegistrationNotFound: (404, "not_found"),
     AlreadyAnswered: (409, "already_answered"),
