@@ -281,6 +281,13 @@ def _life(
     return ticket
 
 
+def _code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 async def load_tickets(
     http: httpx.AsyncClient,
     support_url: str,
@@ -307,6 +314,10 @@ async def load_tickets(
                 continue
             if response.status_code == 503 and attempt < 3:
                 await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            if response.status_code == 409 and _code(response) == "concurrent_update" and attempt < 3:
+                # optimistic concurrency: nothing was written; the step is sent again
+                await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             return response
         raise AssertionError("unreachable")
