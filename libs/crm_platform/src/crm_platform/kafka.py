@@ -19,7 +19,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -450,3 +450,37 @@ class EventConsumer:
         await self._dead_letter.publish_raw(
             DEAD_LETTER.name, record.value or b"", key=record.key, headers=headers
         )
+
+
+@contextlib.asynccontextmanager
+async def stream_processor(
+    bootstrap: str,
+    *,
+    group_id: str,
+    topics: Sequence[Topic],
+    handler: Handler,
+    dedupe_path: Path,
+    topic_prefix: str = "",
+) -> AsyncIterator[EventConsumer]:
+    """A service's consumer as every role runs one: a consumer group on ``topics``
+    (under the deployment's prefix), records it cannot decode dead-lettered, events
+    de-duplicated by id in a SQLite file, offsets committed after the handler. Started
+    on entry; stopped, and its files closed, on exit. ``run(stop)`` it inside."""
+    dedupe = SQLiteDedupeStore(dedupe_path)
+    try:
+        async with EventProducer(bootstrap, client_id=group_id, topic_prefix=topic_prefix) as dead_letter:
+            consumer = EventConsumer(
+                bootstrap,
+                group_id=group_id,
+                topics=[topic_prefix + t.name for t in topics],
+                handler=handler,
+                dedupe=dedupe,
+                dead_letter=dead_letter,
+            )
+            await consumer.start()
+            try:
+                yield consumer
+            finally:
+                await consumer.stop()
+    finally:
+        dedupe.close()

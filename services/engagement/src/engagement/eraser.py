@@ -33,7 +33,7 @@ from aiokafka import ConsumerRecord
 from crm_contracts.envelope import Event
 from crm_contracts.events.identity import CustomerErased, CustomersMerged, MergeUndone
 from crm_contracts.topics import ENGAGEMENT_ERASURE_GROUP, IDENTITY_CUSTOMER
-from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
+from crm_platform.kafka import stream_processor
 from crm_platform.settings import Settings
 from engagement.survey_bootstrap import SERVICE, build_surveys
 from engagement.surveys import SurveyApplication
@@ -67,27 +67,19 @@ def apply(app: SurveyApplication, event: Event) -> int:
 async def run_eraser(settings: Settings, stop: asyncio.Event, group_id: str | None = None) -> None:
     group_id = group_id or settings.kafka_topic_prefix + GROUP
     app = build_surveys(settings)
-    dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
 
     async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
         await asyncio.to_thread(apply, app, event)
 
-    prefix = settings.kafka_topic_prefix
     try:
-        async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:
-            consumer = EventConsumer(
-                settings.kafka_bootstrap,
-                group_id=group_id,
-                topics=[prefix + IDENTITY_CUSTOMER.name],
-                handler=handle,
-                dedupe=dedupe,
-                dead_letter=dlq,
-            )
-            await consumer.start()
-            try:
-                await consumer.run(stop)
-            finally:
-                await consumer.stop()
+        async with stream_processor(
+            settings.kafka_bootstrap,
+            group_id=group_id,
+            topics=[IDENTITY_CUSTOMER],
+            handler=handle,
+            dedupe_path=settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite",
+            topic_prefix=settings.kafka_topic_prefix,
+        ) as consumer:
+            await consumer.run(stop)
     finally:
-        dedupe.close()
         app.close()

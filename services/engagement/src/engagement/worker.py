@@ -22,7 +22,7 @@ from aiokafka import ConsumerRecord
 
 from crm_contracts.envelope import Event
 from crm_contracts.topics import COMMERCE_ORDER, ENGAGEMENT_MEMBERSHIP_GROUP, IDENTITY_PROFILE
-from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
+from crm_platform.kafka import stream_processor
 from crm_platform.settings import Settings
 from engagement.bootstrap import SERVICE, build_attribution, build_membership
 from engagement.membership import Attribution
@@ -36,7 +36,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | No
     group_id = group_id or settings.kafka_topic_prefix + GROUP
     app = build_membership(settings)
     attribution = build_attribution(settings, app)
-    dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
 
     async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
         credits = await asyncio.to_thread(attribution.apply, event)
@@ -44,25 +43,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event, group_id: str | No
             if credit.kind in ("credited", "reversed"):
                 log.debug("%s %s for member %s…", credit.kind, credit.order_key, credit.member_no_hash[:8])
 
-    prefix = settings.kafka_topic_prefix
-    async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:
-        consumer = EventConsumer(
+    try:
+        async with stream_processor(
             settings.kafka_bootstrap,
             group_id=group_id,
-            topics=[prefix + COMMERCE_ORDER.name, prefix + IDENTITY_PROFILE.name],
+            topics=[COMMERCE_ORDER, IDENTITY_PROFILE],
             handler=handle,
-            dedupe=dedupe,
-            dead_letter=dlq,
-        )
-        await consumer.start()
-        try:
+            dedupe_path=settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite",
+            topic_prefix=settings.kafka_topic_prefix,
+        ) as consumer:
             sweep = asyncio.create_task(_sweep(attribution, stop, settings.membership_sweep_s))
             await consumer.run(stop)
             sweep.cancel()
-        finally:
-            await consumer.stop()
-            attribution.close()
-            app.close()
+    finally:
+        attribution.close()
+        app.close()
 
 
 async def _sweep(attribution: Attribution, stop: asyncio.Event, every_s: float) -> None:

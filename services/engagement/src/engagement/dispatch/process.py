@@ -11,7 +11,7 @@ from aiokafka import ConsumerRecord
 from crm_contracts.envelope import Event
 from crm_contracts.events.identity import ProfileSnapshot
 from crm_contracts.topics import IDENTITY_PROFILE
-from crm_platform.kafka import EventConsumer, EventProducer, SQLiteDedupeStore
+from crm_platform.kafka import stream_processor
 from crm_platform.settings import Settings
 from engagement.bootstrap import SERVICE
 from engagement.dispatch.settings import MessagingSettings
@@ -28,32 +28,24 @@ async def run_dispatcher(
     app = build_campaigns(settings)
     clients = build_clients(messaging)
     dispatcher, view = build_dispatcher(settings, messaging, app, clients)
-    dedupe = SQLiteDedupeStore(settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite")
 
     async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
         if isinstance(event, ProfileSnapshot):
             await asyncio.to_thread(view.apply, event)
 
-    prefix = settings.kafka_topic_prefix
     try:
-        async with EventProducer(settings.kafka_bootstrap, client_id=group_id, topic_prefix=prefix) as dlq:
-            consumer = EventConsumer(
-                settings.kafka_bootstrap,
-                group_id=group_id,
-                topics=[prefix + IDENTITY_PROFILE.name],
-                handler=handle,
-                dedupe=dedupe,
-                dead_letter=dlq,
-            )
-            await consumer.start()
-            try:
-                await asyncio.gather(consumer.run(stop), dispatcher.run(stop))
-            finally:
-                await consumer.stop()
+        async with stream_processor(
+            settings.kafka_bootstrap,
+            group_id=group_id,
+            topics=[IDENTITY_PROFILE],
+            handler=handle,
+            dedupe_path=settings.service_dir(SERVICE) / f"{group_id}.dedupe.sqlite",
+            topic_prefix=settings.kafka_topic_prefix,
+        ) as consumer:
+            await asyncio.gather(consumer.run(stop), dispatcher.run(stop))
     finally:
         for provider in dispatcher.providers.values():
             await provider.aclose()
         await clients.aclose()
         view.close()
-        dedupe.close()
         app.close()
