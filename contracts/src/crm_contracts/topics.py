@@ -34,7 +34,6 @@ IDENTITY_CUSTOMER = Topic(
     consumers=(
         "identity.resolver",
         "analytics.sink",
-        "engagement.worker",
         "support.eraser",
         "engagement.eraser",
     ),
