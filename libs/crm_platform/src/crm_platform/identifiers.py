@@ -113,6 +113,22 @@ def normalise(kind: IdentifierKind | str, raw: str) -> str:
     return normalise_code(kind.value, raw)
 
 
+#: Kinds whose value is also an address that is case-sensitive where it is used: a LINE
+#: user id, an app's push token. They match case-insensitively (the blind index is of
+#: the normalised value) but are kept, for sending, as observed.
+CASE_SENSITIVE_ADDRESSES = frozenset({"line_id", "device"})
+
+
+def contact_value(kind: IdentifierKind | str, raw: str) -> str:
+    """The value to keep as the customer's address on a channel: the normalised value,
+    except for :data:`CASE_SENSITIVE_ADDRESSES`, kept as observed (NFKC, trimmed; still
+    validated as :func:`normalise` would)."""
+    normalised = normalise(kind, raw)
+    if str(IdentifierKind(kind).value) in CASE_SENSITIVE_ADDRESSES:
+        return _nfkc(raw)
+    return normalised
+
+
 def blind_identifier(indexer: BlindIndexer, kind: IdentifierKind | str, raw: str) -> Identifier:
     """Normalise and hash in one step: what every edge puts on Kafka."""
     return indexer.identifier(kind, normalise(kind, raw))

@@ -114,6 +114,9 @@ class RegisterCustomer:
     channel: str
     #: (kind, normalised clear value) of every identifier the channel observed.
     identifiers: list[tuple[str, str]] = field(default_factory=list)
+    #: (kind, value) to keep as the customer's addresses, when not the normalised values
+    #: (a LINE id or a push token is case-sensitive where it is used: crm_platform.identifiers.contact_value)
+    contacts: list[tuple[str, str]] | None = None
     personal: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
     consents: dict[str, bool] = field(default_factory=dict)
@@ -293,7 +296,7 @@ class IdentityApplication(Application[uuid.UUID]):
         idents = self.hash_identifiers(cmd.identifiers)
         personal = dict(cmd.personal)
         contacts: dict[str, list[str]] = {}
-        for kind, value in cmd.identifiers:
+        for kind, value in cmd.identifiers if cmd.contacts is None else cmd.contacts:
             contacts.setdefault(kind, [])
             if value not in contacts[kind]:
                 contacts[kind].append(value)
@@ -823,7 +826,10 @@ class IdentityApplication(Application[uuid.UUID]):
         *,
         decided_by: str,
         expected_version: int | None = None,
+        contact: str | None = None,
     ) -> Ident:
+        """``value`` normalised; ``contact`` the address to keep when it differs from it
+        (crm_platform.identifiers.contact_value)."""
         customer = self._customer(customer_id)
         customer.check_version(expected_version)
         if customer.status != "active":
@@ -836,7 +842,7 @@ class IdentityApplication(Application[uuid.UUID]):
             raise IdentifierHeldByOther(kind, owner)
         evidence = {"rule": "staff", "decided_by": decided_by, "at": _now().isoformat()}
         customer.link(ident.kind, ident.hash, evidence)
-        contacts = merge_contacts(customer.personal.get("contacts", {}), {kind: [value]})
+        contacts = merge_contacts(customer.personal.get("contacts", {}), {kind: [contact or value]})
         customer.change_profile({"contacts": contacts}, {})
         self._save(customer, self._claim(claims, ident, customer.id, evidence))
         return ident

@@ -80,3 +80,27 @@ def test_consent_scope_withdraws_consent_and_nothing_more(api: TestClient) -> No
         f"/customers/{customer}/consents/email", json={"granted": True}, headers={"X-API-Key": "reader"}
     )
     assert denied.status_code == 403
+
+
+def test_a_line_id_matches_in_any_case_but_is_sent_to_as_observed(api: TestClient) -> None:
+    # LINE user ids (and push tokens) are case-sensitive where messages are sent: the
+    # address kept is the one observed; matching still folds case and width.
+    line_id = f"U4af4980629{uuid.uuid4().hex[:8]}cdE"
+    body = {"channel": "app", "name_kanji": "鈴木 一郎", "line_id": line_id, "consents": {"line": True}}
+    first = api.post("/customers", json=body, headers={"X-API-Key": "admin"})
+    assert first.status_code == 201, first.text
+    customer = first.json()["customer_id"]
+    line = api.get(f"/customers/{customer}/contact/line", headers={"X-API-Key": "messaging"}).json()
+    assert line["address"] == line_id
+    again = api.post("/customers", json={**body, "line_id": line_id.upper()}, headers={"X-API-Key": "admin"})
+    assert again.json()["customer_id"] == customer  # the same LINE account, whatever the case
+    # a push token linked by staff keeps its case too
+    token = f"fcm:APA91b{uuid.uuid4().hex[:10]}xYz"
+    linked = api.post(
+        f"/customers/{customer}/identifiers",
+        json={"kind": "device", "value": token},
+        headers={"X-API-Key": "admin"},
+    )
+    assert linked.status_code == 201, linked.text
+    push = api.get(f"/customers/{customer}/contact/app_push", headers={"X-API-Key": "messaging"}).json()
+    assert push["address"] == token

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from fastapi.exceptions import RequestValidationError
 
 from crm_platform.http import Principal, create_app, require_any_scope, require_scope
-from crm_platform.identifiers import InvalidIdentifier, normalise
+from crm_platform.identifiers import InvalidIdentifier, contact_value, normalise
 from crm_platform.settings import Settings
 from identity.application import (
     ConcurrentUpdate,
@@ -126,13 +126,16 @@ async def register_customer(
     address merges above the upper threshold and queues a review between the thresholds.
     Answers 201 for a new customer and 200 when the person was already known.
     """
-    identifiers = [(k, _normalised(k, getattr(body, k), k)) for k in _IDENTIFIER_FIELDS if getattr(body, k)]
+    given = [k for k in _IDENTIFIER_FIELDS if getattr(body, k)]
+    identifiers = [(k, _normalised(k, getattr(body, k), k)) for k in given]
+    contacts = [(k, contact_value(k, getattr(body, k))) for k in given]
     personal, attributes = _split(body, body.model_fields_set - {"channel", "consents", "registered_at"})
     personal = {k: v for k, v in personal.items() if v is not None}
     attributes = {k: v for k, v in attributes.items() if v is not None}
     cmd = RegisterCustomer(
         channel=body.channel,
         identifiers=identifiers,
+        contacts=contacts,
         personal=personal,
         attributes=attributes,
         consents={k: v for k, v in body.consents.model_dump().items() if v is not None},
@@ -326,6 +329,7 @@ async def add_identifier(
         value,
         decided_by=principal.key_name,
         expected_version=body.expected_version,
+        contact=contact_value(body.kind, body.value),
     )
     result: dict[str, str] = ident.as_dict()
     return result
