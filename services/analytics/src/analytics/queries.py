@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 from clickhouse_connect.driver.client import Client
 
@@ -87,6 +87,12 @@ class Queries:
     def __init__(self, client: Client, budget: dict[str, Any] | None = None) -> None:
         self._client = client
         self._budget = {**READ_SETTINGS, **(budget or {})}
+
+    @classmethod
+    def of(cls, queries: Queries) -> Self:
+        """Another module's queries on the same client and budget as ``queries`` (what
+        ``Analytics.run`` hands out)."""
+        return cls(queries._client, queries._budget)
 
     @property
     def client(self) -> Client:

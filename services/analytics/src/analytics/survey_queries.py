@@ -56,11 +56,6 @@ def nps(promoters: int, detractors: int, answers: int) -> float | None:
 class SurveyQueries(Queries):
     """The survey and form queries, on the same client and budget as the KPI queries."""
 
-    @classmethod
-    def of(cls, queries: Queries) -> SurveyQueries:
-        """The same client and budget as ``queries`` (what ``Analytics.run`` hands out)."""
-        return cls(queries._client, queries._budget)
-
     def survey_results(
         self, survey_id: uuid.UUID, start: date, end: date, by: Breakdown = "none"
     ) -> dict[str, Any]:

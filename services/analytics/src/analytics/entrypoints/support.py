@@ -8,12 +8,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import date
-from typing import Annotated, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from analytics.queries import Queries
 from crm_platform.http import ApiError, Principal, require_scope
+
+if TYPE_CHECKING:  # api.py includes this router: a type-only import, no cycle
+    from analytics.entrypoints.api import Analytics
 
 T = TypeVar("T")
 MAX_PERIOD_DAYS = 3_660
@@ -23,29 +26,20 @@ router = APIRouter(prefix="/v1", tags=["support"])
 Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
 
 
-class _Runner(Protocol):
-    """What the API's ``Analytics`` offers: a query run within the budget, off the loop."""
-
-    async def run(self, fn: Callable[[Any], T]) -> T: ...
-
-    pool: Any
-    budget: dict[str, Any]
+async def _analytics(request: Request) -> Analytics:
+    analytics: Analytics = request.app.state.analytics
+    return analytics
 
 
-async def _analytics(request: Request) -> _Runner:
-    runner: _Runner = request.app.state.analytics
-    return runner
+Runner = Annotated["Analytics", Depends(_analytics)]
 
 
-Runner = Annotated[_Runner, Depends(_analytics)]
-
-
-async def _run(analytics: _Runner, fn: Callable[[Any], T]) -> T:
+async def _run(analytics: Analytics, fn: Callable[[Any], T]) -> T:
     """Run ``fn`` on SupportQueries with the API's client pool and budget."""
     from analytics.support_queries import SupportQueries
 
     def call(queries: Queries) -> T:
-        return fn(SupportQueries(queries.client, analytics.budget))
+        return fn(SupportQueries.of(queries))
 
     return await analytics.run(call)
 
