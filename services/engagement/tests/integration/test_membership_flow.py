@@ -89,7 +89,7 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
             assert client.post("/v1/events", json=online, headers=SHOP).status_code == 202
 
             def member() -> dict:
-                response = client.get("/v1/members/M0001", headers=STAFF)
+                response = client.post("/v1/members/lookup", json={"member_no": "M0001"}, headers=STAFF)
                 assert response.status_code == 200, response.text
                 return response.json()
 
@@ -143,17 +143,16 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
             view = member()
             assert (view["points"], view["rank"]) == (150, "regular")
 
-            spent = client.post(
-                "/v1/members/M0001/redemptions", json={"redemption_id": "r1", "points": 100}, headers=STAFF
-            )
+            spend = {"member_no": "M0001", "redemption_id": "r1", "points": 100}
+            spent = client.post("/v1/members/redemptions", json=spend, headers=STAFF)
             assert spent.status_code == 200 and spent.json()["points"] == 50
             too_much = client.post(
-                "/v1/members/M0001/redemptions", json={"redemption_id": "r2", "points": 100}, headers=STAFF
+                "/v1/members/redemptions", json={**spend, "redemption_id": "r2"}, headers=STAFF
             )
             assert too_much.status_code == 409
-            assert client.get("/v1/members/M9999", headers=STAFF).status_code == 404
+            assert client.post("/v1/members/lookup", json={"member_no": "M9999"}, headers=STAFF).status_code == 404
             assert (
-                client.get("/v1/members/M0001", headers=POS).status_code == 403
+                client.post("/v1/members/lookup", json={"member_no": "M0001"}, headers=POS).status_code == 403
             )  # ingestion keys are write-only
     finally:
         loop.call_soon_threadsafe(stop.set)
@@ -226,12 +225,57 @@ def test_the_programme_issues_member_numbers_and_follows_its_own_file(
         again = client.post("/v1/members", json={"channel": "form"}, headers=STAFF).json()["member_no"]
         assert again != number  # each enrolment its own number
 
-        view = client.get(f"/v1/members/{number}", headers=STAFF).json()
+        view = client.post("/v1/members/lookup", json={"member_no": number}, headers=STAFF).json()
         assert view["member_no"] is None  # the number is handed out once, at enrolment
         assert view["next_rank"] == {"rank": "black", "spend_needed": 50_000, "visits_needed": None}
         typo = number[:-1] + str((int(number[-1]) + 1) % 10)
-        assert client.get(f"/v1/members/{typo}", headers=STAFF).status_code == 404
+        assert client.post("/v1/members/lookup", json={"member_no": typo}, headers=STAFF).status_code == 404
 
     settings_bad = settings.model_copy(update={"membership_programme": tmp_path / "absent.json"})
     with pytest.raises(InvalidProgramme, match=r"absent\.json"), TestClient(create(settings_bad)):
         pass
+
+
+def test_member_numbers_travel_in_the_body_and_the_old_paths_are_gone(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A member number never needs to be in a URL (access logs, traces): reads and
+    redemptions take it in the body; the former routes answer 410 Gone without looking
+    the number up (an enrolled member's number gets the same answer as an unknown one)."""
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        api_keys={"staff": ["engagement:read", "engagement:write"]},
+    )
+    with TestClient(create(settings)) as client:
+        enrolled = client.post("/v1/members", json={"member_no": "M0042", "channel": "store"}, headers=STAFF)
+        assert enrolled.status_code == 201, enrolled.text
+        found = client.post("/v1/members/lookup", json={"member_no": "m-0042"}, headers=STAFF)
+        assert found.status_code == 200 and found.json()["member_key"] == enrolled.json()["member_key"]
+        assert found.json()["points"] == 0
+        redeemed = client.post(
+            "/v1/members/redemptions",
+            json={"member_no": "M0042", "redemption_id": "r1", "points": 1},
+            headers=STAFF,
+        )
+        assert redeemed.status_code == 409 and redeemed.json()["error"]["code"] == "not_enough_points"
+
+        for number in ("M0042", "M9999"):
+            gone = client.get(f"/v1/members/{number}", headers=STAFF)
+            assert gone.status_code == 410, gone.text
+            assert gone.json()["error"]["code"] == "gone"
+            assert "/v1/members/lookup" in gone.json()["error"]["message"]
+            assert number not in gone.text
+            old_redeem = client.post(
+                f"/v1/members/{number}/redemptions", json={"redemption_id": "r", "points": 1}, headers=STAFF
+            )
+            assert old_redeem.status_code == 410
+        paths = client.get("/openapi.json").json()["paths"]
+        assert not [p for p in paths if p.startswith("/v1/members/{")]
+        assert {"/v1/members/lookup", "/v1/members/redemptions"} <= set(paths)
+
+        missing = client.post("/v1/members/lookup", json={}, headers=STAFF)
+        assert missing.status_code == 422 and missing.json()["error"]["fields"][0]["field"] == "body.member_no"
+        bad = client.post("/v1/members/lookup", json={"member_no": "@@@"}, headers=STAFF)
+        assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "body.member_no"

@@ -209,7 +209,7 @@ def _member_hash(app: MembershipApplication, member_no: str) -> str:
         return app.member_hash(member_no)
     except InvalidIdentifier as exc:
         raise RequestValidationError(
-            [{"loc": ("path", "member_no"), "msg": exc.reason, "type": "value_error"}]
+            [{"loc": ("body", "member_no"), "msg": exc.reason, "type": "value_error"}]
         ) from None
 
 
@@ -233,19 +233,55 @@ async def enrol(body: Enrolment, app: MembershipDep, _: Writer) -> MemberView:
     return _view(app, member, now)
 
 
-@members.get("/{member_no}", response_model=MemberView, summary="Rank, points and benefits of a member")
-async def get_member(member_no: str, app: MembershipDep, _: Reader) -> MemberView:
-    member = await asyncio.to_thread(app.member, _member_hash(app, member_no))
+class MemberLookup(BaseModel):
+    """A member number, in the body: numbers never travel in URLs (access logs, traces)."""
+
+    model_config = ConfigDict(extra="forbid")
+    member_no: str = Field(min_length=1, max_length=64, description="the number on the member's card")
+
+
+class RedemptionByNumber(Redemption):
+    member_no: str = Field(min_length=1, max_length=64, description="the number on the member's card")
+
+
+@members.post(
+    "/lookup",
+    response_model=MemberView,
+    summary="Rank, points and benefits of a member (the number in the body)",
+    responses={404: {"description": "no member with that number"}},
+)
+async def lookup_member(body: MemberLookup, app: MembershipDep, _: Reader) -> MemberView:
+    """A read, sent as a POST so that the member number stays out of URLs."""
+    member = await asyncio.to_thread(app.member, _member_hash(app, body.member_no))
     return _view(app, member, datetime.now(UTC))
 
 
-@members.post("/{member_no}/redemptions", response_model=MemberView, summary="Spend points (idempotent)")
-async def redeem(member_no: str, body: Redemption, app: MembershipDep, _: Writer) -> MemberView:
+@members.post(
+    "/redemptions",
+    response_model=MemberView,
+    summary="Spend points (idempotent; the number in the body)",
+    responses={404: {"description": "no member with that number"}, 409: {"description": "not enough points"}},
+)
+async def redeem(body: RedemptionByNumber, app: MembershipDep, _: Writer) -> MemberView:
     now = datetime.now(UTC)
     member = await asyncio.to_thread(
-        app.redeem, _member_hash(app, member_no), body.redemption_id, now, body.points, body.reason
+        app.redeem, _member_hash(app, body.member_no), body.redemption_id, now, body.points, body.reason
     )
     return _view(app, member, now)
+
+
+_MOVED = (
+    "member numbers are not sent in URLs any more: POST /v1/members/lookup or POST /v1/members/redemptions"
+    " with the number in the body"
+)
+
+
+@members.get("/{_number}", include_in_schema=False, status_code=410)
+@members.post("/{_number}/redemptions", include_in_schema=False, status_code=410)
+async def moved(_number: str) -> None:
+    """The former routes with the number in the path: 410 Gone, saying where they went
+    (the number is neither echoed nor looked up)."""
+    raise ApiError(410, "gone", _MOVED)
 
 
 def create(settings: Settings | None = None) -> FastAPI:
