@@ -761,15 +761,29 @@ class IdentityApplication(Application[uuid.UUID]):
 
     # -- review queue -------------------------------------------------------------------
 
-    def list_reviews(self, status: str = "open") -> list[dict[str, Any]]:
-        reviews = []
-        for notification in self.recorder.select_notifications(
-            start=1, limit=1_000_000, topics=[_topic(ReviewItem.Opened)]
-        ):
-            item = self._maybe(cast(uuid.UUID, notification.originator_id))
-            if isinstance(item, ReviewItem) and status in ("all", item.status):
-                reviews.append(_review_view(item))
-        return reviews
+    def list_reviews(
+        self, status: str = "open", *, after: int = 0, limit: int = 1_000_000
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The review queue, oldest first: up to ``limit`` items of ``status`` opened after
+        store position ``after``, and the position to continue from (``None`` when there
+        are no more). Positions are the notification ids of the ``Opened`` events, which
+        only grow, so an item opened meanwhile comes after every page already read."""
+        reviews: list[dict[str, Any]] = []
+        position = after
+        batch = max(100, min(limit + 1, 1_000))
+        while True:
+            notifications = self.recorder.select_notifications(
+                start=position + 1, limit=batch, topics=[_topic(ReviewItem.Opened)]
+            )
+            for notification in notifications:
+                item = self._maybe(cast(uuid.UUID, notification.originator_id))
+                if isinstance(item, ReviewItem) and status in ("all", item.status):
+                    if len(reviews) == limit:  # one more exists: the caller goes on from here
+                        return reviews, position
+                    reviews.append(_review_view(item))
+                position = notification.id
+            if len(notifications) < batch:
+                return reviews, None
 
     def _review(self, review_id: uuid.UUID) -> ReviewItem:
         item = self._maybe(review_id)

@@ -186,7 +186,7 @@ def test_uncertain_pairs_go_to_the_review_queue(client: TestClient) -> None:
     b = register(client, channel="online", name_kanji="佐藤花子", postal_code="1000001", email="s@example.jp")
     assert b["outcome"] == "created"
     assert len(b["reviews"]) == 1
-    queue = client.get("/reviews").json()
+    queue = client.get("/reviews").json()["reviews"]
     assert len(queue) == 1
     item = queue[0]
     assert {item["customer_a"], item["customer_b"]} == {a["customer_id"], b["customer_id"]}
@@ -195,7 +195,7 @@ def test_uncertain_pairs_go_to_the_review_queue(client: TestClient) -> None:
     approved = client.post(f"/reviews/{item['review_id']}/approve")
     assert approved.status_code == 200, approved.text
     assert profile(client, a["customer_id"])["merged_ids"] == [b["customer_id"]]
-    assert client.get("/reviews").json() == []
+    assert client.get("/reviews").json()["reviews"] == []
     assert client.post(f"/reviews/{item['review_id']}/reject", json={"reason": "x"}).status_code == 409
 
 
@@ -205,10 +205,72 @@ def test_a_rejected_pair_is_not_proposed_again(client: TestClient) -> None:
     review_id = b["reviews"][0]
     assert client.post(f"/reviews/{review_id}/reject", json={"reason": "two people"}).status_code == 204
     client.patch(f"/customers/{b['customer_id']}", json={"name_kana": "タカハシ ケン"})
-    assert client.get("/reviews").json() == []
-    assert (
-        client.get("/reviews", params={"status": "rejected"}).json()[0]["decision"]["reason"] == "two people"
-    )
+    assert client.get("/reviews").json() == {"reviews": [], "limit": 50, "next": None}
+    rejected = client.get("/reviews", params={"status": "rejected"}).json()["reviews"]
+    assert rejected[0]["decision"]["reason"] == "two people"
+
+
+_PAIRS = [
+    ("高橋 健", "100-0001"),
+    ("佐藤 花子", "150-0002"),
+    ("鈴木 一郎", "530-0003"),
+    ("田中 美咲", "460-0004"),
+    ("伊藤 翔", "810-0005"),
+    ("渡辺 陽子", "060-0006"),
+    ("山本 大輔", "980-0007"),
+    ("中村 愛", "730-0008"),
+]
+
+
+def _uncertain_pair(client: TestClient, name: str, postal_code: str) -> str:
+    """Two registrations that may be one person: their review's id."""
+    register(client, channel="store", name_kanji=name, postal_code=postal_code, birthday="1970-01-01")
+    b = register(client, channel="online", name_kanji=name, postal_code=postal_code)
+    assert len(b["reviews"]) == 1, b
+    return str(b["reviews"][0])
+
+
+def test_the_review_queue_is_walked_page_by_page_once_each(client: TestClient) -> None:
+    """Keyset pages: every open item exactly once, in queue order, while an item is
+    opened and another decided between two pages; limits are bounded."""
+    opened = [_uncertain_pair(client, name, postal) for name, postal in _PAIRS[:6]]
+    first = client.get("/reviews", params={"limit": 4}).json()
+    assert [r["review_id"] for r in first["reviews"]] == opened[:4] and first["limit"] == 4
+    assert first["next"]
+    # between two pages: a new item is opened, one shown and one not yet shown are
+    # decided (an offset would now skip opened[5]: the list moved under it)
+    late = _uncertain_pair(client, *_PAIRS[6])
+    for decided in (opened[1], opened[4]):
+        assert client.post(f"/reviews/{decided}/reject", json={"reason": "two people"}).status_code == 204
+    seen = [r["review_id"] for r in first["reviews"]]
+    cursor = first["next"]
+    while cursor:
+        page = client.get("/reviews", params={"limit": 4, "cursor": cursor}).json()
+        seen += [r["review_id"] for r in page["reviews"]]
+        cursor = page["next"]
+    assert seen == [*opened[:4], opened[5], late]
+
+    everything: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 1, "status": "all", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/reviews", params=params).json()
+        assert len(page["reviews"]) <= 1
+        everything += [r["review_id"] for r in page["reviews"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert everything == [*opened, late]  # the last full page says there is no more
+
+    for params, field in (
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 201}, "query.limit"),
+        ({"cursor": "not a cursor"}, "query.cursor"),
+        ({"cursor": "eyJ4IjoxfQ"}, "query.cursor"),  # {"x":1}: decodes, holds no position
+    ):
+        bad = client.get("/reviews", params=params)
+        assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == field, bad.text
+    assert "/reviews" in client.get("/openapi.json").json()["paths"]
 
 
 @pytest.mark.parametrize(

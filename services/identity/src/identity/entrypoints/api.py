@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 
 from crm_platform.http import Principal, create_app, require_any_scope, require_scope
 from crm_platform.identifiers import InvalidIdentifier, contact_value, normalise
+from crm_platform.paging import DEFAULT_LIMIT, Cursor, Limit, decode_cursor, encode_cursor, invalid_cursor
 from crm_platform.settings import Settings
 from identity.application import (
     ConcurrentUpdate,
@@ -53,6 +54,7 @@ from identity.entrypoints.schemas import (
     ProfileFields,
     Reason,
     Registration,
+    ReviewPage,
     ReviewPublic,
     SearchResult,
 )
@@ -382,15 +384,26 @@ async def undo_merge(
     return {"restored_customer_id": result.customer_id, "returned": [i.as_dict() for i in result.linked]}
 
 
-@reviews.get("", response_model=list[ReviewPublic])
+@reviews.get("", response_model=ReviewPage)
 async def list_reviews(
     identity: IdentityDep,
     _: Reader,
     status_: Annotated[Literal["open", "approved", "rejected", "all"], Query(alias="status")] = "open",
-) -> list[dict[str, Any]]:
-    """Pairs that may be one person, with the score and the fields behind it."""
-    rows: list[dict[str, Any]] = await _run(identity.app.list_reviews, status_)
-    return rows
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> ReviewPage:
+    """Pairs that may be one person, with the score and the fields behind it; oldest
+    first, a page at a time (``next`` is the cursor of the following page)."""
+    position = decode_cursor(cursor, "after")
+    after = position["after"] if position else 0
+    if not isinstance(after, int) or after < 0:
+        raise invalid_cursor()
+    rows, more = await _run(identity.app.list_reviews, status_, after=after, limit=limit)
+    return ReviewPage(
+        reviews=[ReviewPublic.model_validate(r) for r in rows],
+        limit=limit,
+        next=None if more is None else encode_cursor({"after": more}),
+    )
 
 
 @reviews.post("/{review_id}/approve", response_model=MergeResult)

@@ -154,3 +154,11 @@ class ReviewPublic(BaseModel):
     status: str
     decision: dict[str, Any] | None
     opened_at: datetime
+
+
+class ReviewPage(BaseModel):
+    """A page of the review queue, oldest first."""
+
+    reviews: list[ReviewPublic]
+    limit: int
+    next: str | None = Field(description="the cursor of the next page; null on the last page")
