@@ -132,7 +132,7 @@ def test_scopes_states_and_unknown_campaigns(api: TestClient) -> None:
     assert api.post(f"/v1/campaigns/{cid}/resume").status_code == 409
     assert api.get(f"/v1/campaigns/{uuid.uuid4()}").status_code == 404
     assert api.get("/v1/campaigns/not-a-uuid").status_code == 422
-    assert [c["campaign_id"] for c in api.get("/v1/campaigns").json()] == [cid]
+    assert [c["campaign_id"] for c in api.get("/v1/campaigns").json()["campaigns"]] == [cid]
     # a segment audience needs analytics, which is away here: 503, not a half-launched campaign
     segment = api.post("/v1/campaigns", json={**BODY, "audience": {"segment": "dormant"}}).json()[
         "campaign_id"
@@ -170,7 +170,8 @@ def test_a_retried_create_with_its_request_id_is_the_same_campaign(api: TestClie
     again = api.post("/v1/campaigns", json=body)
     assert again.status_code == 200, again.text
     assert again.json()["campaign_id"] == first.json()["campaign_id"]
-    assert [c["campaign_id"] for c in api.get("/v1/campaigns").json()] == [first.json()["campaign_id"]]
+    listed = api.get("/v1/campaigns").json()["campaigns"]
+    assert [c["campaign_id"] for c in listed] == [first.json()["campaign_id"]]
     # the same request id for another campaign is a conflict, not a silent replacement
     other = api.post("/v1/campaigns", json={**body, "name": "夏のセール"})
     assert other.status_code == 409, other.text
@@ -178,3 +179,52 @@ def test_a_retried_create_with_its_request_id_is_the_same_campaign(api: TestClie
     # without one, two requests are two campaigns
     assert api.post("/v1/campaigns", json=BODY).json()["campaign_id"] != first.json()["campaign_id"]
     assert api.post("/v1/campaigns", json={**BODY, "request_id": "bad id!"}).status_code == 422
+
+
+def test_campaigns_are_listed_in_keyset_pages_once_each(
+    store_settings: Settings, kafka_bootstrap: str
+) -> None:
+    """Newest first, ``limit`` at a time: a walk sees every campaign that existed when it
+    began exactly once, even when campaigns are created between its pages (an offset
+    would show the last one of a page again on the next)."""
+    settings = store_settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "api_keys": KEYS})
+    app = create(settings)
+    app.state.messaging = MessagingSettings(
+        analytics_url="http://127.0.0.1:9", identity_url="http://127.0.0.1:9"
+    )
+    with TestClient(app) as api:
+        api.headers["X-API-Key"] = "reader"
+        staff = {"X-API-Key": "staff"}
+
+        def create_one(n: int) -> str:
+            created = api.post("/v1/campaigns", json={**BODY, "name": f"campaign {n}"}, headers=staff)
+            assert created.status_code == 201, created.text
+            return str(created.json()["campaign_id"])
+
+        existing = [create_one(n) for n in range(7)]
+        page = api.get("/v1/campaigns", params={"limit": 3}).json()
+        assert page["limit"] == 3 and page["next"]
+        seen = [c["campaign_id"] for c in page["campaigns"]]
+        late = []
+        while page["next"]:
+            late.append(create_one(100 + len(late)))  # created between two pages
+            page = api.get("/v1/campaigns", params={"limit": 3, "cursor": page["next"]}).json()
+            assert len(page["campaigns"]) <= 3
+            seen += [c["campaign_id"] for c in page["campaigns"]]
+        assert seen == existing[::-1]
+        assert late  # the walk did span inserts
+        fresh = api.get("/v1/campaigns", params={"limit": 200}).json()
+        assert [c["campaign_id"] for c in fresh["campaigns"]] == [*late[::-1], *existing[::-1]]
+        assert fresh["next"] is None
+        exact = api.get("/v1/campaigns", params={"limit": len(existing) + len(late)}).json()
+        assert exact["next"] is None  # a last page that is full says so
+
+        for params, field in (
+            ({"limit": 0}, "query.limit"),
+            ({"limit": 201}, "query.limit"),
+            ({"cursor": "%%%"}, "query.cursor"),
+            ({"cursor": "eyJiZWZvcmUiOjk5OSwiaWQiOiJ4In0"}, "query.cursor"),  # a position not in the list
+        ):
+            bad = api.get("/v1/campaigns", params=params)
+            assert bad.status_code == 422, bad.text
+            assert bad.json()["error"]["fields"][0]["field"] == field

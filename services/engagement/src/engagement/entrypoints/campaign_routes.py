@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_contracts.envelope import AwareDatetime
 from crm_platform.http import ApiError, Principal, require_scope
+from crm_platform.paging import DEFAULT_LIMIT, Cursor, Limit, decode_cursor, encode_cursor, invalid_cursor
 from engagement.campaigns import (
     CampaignApplication,
     CampaignNotFound,
@@ -295,10 +296,35 @@ async def create_campaign(
     return _view(campaign)
 
 
-@campaigns.get("/campaigns", summary="Every campaign, newest first")
-async def list_campaigns(app: CampaignsDep, _: Reader) -> list[dict[str, Any]]:
-    def read() -> list[dict[str, Any]]:
-        return [_view(app.campaign(cid)) for cid in reversed(app.campaign_ids())]
+class CampaignPage(BaseModel):
+    """A page of campaigns, newest first."""
+
+    campaigns: list[dict[str, Any]]
+    limit: int
+    next: str | None = Field(description="the cursor of the next page; null on the last page")
+
+
+@campaigns.get("/campaigns", response_model=CampaignPage, summary="Campaigns, newest first, a page at a time")
+async def list_campaigns(
+    app: CampaignsDep, _: Reader, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> CampaignPage:
+    """Newest first; ``next`` is the cursor of the following page (``null`` on the last).
+    The cursor is the position of the last campaign shown in the store's list of
+    campaigns, which only grows at its end: a campaign created while a client pages
+    comes before the pages it has read, never inside them."""
+    position = decode_cursor(cursor, "before", "id")
+
+    def read() -> CampaignPage:
+        ids = app.campaign_ids()
+        end = len(ids)
+        if position is not None:
+            end = position["before"]
+            if not isinstance(end, int) or not 0 <= end < len(ids) or str(ids[end]) != position["id"]:
+                raise invalid_cursor()
+        start = max(0, end - limit)
+        page = [_view(app.campaign(cid)) for cid in reversed(ids[start:end])]
+        more = encode_cursor({"before": start, "id": str(ids[start])}) if start > 0 else None
+        return CampaignPage(campaigns=page, limit=limit, next=more)
 
     return await _call(read)
 
