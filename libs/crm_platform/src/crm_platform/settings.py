@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     #: Budgets of one analytics query: past either it is stopped with a clear error.
     query_timeout_s: float = Field(default=10.0, gt=0, le=600)
     query_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)
+    #: The most rows a CSV export of a segment answers (beyond it: 422 export_too_large,
+    #: or the top rows by revenue when the request asks for them with max_rows).
+    export_max_rows: int = Field(default=100_000, ge=1, le=10_000_000)
 
     # Membership (engagement)
     #: A JSON file with the programme's ranks, window, point validity and birthday

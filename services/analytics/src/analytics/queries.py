@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, Self, get_args
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.common import StreamContext
 
 from analytics.store.clickhouse import READ_SETTINGS
 
@@ -67,6 +68,18 @@ _ATTRIBUTE = f"if({_UNOWNED}, k.key_hash, cityHash64(k.owner))"
 _CUSTOMER_ID = f"any(if({_UNOWNED}, k.person_key, toString(k.owner)))"
 _CHANNEL_OK = "({channel:String} = 'all' OR channel = {channel:String})"
 _CHANNEL_BIT = "multiIf(channel = 'store', 1, channel = 'online', 2, channel = 'app', 4, 8)"
+#: The columns of a segment's CSV export, in order.
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "rfm",
+    "orders",
+    "revenue",
+    "recency_days",
+    "first_day",
+    "last_day",
+)
+#: Rows per block of an export's stream (one CSV chunk each: memory stays bounded).
+EXPORT_BLOCK_ROWS = 10_000
 #: The widest cohort matrix (periods from the first cohort to the end), 256 bits a mask.
 MAX_COHORT_PERIODS = 256
 
@@ -445,6 +458,34 @@ class Queries:
             {**r, "first_day": r["first_day"].isoformat(), "last_day": r["last_day"].isoformat()}
             for r in rows
         ]
+
+    def segment_export(
+        self, segment: str, as_of: date, channel: Channel, rules: RfmRules, max_rows: int
+    ) -> StreamContext:
+        """A segment's customers by revenue (at most ``max_rows``) as ONE streamed query:
+        the segment is computed once for the whole export and read block by block
+        (:data:`EXPORT_BLOCK_ROWS` rows each), never again per page. Each row ends with
+        ``total``, the segment's size before the limit (a window over the same result).
+        Open it on the thread that reads it (chDB's stream belongs to that thread)."""
+        sql = (
+            self._rfm_sql(ids=True)
+            + f"""
+        SELECT {", ".join(EXPORT_COLUMNS[:1])},
+               concat('R', toString(r), 'F', toString(f), 'M', toString(m)) AS rfm,
+               {", ".join(EXPORT_COLUMNS[2:])}, count() OVER () AS total
+        FROM scored WHERE segment = {{segment:String}}
+        ORDER BY revenue DESC, customer_id LIMIT {{limit:UInt64}}"""
+        )
+        params = {
+            "as_of": as_of,
+            "channel": channel,
+            "segment": segment,
+            "limit": max_rows,
+            **self._rfm_params(rules),
+        }
+        return self._client.query_row_block_stream(
+            sql, parameters=params, settings={**self._budget, "max_block_size": EXPORT_BLOCK_ROWS}
+        )
 
     # -- funnels ----------------------------------------------------------------------
 

@@ -20,16 +20,19 @@ import io
 import logging
 import queue
 import re
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.common import StreamContext
 from clickhouse_connect.driver.exceptions import DatabaseError
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -39,6 +42,7 @@ from analytics.entrypoints.metrics import render as render_metrics
 from analytics.entrypoints.support import router as support_router
 from analytics.queries import (
     CHANNELS,
+    EXPORT_COLUMNS,
     MAX_COHORT_PERIODS,
     MAX_OVERVIEW_BUCKETS,
     OVERVIEW_SERIES,
@@ -112,32 +116,100 @@ class Analytics:
         try:
             return await asyncio.to_thread(call)
         except DatabaseError as exc:
-            text = str(exc)
-            if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
-                raise ApiError(
+            raise self.translate(exc) from None
+
+    def translate(self, exc: DatabaseError) -> Exception:
+        """A query ClickHouse stopped, as the caller should see it (the error itself
+        when it is none of the budget's)."""
+        text = str(exc)
+        if "TIMEOUT_EXCEEDED" in text or "Timeout exceeded" in text:
+            return ApiError(
+                422,
+                "query_budget_exceeded",
+                f"the query ran past its {self.settings.query_timeout_s:g} s budget and was stopped;"
+                " narrow the period or the filter",
+            )
+        if "MEMORY_LIMIT_EXCEEDED" in text or "memory limit exceeded" in text.lower():
+            if _QUERY_MEMORY.search(text):
+                return ApiError(
                     422,
                     "query_budget_exceeded",
-                    f"the query ran past its {self.settings.query_timeout_s:g} s budget and was stopped;"
-                    " narrow the period or the filter",
-                ) from None
-            if "MEMORY_LIMIT_EXCEEDED" in text or "memory limit exceeded" in text.lower():
-                if _QUERY_MEMORY.search(text):
-                    raise ApiError(
-                        422,
-                        "query_budget_exceeded",
-                        f"the query needed more than its {self.settings.query_max_memory_bytes // 2**20} MiB"
-                        " memory budget and was stopped; narrow the period or the filter",
-                    ) from None
-                # The server's or the user's limit, reached by all the queries running
-                # together: this one may fit its budget, and may pass in a moment.
-                raise ApiError(
-                    503,
-                    "unavailable",
-                    "ClickHouse is short of memory (its own limit, not this query's budget) and"
-                    " stopped the query; try again shortly",
-                    headers={"Retry-After": "5"},
-                ) from None
-            raise
+                    f"the query needed more than its {self.settings.query_max_memory_bytes // 2**20} MiB"
+                    " memory budget and was stopped; narrow the period or the filter",
+                )
+            # The server's or the user's limit, reached by all the queries running
+            # together: this one may fit its budget, and may pass in a moment.
+            return ApiError(
+                503,
+                "unavailable",
+                "ClickHouse is short of memory (its own limit, not this query's budget) and"
+                " stopped the query; try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        return exc
+
+
+class RowStream:
+    """The row blocks of one streamed query, read on a thread of its own (chDB's stream
+    belongs to the thread that opened it) and handed over through a small queue: the
+    query runs once, at the pace the client reads (a slow client holds back the reading,
+    not memory). ``close()`` stops it and gives the pool's client back."""
+
+    _BUFFERED_BLOCKS = 2
+
+    def __init__(self, analytics: Analytics, open_stream: Callable[[Queries], StreamContext]) -> None:
+        self._analytics = analytics
+        self._open = open_stream
+        self._blocks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self._BUFFERED_BLOCKS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="analytics-export", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            with (
+                self._analytics.pool.client() as client,
+                self._open(Queries(client, self._analytics.budget)) as stream,
+            ):
+                for block in stream:
+                    if not self._offer(("rows", block)):
+                        return  # closed: leaving the stream ends the query
+            self._offer(("end", None))
+        except Exception as exc:  # handed to the reader, which raises it
+            self._offer(("error", exc))
+
+    def _offer(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _take(self) -> tuple[str, Any] | None:
+        while not self._stop.is_set():
+            try:
+                return self._blocks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    async def next(self) -> Sequence[Sequence[Any]] | None:
+        """The next block of rows; ``None`` at the end."""
+        item = await asyncio.to_thread(self._take)
+        if item is None or item[0] == "end":
+            return None
+        kind, value = item
+        if kind == "error":
+            if isinstance(value, DatabaseError):
+                raise self._analytics.translate(value) from None
+            raise value
+        rows: Sequence[Sequence[Any]] = value
+        return rows
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 async def _analytics(request: Request) -> Analytics:
@@ -228,7 +300,18 @@ async def segments(
     return await analytics.run(lambda q: q.segments(day, channel, rules))
 
 
-@v1.get("/segments/{segment}/customers", summary="The customers of a segment, paged; CSV with format=csv")
+@v1.get(
+    "/segments/{segment}/customers",
+    summary="The customers of a segment, paged; CSV with format=csv",
+    responses={
+        200: {
+            "description": "JSON: a page (limit, offset). CSV: the segment's customers by revenue, with"
+            " `X-Total-Count` (the segment's size), `X-Export-Rows` and `X-Export-Truncated`",
+            "content": {"text/csv": {}},
+        },
+        422: {"description": "`export_too_large`: the segment has more customers than an export holds"},
+    },
+)
 async def segment_customers(
     analytics: AnalyticsDep,
     _: Reader,
@@ -239,16 +322,25 @@ async def segment_customers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     format: Literal["json", "csv"] = "json",
+    max_rows: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="CSV only: export only the top rows by revenue (at most the export cap,"
+            " CRM_EXPORT_MAX_ROWS); without it a segment larger than the cap is refused",
+        ),
+    ] = None,
 ) -> Response:
+    """JSON pages for the dashboard; ``format=csv`` for a BI tool: every customer of the
+    segment in one file, computed by one query (a snapshot, streamed), at most
+    ``CRM_EXPORT_MAX_ROWS`` rows. A larger segment is refused before any row is sent
+    (422 ``export_too_large``, with its size) rather than cut short silently; ask for
+    the top ``max_rows`` by revenue to get a part of it on purpose."""
     if segment not in SEGMENTS:
         raise ApiError(404, "unknown_segment", f"unknown segment {segment!r}; one of {', '.join(SEGMENTS)}")
     day = _as_of(as_of)
     if format == "csv":
-        return StreamingResponse(
-            _csv_pages(analytics, segment, day, channel, rules),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="segment-{segment}-{day}.csv"'},
-        )
+        return await _csv_export(analytics, segment, day, channel, rules, max_rows)
     rows = await analytics.run(lambda q: q.segment_members(segment, day, channel, rules, limit, offset))
     import orjson
 
@@ -256,26 +348,74 @@ async def segment_customers(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _csv_pages(
-    analytics: Analytics, segment: str, day: date, channel: str, rules: RfmRules
-) -> AsyncIterator[bytes]:
-    columns = ["customer_id", "rfm", "orders", "revenue", "recency_days", "first_day", "last_day"]
-    page, offset = 10_000, 0
-    out = io.StringIO()
-    csv.writer(out).writerow(columns)
-    yield out.getvalue().encode()
-    while True:
-        rows = await analytics.run(
-            lambda q: q.segment_members(segment, day, channel, rules, page, offset)  # type: ignore[arg-type]  # noqa: B023
+async def _csv_export(
+    analytics: Analytics, segment: str, day: date, channel: str, rules: RfmRules, max_rows: int | None
+) -> Response:
+    cap = analytics.settings.export_max_rows
+    if max_rows is not None and max_rows > cap:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "max_rows"),
+                    "msg": f"at most {cap} (CRM_EXPORT_MAX_ROWS)",
+                    "type": "value_error",
+                }
+            ]
         )
+    wanted = max_rows or cap
+    stream = RowStream(
+        analytics,
+        lambda q: q.segment_export(segment, day, channel, rules, wanted),  # type: ignore[arg-type]
+    )
+    try:
+        first = await stream.next()
+    except BaseException:
+        stream.close()
+        raise
+    total = int(first[0][-1]) if first else 0
+    if total > wanted and max_rows is None:
+        stream.close()
+        raise ApiError(
+            422,
+            "export_too_large",
+            f"segment {segment} has {total} customers, more than an export holds ({cap},"
+            " CRM_EXPORT_MAX_ROWS): narrow it (channel, as_of, the rules) or ask for the top rows by"
+            f" revenue with max_rows (at most {cap})",
+        )
+    return StreamingResponse(
+        _csv_blocks(stream, first),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="segment-{segment}-{day}.csv"',
+            "X-Total-Count": str(total),
+            "X-Export-Rows": str(min(total, wanted)),
+            "X-Export-Truncated": "true" if total > wanted else "false",
+        },
+    )
+
+
+async def _csv_blocks(stream: RowStream, first: Sequence[Sequence[Any]] | None) -> AsyncIterator[bytes]:
+    """The CSV: a header, then each block of the one query as it comes (the trailing
+    ``total`` column left out). A failure half-way ends the response unfinished (the
+    client sees a broken transfer, never a short file that looks whole)."""
+    try:
         out = io.StringIO()
-        writer = csv.writer(out)
-        for row in rows:
-            writer.writerow([row[c] for c in columns])
+        csv.writer(out).writerow(EXPORT_COLUMNS)
         yield out.getvalue().encode()
-        if len(rows) < page:
-            return
-        offset += page
+        block = first
+        while block:
+            out = io.StringIO()
+            writer = csv.writer(out)
+            for row in block:
+                writer.writerow(_csv_cell(v) for v in row[: len(EXPORT_COLUMNS)])
+            yield out.getvalue().encode()
+            block = await stream.next()
+    finally:
+        stream.close()
+
+
+def _csv_cell(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
 
 
 @v1.get("/funnels", summary="Customers through ordered steps within a time window")
