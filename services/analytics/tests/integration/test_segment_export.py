@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ class QuerySpy:
 
 
 @pytest.fixture
-def blocks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Small blocks (an export of CUSTOMERS rows streams in several), and their sizes."""
     monkeypatch.setattr(analytics_queries, "EXPORT_BLOCK_ROWS", 100)
     sizes: list[int] = []
@@ -73,7 +72,7 @@ def blocks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         return block
 
     monkeypatch.setattr(analytics_api.RowStream, "next", next_block)
-    yield sizes
+    return sizes
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -100,11 +99,8 @@ def test_an_export_computes_the_segment_once_and_streams_it_in_blocks(
         rows = _rows(exported.text)
         assert ",".join(rows[0]) == HEADER
         assert len(rows) == 1 + CUSTOMERS
-        expected = [
-            [c["customer_id"], c["rfm"], str(c["orders"]), str(c["revenue"]), str(c["recency_days"])]
-            + [c["first_day"], c["last_day"]]
-            for c in listed.json()["customers"]
-        ]
+        columns = ("customer_id", "rfm", "orders", "revenue", "recency_days", "first_day", "last_day")
+        expected = [[str(c[k]) for k in columns] for c in listed.json()["customers"]]
         assert rows[1:] == expected  # the same customers, the same order (revenue, then id)
         assert rows[1][3] == str(1_000 + 7 * (CUSTOMERS - 1))
         assert exported.headers["x-total-count"] == str(CUSTOMERS)
