@@ -323,11 +323,11 @@ class SQLiteDedupeStore:
             "INSERT OR IGNORE INTO processed_events VALUES (?, ?)", [(e.bytes, now) for e in event_ids]
         )
 
-    def prune(self, older_than_s: float) -> int:
-        """Forget ids older than the longest redelivery window (keeps the file bounded)."""
-        cur = self._db.execute(
-            "DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,)
-        )
+    def prune(self, older_than_s: float, now: float | None = None) -> int:
+        """Forget ids older than the longest redelivery window (keeps the file bounded);
+        ``now`` (epoch seconds) is the caller's clock, the wall clock by default."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        cur = self._db.execute("DELETE FROM processed_events WHERE processed_at < ?", (cutoff,))
         return cur.rowcount
 
     def close(self) -> None:

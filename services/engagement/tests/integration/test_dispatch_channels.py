@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,9 +27,9 @@ from crm_platform.kafka import EventProducer, ensure_topics
 from crm_platform.settings import Settings
 from engagement.campaigns import CampaignApplication
 from engagement.dispatch.consent import ConsentView
-from engagement.dispatch.process import run_dispatcher
+from engagement.dispatch.process import dedupe_path, prune_handled, run_dispatcher
 from engagement.dispatch.settings import MessagingSettings
-from engagement.dispatch.wiring import build_campaigns, build_clients, build_dispatcher
+from engagement.dispatch.wiring import DISPATCHER_GROUP, build_campaigns, build_clients, build_dispatcher
 from engagement.domain.campaign import OptOut
 
 from .conftest import Mailbox, Served
@@ -401,3 +402,133 @@ def test_quiet_hours_defer_and_a_cancellation_skips_the_rest(
     finally:
         app.close()
     assert len(box.mails) == 2
+
+
+def _handled(path: Path) -> dict[bytes, float]:
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT event_id, processed_at FROM processed_events").fetchall())
+    finally:
+        db.close()
+
+
+def test_pruning_what_the_dispatcher_handled_never_sends_a_message_again(
+    tmp_path: Path, kafka_bootstrap: str, identity_api: Served, smtp: tuple[Mailbox, int]
+) -> None:
+    """The dispatcher forgets handled profile events past CRM_DISPATCH_DEDUPE_RETENTION_S.
+    Then the identity relay's copy of a withdrawal and a replayed older profile (granting)
+    come again and are applied again: the consent view keeps the newest, so the
+    withdrawal holds; a campaign already sent is not sent again by a dispatcher that
+    remembers nothing."""
+    box, smtp_port = smtp
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+    )
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    retention = 3_600.0
+    messaging = MessagingSettings(
+        identity_url=identity_api.url,
+        smtp_port=smtp_port,
+        dispatch_poll_s=0.2,
+        dispatch_dedupe_retention_s=retention,
+    )
+    group = settings.kafka_topic_prefix + DISPATCHER_GROUP
+    handled_path = dedupe_path(settings, group)
+    tag = uuid.uuid4().hex[:8]
+    withdrawn = register(
+        identity_api, {"name_kanji": "石井 誠", "email": f"m.{tag}@example.jp", "consents": {"email": True}}
+    )
+    kept = register(
+        identity_api, {"name_kanji": "前田 愛", "email": f"a.{tag}@example.jp", "consents": {"email": True}}
+    )
+
+    def profile(granted: bool, recorded_at: datetime) -> ProfileSnapshot:
+        return ProfileSnapshot(
+            occurred_at=recorded_at,
+            recorded_at=recorded_at,
+            producer="identity.resolver",
+            customer_key=str(withdrawn),
+            payload=ProfileSnapshotPayload(
+                customer_id=withdrawn,
+                consents=(Consent(channel=ConsentChannel.EMAIL, granted=granted, at=recorded_at),),
+            ),
+        )
+
+    granted_then = profile(True, datetime(2026, 11, 1, tzinfo=UTC))
+    withdrawal = profile(False, datetime(2026, 11, 2, tzinfo=UTC))
+
+    async def publish(*events: ProfileSnapshot) -> None:
+        async with EventProducer(
+            kafka_bootstrap, client_id="t", topic_prefix=settings.kafka_topic_prefix
+        ) as producer:
+            for event in events:
+                await producer.publish(event)
+
+    async def until(check: Any, what: str, task: asyncio.Task[None]) -> None:
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(check):
+            assert not task.done(), task
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.2)
+
+    def completed(campaign_id: uuid.UUID) -> bool:
+        app = build_campaigns(settings)
+        try:
+            return app.campaign(campaign_id).status == "completed"
+        finally:
+            app.close()
+
+    async def first_run() -> uuid.UUID:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_dispatcher(settings, messaging, stop))
+        try:
+            await publish(granted_then, withdrawal)
+            await until(lambda: len(_handled(handled_path)) == 2, "the profiles were never handled", task)
+            app = build_campaigns(settings)
+            campaign_id = await asyncio.to_thread(launch, app, ["email"], [withdrawn, kept])
+            app.close()
+            await until(lambda: completed(campaign_id), "the first campaign never completed", task)
+            return campaign_id
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    first = asyncio.run(first_run())
+    assert [str(m["To"].addresses[0].addr_spec) for m in box.mails] == [f"a.{tag}@example.jp"]
+
+    marks = _handled(handled_path)
+    assert set(marks) == {granted_then.event_id.bytes, withdrawal.event_id.bytes}
+    newest = max(marks.values())
+    # within the retention nothing is forgotten; past it, everything
+    assert prune_handled(handled_path, retention, datetime.fromtimestamp(newest + retention - 1, UTC)) == 0
+
+    async def second_run() -> uuid.UUID:
+        stop = asyncio.Event()
+        later = datetime.fromtimestamp(newest + retention + 1, UTC)
+        task = asyncio.create_task(run_dispatcher(settings, messaging, stop, clock=lambda: later))
+        try:
+            # the process prunes at start: the ids are gone before anything comes again
+            await until(lambda: not _handled(handled_path), "the dispatcher never pruned", task)
+            await publish(withdrawal, granted_then)  # the relay's copy, then an older replay
+            await until(lambda: len(_handled(handled_path)) == 2, "the copies were never handled", task)
+            app = build_campaigns(settings)
+            campaign_id = await asyncio.to_thread(launch, app, ["email"], [withdrawn, kept])
+            app.close()
+            await until(lambda: completed(campaign_id), "the second campaign never completed", task)
+            return campaign_id
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    second = asyncio.run(second_run())
+    app = build_campaigns(settings)
+    try:
+        for campaign_id in (first, second):
+            skipped = app.maybe_message(campaign_id, withdrawn)
+            assert skipped is not None and (skipped.status, skipped.reason) == ("skipped", "no_consent")
+    finally:
+        app.close()
+    # one mail per campaign, to the customer who kept consent; the first campaign not again
+    assert [str(m["To"].addresses[0].addr_spec) for m in box.mails] == [f"a.{tag}@example.jp"] * 2

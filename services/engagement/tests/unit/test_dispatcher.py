@@ -16,7 +16,7 @@ import pytest
 
 from crm_contracts.events.identity import Consent, ConsentChannel, ProfileSnapshot, ProfileSnapshotPayload
 from engagement.campaigns import CampaignApplication
-from engagement.dispatch.clients import Contact
+from engagement.dispatch.clients import Contact, ServiceUnavailable
 from engagement.dispatch.consent import ConsentView
 from engagement.dispatch.dispatcher import Dispatcher
 from engagement.dispatch.providers import OutcomeUnknown, Outgoing, TemporaryFailure
@@ -296,3 +296,51 @@ def test_quiet_hours_beginning_mid_send_defer_the_rest(app: CampaignApplication,
     assert sum(app.maybe_message(campaign_id, c) is None for c in customers) == len(customers) - step
     assert asyncio.run(dispatcher.run_once()).deferred == 1  # still quiet: nothing more
     assert len(mail.sent) == step
+
+
+# -- what the dispatcher keeps ----------------------------------------------------------------
+
+
+@dataclass
+class FlakyClients(FakeClients):
+    """identity away for some customers (their recipients wait for a later round)."""
+
+    away: set[uuid.UUID] = field(default_factory=set)
+
+    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
+        if customer_id in self.away:
+            raise ServiceUnavailable("identity away")
+        return await super().contact(customer_id, channel)
+
+
+def test_a_finished_campaigns_recipients_are_forgotten_and_nothing_is_sent_again(
+    app: CampaignApplication, view: ConsentView
+) -> None:
+    """The in-memory record of handled recipients lasts while a campaign sends; once it is
+    over it is released. Never sending twice rests on the store (one message per campaign
+    and customer): a dispatcher that remembers nothing sends only what is left."""
+    customers = [uuid.uuid4() for _ in range(60)]
+    clients = FlakyClients(
+        addresses={(c, "email"): f"{c.hex[:8]}@example.jp" for c in customers}, away={customers[0]}
+    )
+    mail = FakeProvider()
+    done = launch(app, customers[:40])
+    cancelled = launch(app, customers[40:])
+    app.pause(cancelled, START)
+    dispatcher = make(app, view, clients, {"email": mail}, Clock(START))
+    first = asyncio.run(dispatcher.run_once())
+    assert (first.sent, first.completed) == (39, [])  # one recipient waits for identity
+    assert dispatcher.recorded(done) == 39
+
+    clients.away.clear()
+    forgetful = make(app, view, clients, {"email": mail}, Clock(START))  # a restart: no memory
+    second = asyncio.run(forgetful.run_once())
+    assert (second.sent, second.completed) == (1, [done])
+    assert mail.calls == 40 and len({m.to for m in mail.sent}) == 40  # none twice
+
+    app.cancel(cancelled, START, "wrong price")
+    third = asyncio.run(dispatcher.run_once())
+    assert (third.sent, third.skipped) == (0, 20)
+    assert (dispatcher.recorded(done), dispatcher.recorded(cancelled)) == (0, 0)  # released
+    assert asyncio.run(dispatcher.run_once()).sent == 0
+    assert mail.calls == 40

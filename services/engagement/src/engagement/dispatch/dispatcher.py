@@ -111,7 +111,9 @@ class Dispatcher:
         self._tz = ZoneInfo(settings.dispatch_timezone)
         self._base = settings.tracking_base_url.rstrip("/")
         #: per campaign, the recipients known to have a message: they are never read
-        #: again, so a round over a large campaign reads only what is left
+        #: again, so a round over a large campaign reads only what is left. A cache of
+        #: the store (which refuses a second message per campaign and customer), kept
+        #: for campaigns still sending only: released when one is over.
         self._recorded: dict[uuid.UUID, set[uuid.UUID]] = {}
         #: campaigns that are over (completed, or cancelled and their rest skipped)
         self._finished: set[uuid.UUID] = set()
@@ -173,11 +175,11 @@ class Dispatcher:
                 continue
             campaign = await asyncio.to_thread(self.app.campaign, cid)
             if campaign.status == "completed":
-                self._finished.add(cid)  # never changes again: not read again
+                self._finish(cid)  # never changes again: not read again
                 continue
             if campaign.status == "cancelled":
                 await self._skip_rest(campaign, report)
-                self._finished.add(cid)
+                self._finish(cid)
                 continue
             if not campaign.is_due(now):
                 continue
@@ -186,6 +188,14 @@ class Dispatcher:
                 continue
             await self.dispatch(campaign, report, stop)
         return report
+
+    def _finish(self, campaign_id: uuid.UUID) -> None:
+        self._finished.add(campaign_id)
+        self._recorded.pop(campaign_id, None)
+
+    def recorded(self, campaign_id: uuid.UUID) -> int:
+        """How many recipients of a campaign this dispatcher keeps in memory as handled."""
+        return len(self._recorded.get(campaign_id, ()))
 
     def _quiet(self, campaign: Campaign) -> bool:
         return campaign.in_quiet_hours(self.clock().astimezone(self._tz).hour)

@@ -65,6 +65,12 @@ class MessagingSettings(BaseSettings):
     #: dispatcher and is recorded as failed (outcome unknown); younger ones may still be
     #: in a live dispatcher's hands. Longer than any one send can take.
     dispatch_lease_s: float = Field(default=900.0, ge=60, le=86_400)
+    #: How long the dispatcher remembers the ids of the profile events it handled (its
+    #: consumer's de-duplication file, pruned hourly). A copy arriving later is applied
+    #: again, which the consent view's version order makes harmless; sends never depend
+    #: on it (docs/engagement.md, "What the dispatcher keeps"). Kafka's default offset
+    #: retention: a dispatcher stopped for longer re-reads the topic from the start.
+    dispatch_dedupe_retention_s: float = Field(default=7 * 86_400.0, ge=3_600, le=365 * 86_400)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> MessagingSettings:
