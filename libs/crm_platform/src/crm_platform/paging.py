@@ -36,18 +36,23 @@ def encode_cursor(position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
 
 
-def invalid_cursor(reason: str = "not a cursor this list handed out") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("query", "cursor"), "msg": reason, "type": "value_error"}])
+def invalid_cursor(
+    reason: str = "not a cursor this list handed out", loc: tuple[str, ...] = ("query", "cursor")
+) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": reason, "type": "value_error"}])
 
 
-def decode_cursor(cursor: str | None, *keys: str) -> dict[str, Any] | None:
-    """The position in ``cursor`` (``None`` for the first page); it must hold ``keys``."""
+def decode_cursor(
+    cursor: str | None, *keys: str, loc: tuple[str, ...] = ("query", "cursor")
+) -> dict[str, Any] | None:
+    """The position in ``cursor`` (``None`` for the first page); it must hold ``keys``.
+    ``loc``: where the cursor came from, for the 422 (a search body's ``cursor``)."""
     if cursor is None:
         return None
     try:
         position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError):
-        raise invalid_cursor() from None
+        raise invalid_cursor(loc=loc) from None
     if not isinstance(position, dict) or any(k not in position for k in keys):
-        raise invalid_cursor()
+        raise invalid_cursor(loc=loc)
     return position

@@ -240,3 +240,44 @@ def test_an_erased_customer_s_tickets_become_unreadable(tmp_path: Path) -> None:
         assert client.get(f"/v1/tickets/{other['ticket_id']}", headers=READ).json()["content"] is not None
         r = client.post(f"/v1/tickets/{theirs['ticket_id']}/replies", json={"body": "x"}, headers=STAFF)
         assert r.status_code == 410
+
+
+def test_tickets_are_listed_in_keyset_pages_each_once(client: TestClient) -> None:
+    """Newest first, ``limit`` at a time with ``next``: tickets opened between two pages
+    — a new one (before the pages read) and an imported older one (after them) — shift
+    nothing: every ticket is seen once (an offset would show one again)."""
+
+    def open_at(day: int, hour: int = 10) -> str:
+        at = f"2026-01-{day:02d}T{hour:02d}:00:00+09:00"
+        created = client.post("/v1/tickets", json=ticket(occurred_at=at), headers=IMPORT)
+        assert created.status_code == 201, created.text
+        return str(created.json()["ticket_id"])
+
+    existing = [open_at(d) for d in (10, 12, 14, 16, 18)] + [open_at(20), open_at(20)]  # a tie: by id
+    page = client.get("/v1/tickets", params={"limit": 2}, headers=READ).json()
+    seen = [t["ticket_id"] for t in page["tickets"]]
+    added = []
+    while page["next"]:
+        added += [open_at(25), open_at(5)]  # newer than every page read / older than every one
+        page = client.get("/v1/tickets", params={"limit": 2, "cursor": page["next"]}, headers=READ).json()
+        assert page["total"] == len(existing) + len(added)
+        seen += [t["ticket_id"] for t in page["tickets"]]
+    assert len(seen) == len(set(seen))  # none twice
+    assert set(existing) <= set(seen)
+    assert set(seen) - set(existing) <= set(added)
+    opened = [client.get(f"/v1/tickets/{t}", headers=READ).json()["opened_at"] for t in seen]
+    assert opened == sorted(opened, reverse=True)
+
+    # a search pages the same way, its cursor in the body
+    first = client.post("/v1/tickets/search", json={"limit": 3}, headers=READ).json()
+    rest = client.post(
+        "/v1/tickets/search", json={"limit": 200, "cursor": first["next"]}, headers=READ
+    ).json()
+    walked = [t["ticket_id"] for t in first["tickets"] + rest["tickets"]]
+    listed = client.get("/v1/tickets", params={"limit": 200}, headers=READ).json()["tickets"]
+    assert walked == [t["ticket_id"] for t in listed]
+    assert rest["next"] is None
+    bad = client.post("/v1/tickets/search", json={"cursor": "???"}, headers=READ)
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "body.cursor"
+    both = client.get("/v1/tickets", params={"cursor": first["next"], "offset": 2}, headers=READ)
+    assert both.status_code == 422 and both.json()["error"]["fields"][0]["field"] == "query.offset"

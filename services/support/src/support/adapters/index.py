@@ -40,6 +40,8 @@ class Filters:
     breached: bool | None = None
     opened_from: datetime | None = None
     opened_to: datetime | None = None
+    #: keyset paging: only tickets after this (opened_at epoch, ticket_id) in list order
+    before: tuple[float, str] | None = None
 
 
 _SCHEMA = """
@@ -186,10 +188,14 @@ class TicketIndex:
         if f.breached is not None:
             where.append(_BREACHED if f.breached else f"NOT {_BREACHED}")
         clause = " AND ".join(where)
+        page = clause
+        if f.before is not None:  # the total counts every match; the page starts after the cursor
+            page += " AND (opened_at < :before_at OR (opened_at = :before_at AND ticket_id < :before_id))"
+            params.update({"before_at": f.before[0], "before_id": f.before[1]})
         with self._lock:
             (total,) = self._db.execute(f"SELECT count(*) FROM tickets WHERE {clause}", params).fetchone()  # noqa: S608
             rows = self._db.execute(
-                f"SELECT ticket_id FROM tickets WHERE {clause}"  # noqa: S608 - columns are fixed names
+                f"SELECT ticket_id FROM tickets WHERE {page}"  # noqa: S608 - columns are fixed names
                 " ORDER BY opened_at DESC, ticket_id DESC LIMIT :limit OFFSET :offset",
                 {**params, "limit": limit, "offset": offset},
             ).fetchall()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_contracts.envelope import AwareDatetime
 from crm_platform.http import ApiError, Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier
+from crm_platform.paging import Cursor, decode_cursor, encode_cursor, invalid_cursor
 from crm_platform.settings import Settings
 from support.adapters.index import Filters
 from support.adapters.keys import ContentErased
@@ -196,6 +197,9 @@ class TicketPage(BaseModel):
     limit: int
     offset: int
     tickets: list[TicketView]
+    next: str | None = Field(
+        default=None, description="the cursor of the next page (pass it as `cursor`); null on the last page"
+    )
 
 
 async def _support(request: Request) -> SupportApplication:
@@ -340,7 +344,10 @@ class TicketSearch(BaseModel):
     opened_from: AwareDatetime | None = None
     opened_to: AwareDatetime | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=100_000)
+    offset: int = Field(
+        default=0, ge=0, le=100_000, description="prefer `cursor`: an offset shifts with new tickets"
+    )
+    cursor: str | None = Field(default=None, max_length=512, description="the `next` of the previous page")
     content: bool = Field(default=False, description="include subjects and messages")
 
 
@@ -363,6 +370,7 @@ async def list_tickets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     content: Annotated[bool, Query(description="include subjects and messages")] = False,
+    cursor: Cursor = None,
 ) -> TicketPage:
     """Newest first. A customer's tickets: ``POST /v1/tickets/search`` (their
     identifiers go in the body, never in a URL)."""
@@ -393,8 +401,9 @@ async def list_tickets(
         limit=limit,
         offset=offset,
         content=content,
+        cursor=cursor,
     )
-    return await _search(app, search)
+    return await _search(app, search, where="query")
 
 
 @router.post("/tickets/search", response_model=TicketPage, summary="Search tickets, by customer too")
@@ -405,7 +414,22 @@ async def search_tickets(body: TicketSearch, app: Support, _: Reader) -> TicketP
     return await _search(app, body)
 
 
-async def _search(app: SupportApplication, search: TicketSearch) -> TicketPage:
+def _position(search: TicketSearch, where: str) -> tuple[float, str] | None:
+    """The keyset position of ``search.cursor``: the last ticket shown (opened_at, id)."""
+    position = decode_cursor(search.cursor, "at", "id", loc=(where, "cursor"))
+    if position is None:
+        return None
+    if search.offset:
+        raise RequestValidationError(
+            [{"loc": (where, "offset"), "msg": "a cursor page has no offset", "type": "value_error"}]
+        )
+    at, tid = position["at"], position["id"]
+    if not isinstance(at, int | float) or not isinstance(tid, str):
+        raise invalid_cursor(loc=(where, "cursor"))
+    return float(at), tid
+
+
+async def _search(app: SupportApplication, search: TicketSearch, where: str = "body") -> TicketPage:
     given = {k: v for k, v in search.customer.model_dump().items() if v is not None}
     try:
         hashes = tuple(i["hash"] for i in app.blind(given))
@@ -426,11 +450,21 @@ async def _search(app: SupportApplication, search: TicketSearch) -> TicketPage:
         breached=search.breached,
         opened_from=search.opened_from,
         opened_to=search.opened_to,
+        before=_position(search, where),
     )
     now = datetime.now(UTC)
-    total, tickets = await asyncio.to_thread(app.search, filters, now, search.limit, search.offset)
+    # one more than the page: whether there is a next one
+    total, tickets = await asyncio.to_thread(app.search, filters, now, search.limit + 1, search.offset)
+    more, tickets = len(tickets) > search.limit, tickets[: search.limit]
     views = [await asyncio.to_thread(view, app, t, now, search.content) for t in tickets]
-    return TicketPage(total=total, limit=search.limit, offset=search.offset, tickets=views)
+    last = tickets[-1] if tickets else None
+    return TicketPage(
+        total=total,
+        limit=search.limit,
+        offset=search.offset,
+        tickets=views,
+        next=encode_cursor({"at": last.opened_at.timestamp(), "id": str(last.id)}) if more and last else None,
+    )
 
 
 @router.post(
