@@ -151,16 +151,16 @@ class Analytics:
 
 class RowStream:
     """The row blocks of one streamed query, read on a thread of its own (chDB's stream
-    belongs to the thread that opened it) and handed over through a small queue: the
-    query runs once, at the pace the client reads (a slow client holds back the reading,
-    not memory). ``close()`` stops it and gives the pool's client back."""
-
-    _BUFFERED_BLOCKS = 2
+    belongs to the thread that opened it) and handed over as they come. The query runs
+    once, at ClickHouse's pace, not the client's: its blocks wait here (the query's
+    LIMIT bounds them), so its time budget does not run while a slow client downloads
+    and the pool's client is free as soon as ClickHouse is done. ``close()`` stops the
+    reading (a client gone) and drops what is buffered."""
 
     def __init__(self, analytics: Analytics, open_stream: Callable[[Queries], StreamContext]) -> None:
         self._analytics = analytics
         self._open = open_stream
-        self._blocks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self._BUFFERED_BLOCKS)
+        self._blocks: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="analytics-export", daemon=True)
         self._thread.start()
@@ -172,20 +172,12 @@ class RowStream:
                 self._open(Queries(client, self._analytics.budget)) as stream,
             ):
                 for block in stream:
-                    if not self._offer(("rows", block)):
+                    if self._stop.is_set():
                         return  # closed: leaving the stream ends the query
-            self._offer(("end", None))
+                    self._blocks.put(("rows", block))
+            self._blocks.put(("end", None))
         except Exception as exc:  # handed to the reader, which raises it
-            self._offer(("error", exc))
-
-    def _offer(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._blocks.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+            self._blocks.put(("error", exc))
 
     def _take(self) -> tuple[str, Any] | None:
         while not self._stop.is_set():
@@ -210,6 +202,8 @@ class RowStream:
 
     def close(self) -> None:
         self._stop.set()
+        while not self._blocks.empty():
+            self._blocks.get_nowait()
 
 
 async def _analytics(request: Request) -> Analytics:
