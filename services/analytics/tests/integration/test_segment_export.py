@@ -144,3 +144,12 @@ def test_an_export_larger_than_the_cap_is_refused_unless_the_top_rows_are_asked_
         empty = api.get("/v1/segments/repeat/customers", params=params, headers=READ)
         assert empty.status_code == 200 and empty.text.splitlines() == [HEADER]
         assert empty.headers["x-total-count"] == "0"
+
+
+def test_an_export_past_the_query_budget_is_a_clear_422_not_a_short_file(tmp_path: Path) -> None:
+    api = TestClient(create(_settings(tmp_path, query_timeout_s=0.000_001), embedded_sink=False))
+    with api:
+        params = {"as_of": AS_OF.isoformat(), "format": "csv"}
+        stopped = api.get("/v1/segments/new/customers", params=params, headers=READ)
+        assert stopped.status_code == 422, stopped.text
+        assert stopped.json()["error"]["code"] == "query_budget_exceeded"
