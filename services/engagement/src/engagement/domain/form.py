@@ -557,3 +557,123 @@ class FormSubmission(Aggregate):
             member_no_hash=member[0] if member else None,
             member_candidate=member[1] if member else None,
         )
+
+
+# -- double opt-in ---------------------------------------------------------------------
+
+#: channels a public form's consent can be confirmed on: the address itself proves it
+CONFIRMABLE_CHANNELS = ("email",)
+
+
+class ConfirmationError(FormError):
+    pass
+
+
+class ConfirmationExpired(ConfirmationError):
+    """The link's time is up (HTTP 410): submit the form again for a new one."""
+
+
+class ConfirmationUsed(ConfirmationError):
+    """The link was used already (HTTP 409): a confirmation link works once."""
+
+
+def confirmation_id(submission: uuid.UUID, channel: str) -> uuid.UUID:
+    """One confirmation per submission and channel: a retried submission finds it."""
+    return uuid.uuid5(FORM_NAMESPACE, f"confirmation:{submission}:{channel}")
+
+
+class ConsentConfirmation(Aggregate):
+    """A consent ticked on a public form, waiting for the person to prove they hold the
+    address (double opt-in): a signed, expiring, single-use link sent there. Until then
+    the consent is granted nowhere. Holds no personal data: the address as its blind
+    index, the form, the submission, the wording's version."""
+
+    class Requested(Aggregate.Created):
+        form_id: uuid.UUID
+        submission_id: uuid.UUID
+        channel: str
+        #: (kind, blind index) of the address the link is sent to
+        identifier: list[str]
+        purpose: str
+        wording_version: str
+        requested_at: datetime
+        expires_at: datetime
+
+    @event(Requested)
+    def __init__(
+        self,
+        form_id: uuid.UUID,
+        submission_id: uuid.UUID,
+        channel: str,
+        identifier: list[str],
+        purpose: str,
+        wording_version: str,
+        requested_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        self.form_id = form_id
+        self.submission_id = submission_id
+        self.channel = channel
+        self.identifier = list(identifier)
+        self.purpose = purpose
+        self.wording_version = wording_version
+        self.requested_at = requested_at
+        self.expires_at = expires_at
+        self.sent_at: datetime | None = None
+        self.confirmed_at: datetime | None = None
+        self.granted: bool | None = None
+
+    @classmethod
+    def request(
+        cls,
+        submission: FormSubmission,
+        channel: str,
+        identifier: list[str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> ConsentConfirmation:
+        if channel not in CONFIRMABLE_CHANNELS:
+            raise ConfirmationError(f"consent on {channel} cannot be confirmed by a link")
+        return cls._create(
+            cls.Requested,
+            id=confirmation_id(submission.id, channel),
+            form_id=submission.form_id,
+            submission_id=submission.id,
+            channel=channel,
+            identifier=identifier,
+            purpose=submission.consent["purpose"],
+            wording_version=submission.consent["wording_version"],
+            requested_at=at,
+            expires_at=expires_at,
+        )
+
+    class Sent(Aggregate.Event):
+        at: datetime
+
+    def mark_sent(self, at: datetime) -> None:
+        if self.sent_at is None:
+            self._sent(at=at)
+
+    @event(Sent)
+    def _sent(self, at: datetime) -> None:
+        self.sent_at = at
+
+    class Confirmed(Aggregate.Event):
+        at: datetime
+        #: whether identity granted it (False: no single customer holds the address)
+        granted: bool
+
+    def check_usable(self, at: datetime) -> None:
+        if self.confirmed_at is not None:
+            raise ConfirmationUsed("this confirmation link was used already")
+        if at >= self.expires_at:
+            raise ConfirmationExpired("this confirmation link has expired")
+
+    def confirm(self, at: datetime, granted: bool) -> None:
+        self.check_usable(at)
+        self._confirmed(at=at, granted=granted)
+
+    @event(Confirmed)
+    def _confirmed(self, at: datetime, granted: bool) -> None:
+        self.confirmed_at = at
+        self.granted = granted
