@@ -110,7 +110,7 @@ class SurveySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
     env: Environment = Environment.DEVELOPMENT
-    #: identity's API, for form submissions (scope identity:write)
+    #: identity's API, for form submissions (scope identity:public-intake, nothing more)
     identity_url: str = "http://127.0.0.1:8001"
     identity_api_key: SecretStr = SecretStr("dev-admin-key")
     #: analytics' API, for survey audiences from segments (scope analytics:read)
@@ -841,10 +841,9 @@ async def submit_form(
         member = (member_hash, index)
     registered = await identity.intake(body)
     identifiers = prepared.identifiers + ([["member_no", member[0]]] if member else [])
-    if registered.held is not None:
-        # Only what the customer holds: the resolver links what form.submitted carries,
-        # and a public form must not link (or merge) through it either.
-        identifiers = [i for i in identifiers if i[0] in registered.held]
+    # Only what the customer holds: the resolver links what form.submitted carries, and
+    # a public form must not link (or merge) through it either.
+    identifiers = [i for i in identifiers if i[0] in registered.held]
     confirm_on = None
     email = next((i for i in prepared.identifiers if i[0] == "email"), None)
     if prepared.consent.get("email") and email is not None and app.confirmations is not None:

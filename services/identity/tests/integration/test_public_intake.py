@@ -10,9 +10,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from crm_contracts.events.identity import ConsentChanged, CustomerRegistered
+from crm_contracts.registry import decode
+from crm_contracts.topics import IDENTITY_CUSTOMER
 from crm_platform.crypto import BlindIndexer
+from crm_platform.kafka import EventProducer
 from crm_platform.settings import Settings
-from identity.bootstrap import Identity
+from crm_platform.testing import end_offsets, read_topic
+from identity.bootstrap import build, build_relay
+from identity.entrypoints.api import create
 
 pytestmark = pytest.mark.integration
 FORM = str(uuid.UUID("00000000-0000-4000-8000-0000000000f1"))
@@ -164,3 +170,59 @@ def test_consent_is_granted_only_by_a_confirmation_with_its_proof(
     nobody = {**body, "identifier": {"kind": "email", "hash": indexer.index("email", "nobody@example.jp")}}
     missing = intake.post("/customers/consent-confirmations", json=nobody, headers=INTAKE_ONLY)
     assert missing.status_code == 404
+
+
+async def test_a_confirmed_consent_reaches_kafka_with_its_proof(
+    store_settings: Settings, kafka_bootstrap: str
+) -> None:
+    settings = store_settings.model_copy(
+        update={
+            "kafka_bootstrap": kafka_bootstrap,
+            "api_keys": {"admin": ["*"], "forms": ["identity:public-intake"]},
+        }
+    )
+    identity = build(settings)
+    start = await end_offsets(kafka_bootstrap, IDENTITY_CUSTOMER.name)
+    email = f"proof.{uuid.uuid4().hex[:8]}@example.jp"
+    token = str(uuid.uuid4())
+    with TestClient(create(settings, identity)) as client:
+        created = _intake(client, str(uuid.uuid4()), email=email)
+        assert created.status_code == 201, created.text
+        customer_id = created.json()["customer_id"]
+        proof = {
+            "form_id": FORM,
+            "submission_id": str(uuid.uuid4()),
+            "purpose": "marketing",
+            "wording_version": "v3",
+            "confirmed_via": "email",
+            "confirmed_at": "2026-11-20T10:00:00+00:00",
+            "token_id": token,
+        }
+        body = {
+            "identifier": {"kind": "email", "hash": identity.indexer.index("email", email)},
+            "channel": "email",
+            "proof": proof,
+        }
+        assert (
+            client.post("/customers/consent-confirmations", json=body, headers=INTAKE_ONLY).status_code == 200
+        )
+    async with EventProducer(kafka_bootstrap, client_id="intake-test") as producer:
+        relay = build_relay(identity, producer)
+        while await relay.relay_once():
+            pass
+    records = await read_topic(
+        kafka_bootstrap,
+        IDENTITY_CUSTOMER.name,
+        expect=2,
+        start=start,
+        match=lambda r: r.key == customer_id.encode(),
+    )
+    events = [decode(r.value) for r in records]
+    registered, changed = events
+    assert isinstance(registered, CustomerRegistered) and registered.payload.consents == ()
+    assert isinstance(changed, ConsentChanged)
+    assert changed.payload.consent.granted is True and changed.payload.proof is not None
+    assert str(changed.payload.proof.token_id) == token
+    assert (changed.payload.proof.wording_version, changed.payload.proof.confirmed_via) == ("v3", "email")
+    assert email.encode() not in b"".join(r.value for r in records)
+    identity.close()

@@ -1,6 +1,7 @@
 """HTTP clients of the other services engagement talks to (services never import each
-other): identity's registration API for form submissions, analytics' segment API for
-survey audiences."""
+other): identity's public intake for form submissions (never its trusting registration:
+a public form must not link, merge or grant consent for a customer identity knows),
+analytics' segment API for survey audiences."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ class UpstreamRejected(Exception):
 class Registered:
     customer_id: uuid.UUID
     outcome: str
-    #: public intake: kinds of the identifiers given that the customer holds (the others
-    #: were filed for review, not linked); None from the trusting registration
-    held: tuple[str, ...] | None = None
+    #: kinds of the identifiers given that the customer holds (the others were filed
+    #: for review, not linked)
+    held: tuple[str, ...] = ()
 
 
 class NotHeld(Exception):
@@ -37,8 +38,8 @@ class NotHeld(Exception):
 
 
 class IdentityClient:
-    """identity's API for forms: the public intake of the person a form describes, the
-    consents they confirm (and ``POST /customers``, the trusting registration)."""
+    """identity's API for forms (a key with ``identity:public-intake``): the public intake
+    of the person a form describes and the consents they confirm."""
 
     def __init__(
         self, base_url: str, api_key: str, transport: httpx.AsyncBaseTransport | None = None
@@ -85,31 +86,6 @@ class IdentityClient:
                 return result
             if response.status_code == 404 and not_found:
                 return None
-            if response.status_code == 422:
-                error = response.json().get("error", {})
-                fields = [
-                    {**f, "field": "fields." + str(f.get("field", "")).removeprefix("body.")}
-                    for f in error.get("fields", [])
-                ]
-                raise UpstreamRejected(error.get("message", "identity refused the registration"), fields)
-            if response.status_code in (409, 503) and attempt < 2:
-                continue
-            raise UpstreamUnavailable(f"identity answered {response.status_code}")
-        raise UpstreamUnavailable("identity did not answer")
-
-    async def register(self, body: dict[str, Any]) -> Registered:
-        # A registration is idempotent on identity's side (the same identifiers link to
-        # the same customer), so one retry after a conflict or a dropped connection is safe.
-        for attempt in range(3):
-            try:
-                response = await self._http.post("/customers", json=body)
-            except httpx.HTTPError as exc:
-                if attempt == 2:
-                    raise UpstreamUnavailable(f"identity did not answer: {type(exc).__name__}") from None
-                continue
-            if response.status_code in (200, 201):
-                data = response.json()
-                return Registered(uuid.UUID(data["customer_id"]), data["outcome"])
             if response.status_code == 422:
                 error = response.json().get("error", {})
                 fields = [
