@@ -69,7 +69,13 @@ from crm_platform.eventstore import project
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Environment
 from engagement.adapters.crm_clients import IdentityClient, NotHeld
-from engagement.dispatch.providers import Outgoing, Provider
+from engagement.dispatch.providers import (
+    OutcomeUnknown,
+    Outgoing,
+    PermanentFailure,
+    Provider,
+    TemporaryFailure,
+)
 from engagement.domain.form import (
     CONFIRMABLE_CHANNELS,
     IDENTIFIER_KINDS,
@@ -82,6 +88,7 @@ from engagement.domain.form import (
     FormField,
     FormSubmission,
     InvalidSubmission,
+    WrongCode,
     check_consent,
     check_submission,
     confirmation_id,
@@ -219,6 +226,11 @@ class ConfirmationSigner:
     def sign(self, confirmation: uuid.UUID) -> str:
         return f"{self.PREFIX}.{confirmation.hex}.{self._mac(confirmation)}"
 
+    def code(self, confirmation: uuid.UUID) -> str:
+        """The six digits an SMS confirmation sends (derived, never stored)."""
+        digest = hmac.new(self._key, b"sms-code:" + confirmation.bytes, hashlib.sha256).digest()
+        return f"{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+
     def verify(self, token: str) -> uuid.UUID:
         parts = token.split(".")
         if len(token) > 100 or len(parts) != 3 or parts[0] != self.PREFIX:
@@ -349,8 +361,8 @@ class Submitted:
     created: bool
     #: the member number a membership application was issued, in clear
     member_no: str | None = None
-    #: the double opt-in waiting for the person (None: no confirmable consent ticked)
-    confirmation: ConsentConfirmation | None = None
+    #: the double opt-ins waiting for the person (none: no confirmable consent ticked)
+    confirmations: tuple[ConsentConfirmation, ...] = ()
 
 
 class SurveyApplication(Application[uuid.UUID]):
@@ -620,7 +632,7 @@ class SurveyApplication(Application[uuid.UUID]):
         answers: dict[str, Any],
         at: datetime,
         member: tuple[str, int] | None = None,
-        confirm_on: tuple[str, list[str], datetime] | None = None,
+        confirm_on: Sequence[tuple[str, list[str], datetime]] = (),
     ) -> Submitted:
         """Record a submission identity has resolved; for an event form, with its place
         (confirmed or waitlisted), and with the consent confirmation waiting for the
@@ -631,7 +643,7 @@ class SurveyApplication(Application[uuid.UUID]):
             form = self.form(form_id)
             existing = self.submission(form_id, submission_key)
             if existing is not None:
-                return Submitted(existing, form, created=False, confirmation=self.confirmation_of(existing))
+                return Submitted(existing, form, created=False, confirmations=self.confirmations_of(existing))
             registration = None
             if form.kind == "event_registration":
                 sid = str(submission_id(form_id, submission_key))
@@ -648,21 +660,18 @@ class SurveyApplication(Application[uuid.UUID]):
                 at,
                 member,
             )
-            confirmation = None
-            if confirm_on is not None:
-                channel, identifier, expires_at = confirm_on
-                confirmation = ConsentConfirmation.request(submission, channel, identifier, at, expires_at)
-            self._saving(submission, *([form] if form.pending_events else []), *filter(None, [confirmation]))
-            return Submitted(submission, form, created=True, confirmation=confirmation)
+            confirmations = tuple(
+                ConsentConfirmation.request(submission, channel, identifier, at, expires_at)
+                for channel, identifier, expires_at in confirm_on
+            )
+            self._saving(submission, *([form] if form.pending_events else []), *confirmations)
+            return Submitted(submission, form, created=True, confirmations=confirmations)
 
         return self._retrying(change)
 
-    def confirmation_of(self, submission: FormSubmission) -> ConsentConfirmation | None:
-        for channel in CONFIRMABLE_CHANNELS:
-            found = self.confirmation(confirmation_id(submission.id, channel))
-            if found is not None:
-                return found
-        return None
+    def confirmations_of(self, submission: FormSubmission) -> tuple[ConsentConfirmation, ...]:
+        found = (self.confirmation(confirmation_id(submission.id, c)) for c in CONFIRMABLE_CHANNELS)
+        return tuple(c for c in found if c is not None)
 
     def confirmation(self, confirmation: uuid.UUID) -> ConsentConfirmation | None:
         try:
@@ -684,12 +693,29 @@ class SurveyApplication(Application[uuid.UUID]):
             raise RuntimeError("consent confirmations are not configured")
         return self.confirmations.sign(confirmation.id)
 
+    def confirmation_code(self, confirmation: ConsentConfirmation) -> str:
+        if self.confirmations is None:
+            raise RuntimeError("consent confirmations are not configured")
+        return self.confirmations.code(confirmation.id)
+
     def mark_confirmation_sent(self, confirmation: uuid.UUID, at: datetime) -> None:
         def change() -> None:
             found = self.confirmation(confirmation)
             if found is not None and found.sent_at is None:
                 found.mark_sent(at)
                 self._saving(found)
+
+        self._retrying(change)
+
+    def refuse_code(self, confirmation: uuid.UUID, at: datetime) -> None:
+        """Count a wrong SMS code (the fifth locks the confirmation)."""
+
+        def change() -> None:
+            found = self.confirmation(confirmation)
+            if found is None:
+                raise InvalidToken("no such confirmation")
+            found.refuse_code(at)
+            self._saving(found)
 
         self._retrying(change)
 
@@ -815,11 +841,11 @@ async def submit_form(
     prepared = prepare_submission(app, form, values, consent, client_key, at)
     existing = await run(app.submission, form_id, prepared.submission_key)
     if existing is not None:
-        confirmation = await run(app.confirmation_of, existing)
-        if confirmation is not None and confirmation.sent_at is None and mailer is not None:
-            await _send_confirmation(app, mailer, form, confirmation, values, run, at)
+        confirmations = await run(app.confirmations_of, existing)
+        if mailer is not None:
+            confirmations = await _send_confirmations(app, mailer, form, confirmations, values, run, at)
         return Submitted(
-            existing, form, created=False, member_no=app.member_no(existing), confirmation=confirmation
+            existing, form, created=False, member_no=app.member_no(existing), confirmations=confirmations
         )
     if form.kind == "event_registration" and not form.has_room():
         # Refused before identity is asked: nobody is registered only to be turned away.
@@ -844,10 +870,14 @@ async def submit_form(
     # Only what the customer holds: the resolver links what form.submitted carries, and
     # a public form must not link (or merge) through it either.
     identifiers = [i for i in identifiers if i[0] in registered.held]
-    confirm_on = None
-    email = next((i for i in prepared.identifiers if i[0] == "email"), None)
-    if prepared.consent.get("email") and email is not None and app.confirmations is not None:
-        confirm_on = ("email", email, at + confirmation_ttl)
+    confirm_on = []
+    for channel, kind in CONFIRMABLE_CHANNELS.items():
+        address = next((i for i in prepared.identifiers if i[0] == kind), None)
+        if not prepared.consent.get(channel) or address is None or app.confirmations is None:
+            continue
+        if channel == "sms" and (mailer is None or mailer.sms is None):
+            continue  # no SMS provider: nothing could ever confirm it
+        confirm_on.append((channel, address, at + confirmation_ttl))
     submitted: Submitted = await run(
         app.record_submission,
         form_id,
@@ -861,15 +891,15 @@ async def submit_form(
         member,
         confirm_on,
     )
-    confirmation = submitted.confirmation
-    if confirmation is not None and confirmation.sent_at is None and mailer is not None:
-        confirmation = await _send_confirmation(app, mailer, form, confirmation, values, run, at)
+    confirmations = submitted.confirmations
+    if mailer is not None:
+        confirmations = await _send_confirmations(app, mailer, form, confirmations, values, run, at)
     return Submitted(
         submitted.submission,
         submitted.form,
         submitted.created,
         app.member_no(submitted.submission),
-        confirmation,
+        confirmations,
     )
 
 
@@ -877,13 +907,29 @@ async def submit_form(
 
 
 class ConfirmationMailer:
-    """Sends consent confirmation links by e-mail over the SMTP provider the campaign
-    dispatcher uses (``CRM_SMTP_*``; locally ``python -m engagement mailsink``)."""
+    """Sends consent confirmations through the campaign dispatcher's providers: a link
+    by e-mail over SMTP (``CRM_SMTP_*``; locally ``python -m engagement mailsink``), a
+    code by SMS over the SMS webhook (``CRM_SMS_WEBHOOK_URL``; none: no SMS opt-in)."""
 
-    def __init__(self, provider: Provider, link_prefix: str) -> None:
+    def __init__(self, provider: Provider, link_prefix: str, sms: Provider | None = None) -> None:
         self.provider = provider
+        self.sms = sms
         #: ``<public base>/v1/public/consent-confirmations/``
         self.link_prefix = link_prefix
+
+    async def send_code(self, to: str, form: Form, confirmation: ConsentConfirmation, code: str) -> None:
+        if self.sms is None:
+            raise RuntimeError("no SMS provider")
+        await self.sms.send(
+            Outgoing(
+                message_id=uuid.uuid5(confirmation.id, "sms"),
+                channel="sms",
+                to=to,
+                body=f"【{form.title}】確認コード {code}"
+                "(SMSでのご案内への同意の確認。心当たりがなければ破棄してください)",
+                metadata={"Confirmation": confirmation.id.hex},
+            )
+        )
 
     async def send(self, to: str, form: Form, confirmation: ConsentConfirmation, token: str) -> None:
         link = self.link_prefix + token
@@ -908,9 +954,32 @@ class ConfirmationMailer:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+        if self.sms is not None:
+            await self.sms.aclose()
 
 
-async def _send_confirmation(
+async def _send_confirmations(
+    app: SurveyApplication,
+    mailer: ConfirmationMailer,
+    form: Form,
+    confirmations: Sequence[ConsentConfirmation],
+    values: Mapping[str, Any],
+    run: Callable[..., Any],
+    at: datetime,
+) -> tuple[ConsentConfirmation, ...]:
+    """Send each unsent confirmation to the address given (a link by e-mail, a code by
+    SMS); a failure leaves it unsent (a retry of the submission sends it) and the
+    submission stands."""
+    out = []
+    for confirmation in confirmations:
+        if confirmation.sent_at is None and confirmation.confirmed_at is None:
+            out.append(await _send_one(app, mailer, form, confirmation, values, run, at))
+        else:
+            out.append(confirmation)
+    return tuple(out)
+
+
+async def _send_one(
     app: SurveyApplication,
     mailer: ConfirmationMailer,
     form: Form,
@@ -919,14 +988,18 @@ async def _send_confirmation(
     run: Callable[..., Any],
     at: datetime,
 ) -> ConsentConfirmation:
-    """Send the link to the address given; a failure leaves it unsent (a retry of the
-    submission sends it) and the submission stands."""
-    to = str(values.get("email") or "").strip()
-    if not to:
+    kind = CONFIRMABLE_CHANNELS[confirmation.channel]
+    raw = str(values.get(kind) or "").strip()
+    if not raw:
         return confirmation
     try:
-        await mailer.send(to, form, confirmation, app.confirmation_token(confirmation))
-    except Exception:
+        if confirmation.channel == "email":
+            await mailer.send(raw, form, confirmation, app.confirmation_token(confirmation))
+        else:
+            await mailer.send_code(
+                normalise(kind, raw), form, confirmation, app.confirmation_code(confirmation)
+            )
+    except (TemporaryFailure, PermanentFailure, OutcomeUnknown):  # not sent (or unknown): a retry sends it
         return confirmation
     await run(app.mark_confirmation_sent, confirmation.id, at)
     found: ConsentConfirmation = await run(app.confirmation, confirmation.id) or confirmation
@@ -948,6 +1021,38 @@ async def confirm_consent(
     recording is idempotent by the token's id, so a crash between the two steps is
     repaired by using the link again."""
     confirmation: ConsentConfirmation = await run(app.confirmation_by_token, token)
+    if confirmation.channel != "email":
+        raise InvalidToken("not a link confirmation")
+    return await _grant(app, identity, confirmation, run, at)
+
+
+async def confirm_code(
+    app: SurveyApplication,
+    identity: IdentityClient,
+    submission: uuid.UUID,
+    code: str,
+    run: Callable[..., Any],
+    at: datetime,
+) -> ConfirmResult:
+    """The person typed the code sent by SMS: a wrong one is counted (the fifth locks
+    the confirmation), the right one grants as a link does."""
+    confirmation = await run(app.confirmation, confirmation_id(submission, "sms"))
+    if confirmation is None:
+        raise InvalidToken("no SMS confirmation for this submission")
+    confirmation.check_usable(at)
+    if not hmac.compare_digest(app.confirmation_code(confirmation), code):
+        await run(app.refuse_code, confirmation.id, at)
+        raise WrongCode("the code does not match")
+    return await _grant(app, identity, confirmation, run, at)
+
+
+async def _grant(
+    app: SurveyApplication,
+    identity: IdentityClient,
+    confirmation: ConsentConfirmation,
+    run: Callable[..., Any],
+    at: datetime,
+) -> ConfirmResult:
     confirmation.check_usable(at)
     body = {
         "identifier": {"kind": confirmation.identifier[0], "hash": confirmation.identifier[1]},

@@ -32,7 +32,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from crm_platform.settings import Settings
-from engagement.dispatch.mailsink import start_mailsink
+from engagement.dispatch.mailsink import start_mailsink, start_webhook_sink
 from engagement.dispatch.settings import MessagingSettings
 from engagement.entrypoints.api import create
 from engagement.surveys import SurveySettings
@@ -114,6 +114,8 @@ class Platform:
     maildir: Path
     smtp_port: int
     settings: Settings
+    #: where the SMS webhook sink appends what it receives (``sms.jsonl``)
+    outbox: Path | None = None
 
 
 def _common_env(tmp_path: Path, settings: Settings, kafka_bootstrap: str, name: str) -> dict[str, str]:
@@ -133,6 +135,8 @@ def platform(tmp_path: Path, store_settings: Settings, kafka_bootstrap: str) -> 
     smtp_port = _free_port()
     maildir = tmp_path / "mail"
     sink = start_mailsink(maildir, port=smtp_port)
+    outbox, webhook_port = tmp_path / "outbox", _free_port()
+    webhooks = start_webhook_sink(outbox, port=webhook_port)
     identity, identity_url = _serve(
         "identity", tmp_path, _common_env(tmp_path, store_settings, kafka_bootstrap, "identity")
     )
@@ -144,16 +148,18 @@ def platform(tmp_path: Path, store_settings: Settings, kafka_bootstrap: str) -> 
             "CRM_IDENTITY_API_KEY": "forms",
             "CRM_SMTP_PORT": str(smtp_port),
             "CRM_MAIL_FROM": "Omni Retail <hello@example.jp>",
+            "CRM_SMS_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/sms",
         }
         port = _free_port()
         engagement_env["CRM_SURVEY_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         engagement, engagement_url = _serve_on("engagement", tmp_path, engagement_env, port)
-        yield Platform(identity_url, engagement_url, maildir, smtp_port, store_settings)
+        yield Platform(identity_url, engagement_url, maildir, smtp_port, store_settings, outbox)
     finally:
         if engagement is not None:
             _stop(engagement)
         _stop(identity)
         sink.stop()
+        webhooks.shutdown()
 
 
 def _serve_on(
@@ -203,6 +209,15 @@ def _mails_to(maildir: Path, address: str) -> list[Any]:
     return [m for m in box if address in str(m["To"]).lower()]
 
 
+def _sms_code(outbox: Path | None, phone: str) -> str:
+    assert outbox is not None
+    sent = [json.loads(line) for line in (outbox / "sms.jsonl").read_text().splitlines()]
+    (text,) = [m["text"] for m in sent if m["to"] == phone]
+    found = re.search(r"確認コード (\d{6})", text)
+    assert found, text
+    return found.group(1)
+
+
 def _link(mail: Any) -> tuple[str, str]:
     body = mail.get_body(preferencelist=("plain",)).get_content()
     found = LINK.search(body)
@@ -243,8 +258,19 @@ def test_public_form_attacks_fail_and_the_honest_flows_pass(platform: Platform) 
     assert [(c["customer_a"], [i["kind"] for i in c["identifiers"]]) for c in claims] == [(a, ["phone"])]
     assert claims[0]["evidence"]["source"]["form_id"] == form.json()["form_id"]
     # the confirmation link went to the address's owner, who did not follow it: nothing granted
-    assert first.json()["confirmation"] == "sent"
+    assert first.json()["confirmation"] == {"email": "sent", "sms": "sent"}
     assert len(_mails_to(platform.maildir, "hanako@example.jp")) == 1
+    # the stranger receives the SMS code (it is their phone) and types it: it proves the
+    # phone, which is on nobody's profile, so A's SMS consent stays as it was
+    sms_url = f"{url}/{first.json()['submission_id']}/sms-confirmation"
+    wrong = httpx.post(
+        sms_url,
+        json={"code": "000000" if _sms_code(platform.outbox, "+819099990000") != "000000" else "111111"},
+    )
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_code"
+    typed = httpx.post(sms_url, json={"code": _sms_code(platform.outbox, "+819099990000")})
+    assert typed.status_code == 200, typed.text
+    assert _profile(identity, a) == before_a
 
     # Attack 2: A's e-mail with B's phone does not make them one customer.
     both = httpx.post(
@@ -281,7 +307,7 @@ def test_public_form_attacks_fail_and_the_honest_flows_pass(platform: Platform) 
     confirmed = httpx.post(link)
     assert confirmed.status_code == 200, confirmed.text
     consents = _profile(identity, kenta)["consents"]
-    assert set(consents) == {"email"}  # SMS is not confirmed by an e-mail link
+    assert set(consents) == {"email"}  # SMS is not confirmed by an e-mail link: by its code
     assert consents["email"]["granted"] is True
     proof = consents["email"]["proof"]
     assert proof["form_id"] == form.json()["form_id"] and proof["submission_id"] == sid
@@ -300,7 +326,15 @@ def test_public_form_attacks_fail_and_the_honest_flows_pass(platform: Platform) 
     assert forged.status_code == 404
     # the submission's answer now says so (a retry of the same submission)
     again = httpx.post(url, json=honest)
-    assert again.status_code == 200 and again.json()["confirmation"] == "confirmed"
+    assert again.status_code == 200 and again.json()["confirmation"] == {"email": "confirmed", "sms": "sent"}
+    code = _sms_code(platform.outbox, "+818012345678")
+    by_sms = httpx.post(f"{url}/{sid}/sms-confirmation", json={"code": code})
+    assert by_sms.status_code == 200, by_sms.text
+    sms = _profile(identity, kenta)["consents"]["sms"]
+    assert sms["granted"] is True and sms["proof"]["confirmed_via"] == "sms"
+    assert sms["proof"]["submission_id"] == sid and sms["proof"]["wording_version"] == "v7"
+    replayed = httpx.post(f"{url}/{sid}/sms-confirmation", json={"code": code})
+    assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "already_confirmed"
 
     # The address's owner follows the link the stranger caused: the consent is theirs to give.
     (to_a,) = _mails_to(platform.maildir, "hanako@example.jp")
@@ -367,7 +401,7 @@ def test_an_expired_link_is_refused_and_grants_nothing(
             f"/v1/public/forms/{fid}/submissions",
             json={"fields": {"email": "late@example.jp"}, "consent": {"email": True}},
         )
-        assert sent.status_code == 201 and sent.json()["confirmation"] == "sent"
+        assert sent.status_code == 201 and sent.json()["confirmation"] == {"email": "sent"}
         view = client.get(f"/v1/forms/{fid}/submissions/{sent.json()['submission_id']}", headers=STAFF).json()
         (mail,) = _mails_to(identity_only.maildir, "late@example.jp")
         _, token = _link(mail)

@@ -414,7 +414,7 @@ def test_forms_create_or_link_customers_through_identity(
 
         # a public form's consent is granted only once confirmed (double opt-in:
         # test_public_forms.py); the link could not even be mailed here (no SMTP server)
-        assert first.json()["confirmation"] == "unsent"
+        assert first.json()["confirmation"] == {"email": "unsent"}
         profile = httpx.get(
             f"{identity_url}/customers/{result['customer_id']}", headers={"X-API-Key": "dev-admin-key"}
         ).json()

@@ -10,8 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from engagement.domain.form import (
+    MAX_CODE_ATTEMPTS,
     ConfirmationError,
     ConfirmationExpired,
+    ConfirmationLocked,
     ConfirmationUsed,
     ConsentConfirmation,
     ConsentRequest,
@@ -51,9 +53,24 @@ def test_a_confirmation_works_once_and_only_before_it_expires() -> None:
         c.confirm(T0 + timedelta(minutes=6), granted=True)
 
 
-def test_only_an_address_that_can_receive_the_link_is_confirmable() -> None:
-    with pytest.raises(ConfirmationError):
-        ConsentConfirmation.request(_submission(), "sms", ["phone", "b" * 64], T0, T0 + timedelta(hours=1))
+def test_only_an_address_that_receives_the_proof_is_confirmable() -> None:
+    for channel, identifier in (
+        ("line", ["line_id", "c" * 64]),
+        ("sms", EMAIL),
+        ("email", ["phone", "b" * 64]),
+    ):
+        with pytest.raises(ConfirmationError):
+            ConsentConfirmation.request(_submission(), channel, identifier, T0, T0 + timedelta(hours=1))
+
+
+def test_five_wrong_codes_lock_an_sms_confirmation() -> None:
+    c = ConsentConfirmation.request(_submission(), "sms", ["phone", "b" * 64], T0, T0 + timedelta(hours=1))
+    for _ in range(MAX_CODE_ATTEMPTS):
+        c.refuse_code(T0)
+    with pytest.raises(ConfirmationLocked):
+        c.check_usable(T0)
+    with pytest.raises(ConfirmationLocked):
+        c.confirm(T0, granted=True)
 
 
 def test_confirmation_tokens_are_signed_and_carry_no_personal_data() -> None:
@@ -62,6 +79,8 @@ def test_confirmation_tokens_are_signed_and_carry_no_personal_data() -> None:
     token = signer.sign(cid)
     assert token.startswith("c1." + cid.hex + ".") and "@" not in token
     assert signer.verify(token) == cid
+    code = signer.code(cid)
+    assert len(code) == 6 and code.isdigit() and code == signer.code(cid) and code not in token
     altered = token[:-1] + ("A" if token[-1] != "A" else "B")
     for bad in (
         altered,

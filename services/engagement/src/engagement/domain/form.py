@@ -561,8 +561,11 @@ class FormSubmission(Aggregate):
 
 # -- double opt-in ---------------------------------------------------------------------
 
-#: channels a public form's consent can be confirmed on: the address itself proves it
-CONFIRMABLE_CHANNELS = ("email",)
+#: channels a public form's consent can be confirmed on, and the identifier whose
+#: address receives the proof: a link by e-mail, a code by SMS
+CONFIRMABLE_CHANNELS = {"email": "email", "sms": "phone"}
+#: wrong codes before an SMS confirmation is locked (a code has 10^6 values)
+MAX_CODE_ATTEMPTS = 5
 
 
 class ConfirmationError(FormError):
@@ -575,6 +578,14 @@ class ConfirmationExpired(ConfirmationError):
 
 class ConfirmationUsed(ConfirmationError):
     """The link was used already (HTTP 409): a confirmation link works once."""
+
+
+class ConfirmationLocked(ConfirmationError):
+    """Too many wrong codes (HTTP 409): submit the form again for a new one."""
+
+
+class WrongCode(ConfirmationError):
+    """The code does not match (HTTP 422 naming ``code``)."""
 
 
 def confirmation_id(submission: uuid.UUID, channel: str) -> uuid.UUID:
@@ -622,6 +633,7 @@ class ConsentConfirmation(Aggregate):
         self.sent_at: datetime | None = None
         self.confirmed_at: datetime | None = None
         self.granted: bool | None = None
+        self.wrong_codes = 0
 
     @classmethod
     def request(
@@ -632,8 +644,8 @@ class ConsentConfirmation(Aggregate):
         at: datetime,
         expires_at: datetime,
     ) -> ConsentConfirmation:
-        if channel not in CONFIRMABLE_CHANNELS:
-            raise ConfirmationError(f"consent on {channel} cannot be confirmed by a link")
+        if CONFIRMABLE_CHANNELS.get(channel) != (identifier[0] if identifier else None):
+            raise ConfirmationError(f"consent on {channel} cannot be confirmed at a {identifier[:1]} address")
         return cls._create(
             cls.Requested,
             id=confirmation_id(submission.id, channel),
@@ -665,9 +677,22 @@ class ConsentConfirmation(Aggregate):
 
     def check_usable(self, at: datetime) -> None:
         if self.confirmed_at is not None:
-            raise ConfirmationUsed("this confirmation link was used already")
+            raise ConfirmationUsed("this confirmation was used already")
         if at >= self.expires_at:
-            raise ConfirmationExpired("this confirmation link has expired")
+            raise ConfirmationExpired("this confirmation has expired")
+        if self.wrong_codes >= MAX_CODE_ATTEMPTS:
+            raise ConfirmationLocked("too many wrong codes: submit the form again")
+
+    class CodeRefused(Aggregate.Event):
+        at: datetime
+
+    def refuse_code(self, at: datetime) -> None:
+        self.check_usable(at)
+        self._code_refused(at=at)
+
+    @event(CodeRefused)
+    def _code_refused(self, at: datetime) -> None:
+        self.wrong_codes += 1
 
     def confirm(self, at: datetime, granted: bool) -> None:
         self.check_usable(at)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
@@ -39,10 +39,11 @@ from engagement.adapters.crm_clients import (
     UpstreamUnavailable,
 )
 from engagement.bootstrap import build_membership
-from engagement.dispatch.providers import SmtpProvider
+from engagement.dispatch.providers import SmtpProvider, WebhookProvider
 from engagement.dispatch.settings import MessagingSettings
 from engagement.domain.form import (
     ConfirmationExpired,
+    ConfirmationLocked,
     ConfirmationUsed,
     ConsentConfirmation,
     ConsentRequest,
@@ -55,6 +56,7 @@ from engagement.domain.form import (
     InvalidForm,
     InvalidSubmission,
     RegistrationNotFound,
+    WrongCode,
 )
 from engagement.domain.survey import (
     AlreadyAnswered,
@@ -81,6 +83,7 @@ from engagement.surveys import (
     SurveyApplication,
     SurveyNotFound,
     SurveySettings,
+    confirm_code,
     confirm_consent,
     submit_form,
 )
@@ -150,7 +153,10 @@ def _mailer(app: FastAPI, survey_settings: SurveySettings) -> ConfirmationMailer
         pool_size=2,
     )
     base = survey_settings.survey_public_base_url.rstrip("/")
-    return ConfirmationMailer(provider, f"{base}/v1/public/consent-confirmations/")
+    sms = None
+    if messaging.sms_webhook_url:
+        sms = WebhookProvider(messaging.sms_webhook_url, messaging.webhook_secret.get_secret_value())
+    return ConfirmationMailer(provider, f"{base}/v1/public/consent-confirmations/", sms)
 
 
 class TrustedProxyHeaders:
@@ -167,12 +173,16 @@ class TrustedProxyHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._inner is None:
+        inner = self._inner
+        if inner is None:
             state = scope["app"].state
             survey_settings = getattr(state, "survey_settings", None) or SurveySettings()
             trusted = list(survey_settings.trusted_proxies)
-            self._inner = ProxyHeadersMiddleware(self.app, trusted_hosts=trusted) if trusted else self.app  # type: ignore[arg-type]
-        await self._inner(scope, receive, send)
+            inner = self.app
+            if trusted:
+                inner = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, self.app), trusted_hosts=trusted))
+            self._inner = inner
+        await inner(scope, receive, send)
 
 
 async def _services(request: Request) -> SurveyServices:
@@ -382,11 +392,12 @@ class SubmissionResult(BaseModel):
         "a retry that carries the client's own submission_id)"
     )
     consent: dict[str, Any]
-    confirmation: str | None = Field(
-        default=None,
-        description="e-mail consent ticked: `sent` (a confirmation link went to the address; "
-        "nothing is granted until it is followed), `unsent` (the mail could not be sent: "
-        "retry the submission), `confirmed`, `expired`; null: nothing to confirm",
+    confirmation: dict[str, str] = Field(
+        default_factory=dict,
+        description="per consent channel ticked that can be confirmed (`email`: a link by "
+        "e-mail; `sms`: a code by SMS, when an SMS provider is configured): `sent` (nothing "
+        "is granted until it is confirmed), `unsent` (it could not be sent: retry the "
+        "submission), `confirmed`, `expired`",
     )
     submitted_at: datetime
 
@@ -791,15 +802,13 @@ async def submit(
         waitlist_position=position,
         member_no=member_no,
         consent=s.consent,
-        confirmation=_confirmation_state(done.confirmation, services.clock()),
+        confirmation={c.channel: _confirmation_state(c, services.clock()) for c in done.confirmations},
         submitted_at=s.submitted_at,
     )
     return JSONResponse(result.model_dump(mode="json"), status_code=201 if done.created else 200)
 
 
-def _confirmation_state(confirmation: ConsentConfirmation | None, now: datetime) -> str | None:
-    if confirmation is None:
-        return None
+def _confirmation_state(confirmation: ConsentConfirmation, now: datetime) -> str:
     if confirmation.confirmed_at is not None:
         return "confirmed"
     if now >= confirmation.expires_at:
@@ -822,6 +831,8 @@ async def confirmation_page(
     form = await _run(services.app.form, confirmation.form_id)
     request_ = form.consent_request()
     state = _confirmation_state(confirmation, services.clock())
+    if confirmation.channel != "email":
+        raise InvalidToken("not a link confirmation")
     return ConfirmationView(
         form_id=form.id,
         title=form.title,
@@ -854,6 +865,41 @@ async def confirm(
     the link was sent to."""
     _limit(services, request, "confirm")
     done = await confirm_consent(services.app, services.identity, token, _run, services.clock())
+    c = done.confirmation
+    assert c.confirmed_at is not None
+    return ConfirmationResult(
+        form_id=c.form_id, channel=c.channel, status="confirmed", confirmed_at=c.confirmed_at
+    )
+
+
+class CodeIn(_Strict):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="the six digits sent by SMS")
+
+
+@public.post(
+    "/forms/{form_id}/submissions/{submission_id}/sms-confirmation",
+    response_model=ConfirmationResult,
+    summary="Confirm the SMS consent given on a form with the code sent by SMS (double opt-in)",
+    responses={
+        404: {"description": "no SMS confirmation for this submission"},
+        409: {"description": "`already_confirmed`, or `too_many_attempts` (5 wrong codes)"},
+        410: {"description": "`confirmation_expired`"},
+        422: {"description": "`invalid_code`: the code does not match (counted)"},
+        429: {"description": "rate limited"},
+    },
+)
+async def confirm_sms(
+    form_id: uuid.UUID, submission_id: uuid.UUID, body: CodeIn, services: Services, request: Request
+) -> ConfirmationResult:
+    """identity records SMS consent with its proof (``confirmed_via: sms``) for the
+    customer holding the phone the code was sent to."""
+    _limit(services, request, "confirm")
+    s = await _run(services.app.submission_by_id, submission_id)
+    if s is None or s.form_id != form_id:
+        raise FormNotFound(f"no submission {submission_id} of form {form_id}")
+    done = await confirm_code(
+        services.app, services.identity, submission_id, body.code, _run, services.clock()
+    )
     c = done.confirmation
     assert c.confirmed_at is not None
     return ConfirmationResult(
@@ -905,6 +951,8 @@ def _field_error(status: int, code: str, field: str, reason: str) -> JSONRespons
 async def _handle(_: Request, exc: Exception) -> Response:
     if isinstance(exc, InvalidAnswer):
         return _field_error(422, "invalid_answer", f"answers.{exc.question}", exc.reason)
+    if isinstance(exc, WrongCode):
+        return _field_error(422, "invalid_code", "code", str(exc))
     if isinstance(exc, InvalidSurvey | InvalidForm | InvalidSubmission):
         return _field_error(422, "invalid_request", exc.field, exc.reason)
     if isinstance(exc, UpstreamRejected):
@@ -928,6 +976,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     AlreadyAnswered: (409, "already_answered"),
     SurveyNotOpen: (409, "survey_not_open"),
     ConfirmationUsed: (409, "already_confirmed"),
+    ConfirmationLocked: (409, "too_many_attempts"),
     ConfirmationExpired: (410, "confirmation_expired"),
     FormClosed: (409, "form_closed"),
     EventFull: (409, "event_full"),
