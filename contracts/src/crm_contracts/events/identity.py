@@ -86,9 +86,29 @@ class CustomerProfileChanged(Event):
     payload: CustomerProfileChangedPayload
 
 
+class ConsentProof(ContractModel):
+    """How a consent given on a public channel was confirmed (double opt-in): the person
+    followed a signed, single-use link sent to the address (or typed a code sent to the
+    phone). No personal data: ids, the channel and the wording's version."""
+
+    source: Literal["form"] = "form"
+    form_id: uuid.UUID
+    submission_id: uuid.UUID
+    purpose: str = Field(min_length=1, max_length=64)
+    wording_version: str = Field(min_length=1, max_length=32)
+    #: how the person proved they hold the address: a link by e-mail, a code by SMS
+    confirmed_via: Literal["email", "sms"]
+    confirmed_at: AwareDatetime
+    #: the confirmation token's id (never the token itself)
+    token_id: uuid.UUID
+
+
 class ConsentChangedPayload(ContractModel):
     customer_id: uuid.UUID
     consent: Consent
+    #: a consent confirmed by double opt-in carries its proof (absent: staff, an
+    #: authenticated channel, an unsubscribe)
+    proof: ConsentProof | None = None
 
 
 class ConsentChanged(Event):
@@ -212,6 +232,7 @@ __all__ = [
     "Consent",
     "ConsentChanged",
     "ConsentChannel",
+    "ConsentProof",
     "CustomerAttributes",
     "CustomerErased",
     "CustomerProfileChanged",

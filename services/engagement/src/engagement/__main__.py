@@ -42,6 +42,9 @@ def api(
         "port": port or settings.http_port or 8002,
         "log_config": None,
         "access_log": False,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; the app does
+        # it only for CRM_TRUSTED_PROXIES (engagement.entrypoints.form_routes)
+        "proxy_headers": False,
     }
     if workers == 1:
         from engagement.entrypoints.api import create

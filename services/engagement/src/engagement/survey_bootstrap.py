@@ -15,6 +15,7 @@ from engagement.surveys import (
     APP_NAME,
     TEXT_KEY_PREFIX,
     TEXT_KEY_TABLE,
+    ConfirmationSigner,
     InvitationSigner,
     MemberNumbers,
     SurveyApplication,
@@ -49,6 +50,7 @@ def build_surveys(settings: Settings, survey_settings: SurveySettings | None = N
         BlindIndexer(settings.blind_index_key_bytes),
         MemberNumbers(survey_settings.token_key_bytes),
         text_keys,
+        ConfirmationSigner(survey_settings.token_key_bytes),
     )
 
 

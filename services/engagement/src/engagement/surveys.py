@@ -27,11 +27,20 @@ An invitation's key is recorded under the invited customer id; erasure
 text is gone for good, while scores and choices still count.
 
 **Form submissions** are validated against the form, then the person is registered
-with identity (``POST /customers``, channel ``form``, the consents granted), and only
-then the submission is recorded (with the event registration, if any, in the same
-transaction). The submission's id derives from the client's ``submission_id`` (or,
-without one, from the form and the first identifier given), so a retry finds the first
-submission and answers the same.
+with identity under the public-intake rules (``POST /customers/intake``, scope
+``identity:public-intake``: a form anyone may submit never links, merges or grants
+consent for a customer identity knows already; identity files what it cannot verify in
+its review queue), and only then the submission is recorded (with the event
+registration, if any, and the consent confirmation, in the same transaction). The
+submission's id derives from the client's ``submission_id`` (or, without one, from the
+form and the first identifier given), so a retry finds the first submission and answers
+the same.
+
+**Double opt-in.** A ticked consent is granted nowhere until the person confirms it: a
+link with a signed token (``c1.<confirmation id>.<HMAC>``, no personal data) is e-mailed
+to the address given, over SMTP as the campaign dispatcher sends (``CRM_SMTP_*``); it
+expires (``CRM_CONSENT_CONFIRMATION_TTL_S``) and works once. Confirming asks identity to
+record the consent with its proof for the customer holding that address.
 """
 
 from __future__ import annotations
@@ -39,28 +48,38 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crm_platform.crypto import BlindIndexer
 from crm_platform.datakeys import ContentErased, DataKeys
 from crm_platform.eventstore import project
 from crm_platform.identifiers import InvalidIdentifier, normalise
 from crm_platform.settings import Environment
-from engagement.adapters.crm_clients import IdentityClient
+from engagement.adapters.crm_clients import IdentityClient, NotHeld
+from engagement.dispatch.providers import (
+    OutcomeUnknown,
+    Outgoing,
+    PermanentFailure,
+    Provider,
+    TemporaryFailure,
+)
 from engagement.domain.form import (
+    CONFIRMABLE_CHANNELS,
     IDENTIFIER_KINDS,
+    ConsentConfirmation,
     ConsentRequest,
     EventFull,
     Form,
@@ -69,8 +88,10 @@ from engagement.domain.form import (
     FormField,
     FormSubmission,
     InvalidSubmission,
+    WrongCode,
     check_consent,
     check_submission,
+    confirmation_id,
     submission_id,
 )
 from engagement.domain.survey import (
@@ -96,7 +117,7 @@ class SurveySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
     env: Environment = Environment.DEVELOPMENT
-    #: identity's API, for form submissions (scope identity:write)
+    #: identity's API, for form submissions (scope identity:public-intake, nothing more)
     identity_url: str = "http://127.0.0.1:8001"
     identity_api_key: SecretStr = SecretStr("dev-admin-key")
     #: analytics' API, for survey audiences from segments (scope analytics:read)
@@ -111,6 +132,21 @@ class SurveySettings(BaseSettings):
     form_rate_per_minute: int = Field(default=30, ge=1, le=100_000)
     #: the most customers one invitation request (or segment) may invite
     survey_max_audience: int = Field(default=50_000, ge=1, le=1_000_000)
+    #: how long a consent confirmation link (double opt-in) works, in seconds
+    consent_confirmation_ttl_s: int = Field(default=72 * 3600, ge=1, le=30 * 86_400)
+    #: proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client for
+    #: the public routes' rate limits; from any other peer the socket address counts.
+    #: Empty (the default): nobody's header is believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for item in value or ():
+            ipaddress.ip_network(item, strict=False)  # a ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> SurveySettings:
@@ -170,6 +206,42 @@ class InvitationSigner:
         if not hmac.compare_digest(self._mac(invitation), parts[2]):
             raise InvalidToken("not an invitation token")
         return invitation
+
+
+class ConfirmationSigner:
+    """Consent confirmation tokens: ``c1.<confirmation id>.<HMAC>``. The id is the
+    confirmation's (no personal data); the MAC (HMAC-SHA256, 128 bits kept) under a key
+    derived from ``CRM_SURVEY_TOKEN_KEY`` for this purpose only, so an invitation token
+    is never a confirmation token. Expiry and single use are the confirmation's state."""
+
+    PREFIX = "c1"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"consent-confirmation:v1:" + key).digest()
+
+    def _mac(self, confirmation: uuid.UUID) -> str:
+        digest = hmac.new(self._key, confirmation.bytes, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+    def sign(self, confirmation: uuid.UUID) -> str:
+        return f"{self.PREFIX}.{confirmation.hex}.{self._mac(confirmation)}"
+
+    def code(self, confirmation: uuid.UUID) -> str:
+        """The six digits an SMS confirmation sends (derived, never stored)."""
+        digest = hmac.new(self._key, b"sms-code:" + confirmation.bytes, hashlib.sha256).digest()
+        return f"{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+
+    def verify(self, token: str) -> uuid.UUID:
+        parts = token.split(".")
+        if len(token) > 100 or len(parts) != 3 or parts[0] != self.PREFIX:
+            raise InvalidToken("not a confirmation token")
+        try:
+            confirmation = uuid.UUID(hex=parts[1])
+        except ValueError:
+            raise InvalidToken("not a confirmation token") from None
+        if not hmac.compare_digest(self._mac(confirmation), parts[2]):
+            raise InvalidToken("not a confirmation token")
+        return confirmation
 
 
 class MemberNumbers:
@@ -289,6 +361,8 @@ class Submitted:
     created: bool
     #: the member number a membership application was issued, in clear
     member_no: str | None = None
+    #: the double opt-ins waiting for the person (none: no confirmable consent ticked)
+    confirmations: tuple[ConsentConfirmation, ...] = ()
 
 
 class SurveyApplication(Application[uuid.UUID]):
@@ -301,9 +375,11 @@ class SurveyApplication(Application[uuid.UUID]):
         indexer: BlindIndexer,
         member_numbers: MemberNumbers | None = None,
         text_keys: Callable[[SurveyApplication], DataKeys] | None = None,
+        confirmations: ConfirmationSigner | None = None,
     ) -> None:
         super().__init__(env=env)
         self.signer = signer
+        self.confirmations = confirmations
         self.indexer = indexer
         self.member_numbers = member_numbers
         #: built from the application: on PostgreSQL the keys live in the store's database
@@ -556,16 +632,18 @@ class SurveyApplication(Application[uuid.UUID]):
         answers: dict[str, Any],
         at: datetime,
         member: tuple[str, int] | None = None,
+        confirm_on: Sequence[tuple[str, list[str], datetime]] = (),
     ) -> Submitted:
         """Record a submission identity has resolved; for an event form, with its place
-        (confirmed or waitlisted) in the same transaction. A submission recorded before
-        (a retry) is returned as it was."""
+        (confirmed or waitlisted), and with the consent confirmation waiting for the
+        person (``confirm_on``: channel, the address's (kind, blind index), expiry), in
+        the same transaction. A submission recorded before (a retry) is returned as it was."""
 
         def change() -> Submitted:
             form = self.form(form_id)
             existing = self.submission(form_id, submission_key)
             if existing is not None:
-                return Submitted(existing, form, created=False)
+                return Submitted(existing, form, created=False, confirmations=self.confirmations_of(existing))
             registration = None
             if form.kind == "event_registration":
                 sid = str(submission_id(form_id, submission_key))
@@ -582,8 +660,77 @@ class SurveyApplication(Application[uuid.UUID]):
                 at,
                 member,
             )
-            self._saving(submission, form) if form.pending_events else self._saving(submission)
-            return Submitted(submission, form, created=True)
+            confirmations = tuple(
+                ConsentConfirmation.request(submission, channel, identifier, at, expires_at)
+                for channel, identifier, expires_at in confirm_on
+            )
+            self._saving(submission, *([form] if form.pending_events else []), *confirmations)
+            return Submitted(submission, form, created=True, confirmations=confirmations)
+
+        return self._retrying(change)
+
+    def confirmations_of(self, submission: FormSubmission) -> tuple[ConsentConfirmation, ...]:
+        found = (self.confirmation(confirmation_id(submission.id, c)) for c in CONFIRMABLE_CHANNELS)
+        return tuple(c for c in found if c is not None)
+
+    def confirmation(self, confirmation: uuid.UUID) -> ConsentConfirmation | None:
+        try:
+            found = self._get(confirmation)
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, ConsentConfirmation) else None
+
+    def confirmation_by_token(self, token: str) -> ConsentConfirmation:
+        if self.confirmations is None:
+            raise InvalidToken("consent confirmations are not configured")
+        found = self.confirmation(self.confirmations.verify(token))
+        if found is None:
+            raise InvalidToken("no such confirmation")
+        return found
+
+    def confirmation_token(self, confirmation: ConsentConfirmation) -> str:
+        if self.confirmations is None:
+            raise RuntimeError("consent confirmations are not configured")
+        return self.confirmations.sign(confirmation.id)
+
+    def confirmation_code(self, confirmation: ConsentConfirmation) -> str:
+        if self.confirmations is None:
+            raise RuntimeError("consent confirmations are not configured")
+        return self.confirmations.code(confirmation.id)
+
+    def mark_confirmation_sent(self, confirmation: uuid.UUID, at: datetime) -> None:
+        def change() -> None:
+            found = self.confirmation(confirmation)
+            if found is not None and found.sent_at is None:
+                found.mark_sent(at)
+                self._saving(found)
+
+        self._retrying(change)
+
+    def refuse_code(self, confirmation: uuid.UUID, at: datetime) -> None:
+        """Count a wrong SMS code (the fifth locks the confirmation)."""
+
+        def change() -> None:
+            found = self.confirmation(confirmation)
+            if found is None:
+                raise InvalidToken("no such confirmation")
+            found.refuse_code(at)
+            self._saving(found)
+
+        self._retrying(change)
+
+    def record_confirmation(
+        self, confirmation: uuid.UUID, at: datetime, granted: bool
+    ) -> ConsentConfirmation:
+        """Mark the confirmation used (once: a second use, even concurrent, is refused)."""
+
+        def change() -> ConsentConfirmation:
+            found = self.confirmation(confirmation)
+            if found is None:
+                raise InvalidToken("no such confirmation")
+            found.confirm(at, granted)  # used already: ConfirmationUsed
+            self._saving(found)  # a concurrent use loses here; retried, it is refused above
+            return found
 
         return self._retrying(change)
 
@@ -662,15 +809,11 @@ def prepare_submission(
             identifiers.append([kind, app.indexer.index(kind, value)])
     if not identifiers:
         raise InvalidSubmission("fields", "an e-mail, a phone or a member number is needed")
-    body: dict[str, Any] = {
-        "channel": "form",
-        **personal,
-        # Only what was granted: a box left unticked on one form is no consent given
-        # here, not the withdrawal of one given elsewhere (opting out is its own act).
-        # The submission itself keeps both (the proof of what was asked and answered).
-        "consents": {channel: True for channel, granted in ticked.items() if granted},
-        "registered_at": at.isoformat(),
-    }
+    # No consents: identity's public intake takes none. A ticked box is granted only
+    # once the person confirms it (double opt-in); one left unticked is no consent given
+    # here, not the withdrawal of one given elsewhere. The submission keeps both (the
+    # record of what was asked and answered).
+    body: dict[str, Any] = {"channel": "form", **personal, "registered_at": at.isoformat()}
     # Without a client key, a person submitting the same form again is the same submission.
     key = client_key or f"{identifiers[0][0]}:{identifiers[0][1]}"
     return Prepared(form, key, body, identifiers, ticked, answers)
@@ -685,50 +828,249 @@ async def submit_form(
     client_key: str | None,
     run: Callable[..., Any],
     membership: MembershipApplication | None = None,
+    mailer: ConfirmationMailer | None = None,
+    at: datetime | None = None,
+    confirmation_ttl: timedelta = timedelta(hours=72),
 ) -> Submitted:
-    """Validate, (for a membership application) enrol, register with identity, record.
-    ``run`` runs blocking store work off the event loop. A retry of a recorded
-    submission returns it without calling identity."""
-    at = datetime.now(UTC)
+    """Validate, (for a membership application) enrol, register with identity's public
+    intake, record, and send the consent confirmation (double opt-in). ``run`` runs
+    blocking store work off the event loop. A retry of a recorded submission returns it
+    without calling identity (and sends a confirmation that could not be sent before)."""
+    at = at or datetime.now(UTC)
     form = await run(app.form, form_id)
     prepared = prepare_submission(app, form, values, consent, client_key, at)
     existing = await run(app.submission, form_id, prepared.submission_key)
     if existing is not None:
-        return Submitted(existing, form, created=False, member_no=app.member_no(existing))
+        confirmations = await run(app.confirmations_of, existing)
+        if mailer is not None:
+            confirmations = await _send_confirmations(app, mailer, form, confirmations, values, run, at)
+        return Submitted(
+            existing, form, created=False, member_no=app.member_no(existing), confirmations=confirmations
+        )
     if form.kind == "event_registration" and not form.has_room():
         # Refused before identity is asked: nobody is registered only to be turned away.
         # (A place taken between this check and the recording still gets EventFull.)
         raise EventFull(f"all {form.capacity} places and the waitlist are taken")
-    body = prepared.registration_body
+    sid = submission_id(form_id, prepared.submission_key)
+    body = {**prepared.registration_body, "source": {"form_id": str(form_id), "submission_id": str(sid)}}
     member: tuple[str, int] | None = None
     if form.kind == "membership":
         if membership is None:
             raise FormError("membership applications need the membership programme")
         birthday = body.get("birthday")
         number, member_hash, index = await run(
-            app.enrol_applicant,
-            membership,
-            submission_id(form_id, prepared.submission_key),
-            int(birthday[5:7]) if birthday else None,
-            at,
+            app.enrol_applicant, membership, sid, int(birthday[5:7]) if birthday else None, at
         )
-        # identity links the new member number to the person, so purchases made with
-        # the card count for them (and for the member, through the membership worker)
+        # identity links the new member number to a new person, so purchases made with
+        # the card count for them; for someone it knows already, it files it for review
         body = {**body, "member_no": number}
         member = (member_hash, index)
-    registered = await identity.register(body)
+    registered = await identity.intake(body)
+    identifiers = prepared.identifiers + ([["member_no", member[0]]] if member else [])
+    # Only what the customer holds: the resolver links what form.submitted carries, and
+    # a public form must not link (or merge) through it either.
+    identifiers = [i for i in identifiers if i[0] in registered.held]
+    confirm_on = []
+    for channel, kind in CONFIRMABLE_CHANNELS.items():
+        address = next((i for i in prepared.identifiers if i[0] == kind), None)
+        if not prepared.consent.get(channel) or address is None or app.confirmations is None:
+            continue
+        if channel == "sms" and (mailer is None or mailer.sms is None):
+            continue  # no SMS provider: nothing could ever confirm it
+        confirm_on.append((channel, address, at + confirmation_ttl))
     submitted: Submitted = await run(
         app.record_submission,
         form_id,
         prepared.submission_key,
         str(registered.customer_id),
         registered.outcome,
-        prepared.identifiers + ([["member_no", member[0]]] if member else []),
+        identifiers,
         prepared.consent,
         prepared.answers,
         at,
         member,
+        confirm_on,
     )
+    confirmations = submitted.confirmations
+    if mailer is not None:
+        confirmations = await _send_confirmations(app, mailer, form, confirmations, values, run, at)
     return Submitted(
-        submitted.submission, submitted.form, submitted.created, app.member_no(submitted.submission)
+        submitted.submission,
+        submitted.form,
+        submitted.created,
+        app.member_no(submitted.submission),
+        confirmations,
     )
+
+
+# -- double opt-in: the confirmation mail and the confirmation ---------------------------
+
+
+class ConfirmationMailer:
+    """Sends consent confirmations through the campaign dispatcher's providers: a link
+    by e-mail over SMTP (``CRM_SMTP_*``; locally ``python -m engagement mailsink``), a
+    code by SMS over the SMS webhook (``CRM_SMS_WEBHOOK_URL``; none: no SMS opt-in)."""
+
+    def __init__(self, provider: Provider, link_prefix: str, sms: Provider | None = None) -> None:
+        self.provider = provider
+        self.sms = sms
+        #: ``<public base>/v1/public/consent-confirmations/``
+        self.link_prefix = link_prefix
+
+    async def send_code(self, to: str, form: Form, confirmation: ConsentConfirmation, code: str) -> None:
+        if self.sms is None:
+            raise RuntimeError("no SMS provider")
+        await self.sms.send(
+            Outgoing(
+                message_id=uuid.uuid5(confirmation.id, "sms"),
+                channel="sms",
+                to=to,
+                body=f"【{form.title}】確認コード {code}"
+                "(SMSでのご案内への同意の確認。心当たりがなければ破棄してください)",
+                metadata={"Confirmation": confirmation.id.hex},
+            )
+        )
+
+    async def send(self, to: str, form: Form, confirmation: ConsentConfirmation, token: str) -> None:
+        link = self.link_prefix + token
+        wording = form.consent_request().wording
+        body = (
+            f"「{form.title}」へのお申し込みありがとうございます。\n\n"
+            f"次の内容への同意を確認するため、下記のリンクを開いてください。\n"
+            f"{wording}\n\n{link}\n\n"
+            f"このリンクは一度だけ有効で、{confirmation.expires_at:%Y-%m-%d %H:%M} (UTC) まで使えます。\n"
+            "お心当たりのない場合は、このメールを破棄してください。同意は記録されません。\n"
+        )
+        await self.provider.send(
+            Outgoing(
+                message_id=uuid.uuid5(confirmation.id, "mail"),
+                channel="email",
+                to=to,
+                subject=f"【確認】{form.title}: ご同意の確認",
+                body=body,
+                metadata={"Confirmation": confirmation.id.hex},
+            )
+        )
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+        if self.sms is not None:
+            await self.sms.aclose()
+
+
+async def _send_confirmations(
+    app: SurveyApplication,
+    mailer: ConfirmationMailer,
+    form: Form,
+    confirmations: Sequence[ConsentConfirmation],
+    values: Mapping[str, Any],
+    run: Callable[..., Any],
+    at: datetime,
+) -> tuple[ConsentConfirmation, ...]:
+    """Send each unsent confirmation to the address given (a link by e-mail, a code by
+    SMS); a failure leaves it unsent (a retry of the submission sends it) and the
+    submission stands."""
+    out = []
+    for confirmation in confirmations:
+        if confirmation.sent_at is None and confirmation.confirmed_at is None:
+            out.append(await _send_one(app, mailer, form, confirmation, values, run, at))
+        else:
+            out.append(confirmation)
+    return tuple(out)
+
+
+async def _send_one(
+    app: SurveyApplication,
+    mailer: ConfirmationMailer,
+    form: Form,
+    confirmation: ConsentConfirmation,
+    values: Mapping[str, Any],
+    run: Callable[..., Any],
+    at: datetime,
+) -> ConsentConfirmation:
+    kind = CONFIRMABLE_CHANNELS[confirmation.channel]
+    raw = str(values.get(kind) or "").strip()
+    if not raw:
+        return confirmation
+    try:
+        if confirmation.channel == "email":
+            await mailer.send(raw, form, confirmation, app.confirmation_token(confirmation))
+        else:
+            await mailer.send_code(
+                normalise(kind, raw), form, confirmation, app.confirmation_code(confirmation)
+            )
+    except (TemporaryFailure, PermanentFailure, OutcomeUnknown):  # not sent (or unknown): a retry sends it
+        return confirmation
+    await run(app.mark_confirmation_sent, confirmation.id, at)
+    found: ConsentConfirmation = await run(app.confirmation, confirmation.id) or confirmation
+    return found
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    confirmation: ConsentConfirmation
+    #: whether identity recorded the consent (False: no single customer holds the address)
+    granted: bool
+
+
+async def confirm_consent(
+    app: SurveyApplication, identity: IdentityClient, token: str, run: Callable[..., Any], at: datetime
+) -> ConfirmResult:
+    """The person followed the link: check it (signed, not expired, not used), have
+    identity record the consent with its proof, then mark the link used. identity's
+    recording is idempotent by the token's id, so a crash between the two steps is
+    repaired by using the link again."""
+    confirmation: ConsentConfirmation = await run(app.confirmation_by_token, token)
+    if confirmation.channel != "email":
+        raise InvalidToken("not a link confirmation")
+    return await _grant(app, identity, confirmation, run, at)
+
+
+async def confirm_code(
+    app: SurveyApplication,
+    identity: IdentityClient,
+    submission: uuid.UUID,
+    code: str,
+    run: Callable[..., Any],
+    at: datetime,
+) -> ConfirmResult:
+    """The person typed the code sent by SMS: a wrong one is counted (the fifth locks
+    the confirmation), the right one grants as a link does."""
+    confirmation = await run(app.confirmation, confirmation_id(submission, "sms"))
+    if confirmation is None:
+        raise InvalidToken("no SMS confirmation for this submission")
+    confirmation.check_usable(at)
+    if not hmac.compare_digest(app.confirmation_code(confirmation), code):
+        await run(app.refuse_code, confirmation.id, at)
+        raise WrongCode("the code does not match")
+    return await _grant(app, identity, confirmation, run, at)
+
+
+async def _grant(
+    app: SurveyApplication,
+    identity: IdentityClient,
+    confirmation: ConsentConfirmation,
+    run: Callable[..., Any],
+    at: datetime,
+) -> ConfirmResult:
+    confirmation.check_usable(at)
+    body = {
+        "identifier": {"kind": confirmation.identifier[0], "hash": confirmation.identifier[1]},
+        "channel": confirmation.channel,
+        "proof": {
+            "form_id": str(confirmation.form_id),
+            "submission_id": str(confirmation.submission_id),
+            "purpose": confirmation.purpose,
+            "wording_version": confirmation.wording_version,
+            "confirmed_via": confirmation.channel,
+            "confirmed_at": at.isoformat(),
+            "token_id": str(confirmation.id),
+        },
+    }
+    try:
+        await identity.confirm_consent(body)
+        granted = True
+    except NotHeld:
+        granted = False
+    used = await run(app.record_confirmation, confirmation.id, at, granted)
+    return ConfirmResult(used, granted)

@@ -12,6 +12,7 @@ import pytest
 from engagement.adapters.crm_clients import (
     AnalyticsClient,
     IdentityClient,
+    NotHeld,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -26,12 +27,19 @@ def test_a_registration_conflict_is_retried_then_answered() -> None:
     answers = iter(
         [
             httpx.Response(409, json={}),
-            httpx.Response(200, json={"customer_id": str(customer), "outcome": "linked"}),
+            httpx.Response(200, json={"customer_id": str(customer), "outcome": "matched", "held": ["email"]}),
         ]
     )
-    client = _identity(httpx.MockTransport(lambda request: next(answers)))
-    result = asyncio.run(client.register({"channel": "form", "email": "a@b.jp"}))
-    assert (result.customer_id, result.outcome) == (customer, "linked")
+    paths = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return next(answers)
+
+    client = _identity(httpx.MockTransport(answer))
+    result = asyncio.run(client.intake({"channel": "form", "email": "a@b.jp"}))
+    assert (result.customer_id, result.outcome, result.held) == (customer, "matched", ("email",))
+    assert paths == ["/customers/intake"] * 2  # the public intake, never POST /customers
 
 
 def test_identity_field_errors_name_the_form_field() -> None:
@@ -40,7 +48,7 @@ def test_identity_field_errors_name_the_form_field() -> None:
     }
     client = _identity(httpx.MockTransport(lambda request: httpx.Response(422, json=body)))
     with pytest.raises(UpstreamRejected) as caught:
-        asyncio.run(client.register({}))
+        asyncio.run(client.intake({}))
     assert caught.value.fields[0]["field"] == "fields.postal_code"
 
 
@@ -53,8 +61,21 @@ def test_identity_failing_is_unavailable(status: int) -> None:
         return httpx.Response(status, json={})
 
     with pytest.raises(UpstreamUnavailable):
-        asyncio.run(_identity(httpx.MockTransport(answer)).register({}))
+        asyncio.run(_identity(httpx.MockTransport(answer)).intake({}))
     assert len(calls) == (3 if status == 503 else 1)  # 503 is retried, a 500 is not
+
+
+def test_a_confirmation_for_an_address_nobody_holds_is_not_held() -> None:
+    client = _identity(httpx.MockTransport(lambda request: httpx.Response(404, json={})))
+    with pytest.raises(NotHeld):
+        asyncio.run(client.confirm_consent({}))
+    customer = uuid.uuid4()
+    done = _identity(
+        httpx.MockTransport(
+            lambda request: httpx.Response(200, json={"customer_id": str(customer), "version": 3})
+        )
+    )
+    assert asyncio.run(done.confirm_consent({})) == customer
 
 
 def test_segment_pages_stop_at_the_limit_or_the_end() -> None:

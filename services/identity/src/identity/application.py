@@ -40,7 +40,13 @@ from identity.domain.customer import (
     priority,
 )
 from identity.domain.merge import Merge, MergeNotFound, MergeNotUndoable, merge_id_for
-from identity.domain.review import ReviewItem, ReviewNotFound, review_id_for
+from identity.domain.review import (
+    IntakeClaim,
+    ReviewItem,
+    ReviewNotFound,
+    intake_claim_id,
+    review_id_for,
+)
 from identity.matching.normalise import (
     address_key,
     kana_name_key,
@@ -62,6 +68,10 @@ class CustomerNotFound(DomainError):
 
 class ConcurrentUpdate(DomainError):
     """Another request changed the same customer or identifier first; retry."""
+
+
+class NoHolder(DomainError):
+    """No active customer holds this identifier alone: a confirmation for it grants nothing."""
 
 
 class IdentifierHeldByOther(DomainError):
@@ -294,26 +304,10 @@ class IdentityApplication(Application[uuid.UUID]):
         """Register a person seen by a channel; link or merge with who they already are."""
         at = cmd.registered_at or _now()
         idents = self.hash_identifiers(cmd.identifiers)
-        personal = dict(cmd.personal)
-        contacts: dict[str, list[str]] = {}
-        for kind, value in cmd.identifiers if cmd.contacts is None else cmd.contacts:
-            contacts.setdefault(kind, [])
-            if value not in contacts[kind]:
-                contacts[kind].append(value)
-        if contacts:
-            personal["contacts"] = contacts
+        personal = self._personal_with_contacts(cmd)
         if not idents and not personal.get("name_kanji") and not personal.get("name_kana"):
             raise InvalidCustomerData("a customer needs at least a name or one identifier")
-        newcomer = MatchRecord(
-            customer_id="",
-            name_kanji=personal.get("name_kanji"),
-            name_kana=personal.get("name_kana"),
-            birthday=_birthday(personal.get("birthday")),
-            postal_code=personal.get("postal_code"),
-            address=personal.get("address"),
-            prefecture=cmd.attributes.get("prefecture"),
-            contact_hashes=frozenset(i.hash for i in idents if i.kind in ("email", "phone")),
-        )
+        newcomer = self._newcomer(cmd, idents, personal)
         claims = self._claims(idents)
         # Exact identifiers, checked against the names: who is this already?
         matches: dict[uuid.UUID, tuple[Customer, Ident]] = {}
@@ -348,6 +342,7 @@ class IdentityApplication(Application[uuid.UUID]):
         personal: dict[str, Any],
         claims: dict[Ident, IdentifierClaim | None],
         newcomer: MatchRecord,
+        auto_merge: bool = True,
     ) -> Resolution:
         customer_id = self._new_id(idents, personal, at)
         evidence = {
@@ -374,7 +369,7 @@ class IdentityApplication(Application[uuid.UUID]):
         to_save: list[Aggregate | None] = [customer, *changed_claims]
         if best is not None:
             candidate, score = best
-            if score.value >= self.thresholds.auto_merge:
+            if score.value >= self.thresholds.auto_merge and auto_merge:
                 survivor = self._customer(candidate)
                 fuzzy = self._fuzzy_evidence(score, at, cmd.decided_by)
                 merge, claim_changes = self._merge_objects(survivor, customer, fuzzy, claims)
@@ -388,6 +383,135 @@ class IdentityApplication(Application[uuid.UUID]):
                     reviews = (review.id,)
         self._save(*to_save)
         return Resolution(customer_id, outcome, merges, reviews, tuple(idents))
+
+    def intake(self, cmd: RegisterCustomer, source_key: str, source: Mapping[str, Any]) -> Resolution:
+        """Register a person from an unverified public source (a web form anyone may
+        submit, no key of the person's own): whoever presents an e-mail address need
+        not be the person who holds it.
+
+        * No identifier held by anyone: a new customer, as :meth:`register` creates one
+          — but a fuzzy match only opens a review (never an automatic merge) and no
+          consent is applied (a public form's consent needs double opt-in:
+          :meth:`confirm_consent`).
+        * Any identifier held by an existing customer: that customer is the answer and
+          **nothing changes** on it or on anyone — no link, no merge, no profile, no
+          consent. Identifiers nobody holds are filed as an :class:`IntakeClaim` for
+          review; other customers whose identifiers came along are filed as a review
+          pair with it (``rule: public-intake``).
+
+        ``source_key`` names the submission (a retry files the same claims again,
+        which changes nothing); ``source`` is kept as evidence (form id, submission id).
+        ``held`` in the answer: the identifiers presented that the answered customer holds.
+        """
+        at = cmd.registered_at or _now()
+        idents = self.hash_identifiers(cmd.identifiers)
+        if not idents:
+            raise InvalidCustomerData("a public intake needs at least one identifier")
+        claims = self._claims(idents)
+        owners: dict[uuid.UUID, Customer] = {}
+        unknown: list[Ident] = []
+        for ident in sorted(idents, key=lambda i: (i.priority, i.hash)):
+            claim = claims[ident]
+            if claim is None or not claim.owners:
+                unknown.append(ident)
+                continue
+            for owner in claim.owners:  # a shared identifier: each holder counts
+                root = self._active_root(self._customer(uuid.UUID(owner)))
+                owners.setdefault(root.id, root)
+        active = [c for c in owners.values() if c.status == "active"]
+        if not owners:
+            safe = RegisterCustomer(
+                channel=cmd.channel,
+                identifiers=cmd.identifiers,
+                contacts=cmd.contacts,
+                personal=cmd.personal,
+                attributes=cmd.attributes,
+                consents={},
+                registered_at=at,
+                decided_by=cmd.decided_by,
+            )
+            personal = self._personal_with_contacts(safe)
+            return self._register_new(
+                safe, at, idents, personal, claims, self._newcomer(safe, idents, personal), auto_merge=False
+            )
+        if not active:
+            # Only erased (or otherwise inactive) holders: nobody to answer for, nothing to file.
+            return Resolution(None, "ambiguous")
+        primary = active[0]
+        evidence = {
+            "rule": "public-intake",
+            "channel": cmd.channel,
+            "decided_by": cmd.decided_by,
+            "at": at.isoformat(),
+            "source": dict(source),
+            "presented": sorted({i.kind for i in idents}),
+        }
+        to_save: list[Aggregate | None] = []
+        reviews: list[uuid.UUID] = []
+        for other in active[1:]:
+            existing = self._maybe(review_id_for(primary.id, other.id))
+            if existing is None:
+                pair = ReviewItem.open(primary.id, other.id, 0.0, evidence)
+                to_save.append(pair)
+                reviews.append(pair.id)
+            elif isinstance(existing, ReviewItem) and existing.status == "open":
+                reviews.append(existing.id)
+        if unknown:
+            identifiers = [i.as_dict() for i in unknown]
+            found = self._maybe(intake_claim_id(primary.id, source_key, identifiers))
+            if found is None:
+                filed = IntakeClaim.open(primary.id, source_key, identifiers, evidence)
+                to_save.append(filed)
+                reviews.append(filed.id)
+            elif isinstance(found, IntakeClaim) and found.status == "open":
+                reviews.append(found.id)  # a retry: filed already
+        if to_save:
+            self._save(*to_save)
+        held = tuple(i for i in idents if primary.has(i.kind, i.hash))
+        return Resolution(primary.id, "matched", (), tuple(reviews), (), held)
+
+    def _personal_with_contacts(self, cmd: RegisterCustomer) -> dict[str, Any]:
+        personal = dict(cmd.personal)
+        contacts: dict[str, list[str]] = {}
+        for kind, value in cmd.identifiers if cmd.contacts is None else cmd.contacts:
+            contacts.setdefault(kind, [])
+            if value not in contacts[kind]:
+                contacts[kind].append(value)
+        if contacts:
+            personal["contacts"] = contacts
+        return personal
+
+    @staticmethod
+    def _newcomer(cmd: RegisterCustomer, idents: list[Ident], personal: dict[str, Any]) -> MatchRecord:
+        return MatchRecord(
+            customer_id="",
+            name_kanji=personal.get("name_kanji"),
+            name_kana=personal.get("name_kana"),
+            birthday=_birthday(personal.get("birthday")),
+            postal_code=personal.get("postal_code"),
+            address=personal.get("address"),
+            prefecture=cmd.attributes.get("prefecture"),
+            contact_hashes=frozenset(i.hash for i in idents if i.kind in ("email", "phone")),
+        )
+
+    def confirm_consent(
+        self, kind: str, hash_: str, channel: str, proof: dict[str, Any]
+    ) -> tuple[uuid.UUID, int]:
+        """Grant ``channel`` consent confirmed by double opt-in to the one active
+        customer holding the identifier (kind, blind index) the confirmation was sent to,
+        with its proof. ``NoHolder`` when nobody (or more than one customer) holds it:
+        an address filed only as a claim proves nothing about anyone's profile."""
+        claim = self._maybe(claim_id(kind, hash_))
+        owner = claim.sole_owner if isinstance(claim, IdentifierClaim) else None
+        if owner is None:
+            raise NoHolder(f"no single customer holds this {kind}")
+        customer = self._active_root(self._customer(owner))
+        if customer.status != "active":
+            raise NoHolder(f"no active customer holds this {kind}")
+        at = datetime.fromisoformat(str(proof["confirmed_at"]))
+        if customer.confirm_consent(channel, at, proof):
+            self._save(customer)
+        return customer.id, customer.version
 
     def _register_known(
         self,
@@ -773,11 +897,13 @@ class IdentityApplication(Application[uuid.UUID]):
         batch = max(100, min(limit + 1, 1_000))
         while True:
             notifications = self.recorder.select_notifications(
-                start=position + 1, limit=batch, topics=[_topic(ReviewItem.Opened)]
+                start=position + 1,
+                limit=batch,
+                topics=[_topic(ReviewItem.Opened), _topic(IntakeClaim.Opened)],
             )
             for notification in notifications:
                 item = self._maybe(cast(uuid.UUID, notification.originator_id))
-                if isinstance(item, ReviewItem) and status in ("all", item.status):
+                if isinstance(item, ReviewItem | IntakeClaim) and status in ("all", item.status):
                     if len(reviews) == limit:  # one more exists: the caller goes on from here
                         return reviews, position
                     reviews.append(_review_view(item))
@@ -785,14 +911,19 @@ class IdentityApplication(Application[uuid.UUID]):
             if len(notifications) < batch:
                 return reviews, None
 
-    def _review(self, review_id: uuid.UUID) -> ReviewItem:
+    def _review(self, review_id: uuid.UUID) -> ReviewItem | IntakeClaim:
         item = self._maybe(review_id)
-        if not isinstance(item, ReviewItem):
+        if not isinstance(item, ReviewItem | IntakeClaim):
             raise ReviewNotFound(f"no review {review_id}")
         return item
 
-    def approve_review(self, review_id: uuid.UUID, *, decided_by: str) -> uuid.UUID:
+    def approve_review(self, review_id: uuid.UUID, *, decided_by: str) -> uuid.UUID | None:
+        """A pair: merge them (returns the merge id). An intake claim: link its
+        identifiers that nobody holds by now to the customer (returns None)."""
         item = self._review(review_id)
+        if isinstance(item, IntakeClaim):
+            self._approve_claim(item, decided_by)
+            return None
         a = self._active_root(self._customer(item.customer_a))
         b = self._active_root(self._customer(item.customer_b))
         if a.id == b.id:
@@ -803,6 +934,29 @@ class IdentityApplication(Application[uuid.UUID]):
         item.approve(decided_by, merge.id)
         self._save(survivor, merged, merge, item, *claims)
         return merge.id
+
+    def _approve_claim(self, item: IntakeClaim, decided_by: str) -> None:
+        customer = self._active_root(self._customer(item.customer_id))
+        if customer.status != "active":
+            raise CustomerInactive(f"customer {customer.id} is {customer.status}")
+        evidence = {
+            "rule": "review:public-intake",
+            "decided_by": decided_by,
+            "at": _now().isoformat(),
+            "review_id": item.id.hex,
+        }
+        idents = [Ident(i["kind"], i["hash"]) for i in item.identifiers]
+        claims = self._claims(idents)
+        linked, changed = [], []
+        for ident in idents:
+            claim = claims[ident]
+            if (claim is not None and claim.owners) or customer.conflicts_with([(ident.kind, ident.hash)]):
+                continue  # someone holds it by now, or it contradicts the customer's own
+            customer.link(ident.kind, ident.hash, evidence)
+            changed.append(self._claim(claims, ident, customer.id, evidence))
+            linked.append(ident.as_dict())
+        item.approve(decided_by, linked)
+        self._save(customer, item, *changed)
 
     def reject_review(self, review_id: uuid.UUID, *, decided_by: str, reason: str) -> None:
         item = self._review(review_id)
@@ -1095,11 +1249,26 @@ def _topic(cls: type[Any]) -> str:
     return get_topic(cls)
 
 
-def _review_view(item: ReviewItem) -> dict[str, Any]:
+def _review_view(item: ReviewItem | IntakeClaim) -> dict[str, Any]:
+    if isinstance(item, IntakeClaim):
+        return {
+            "review_id": item.id,
+            "kind": "intake_claim",
+            "customer_a": item.customer_id,
+            "customer_b": None,
+            "identifiers": item.identifiers,
+            "score": None,
+            "evidence": item.evidence,
+            "status": item.status,
+            "decision": item.decision,
+            "opened_at": item.created_on,
+        }
     return {
         "review_id": item.id,
+        "kind": "pair",
         "customer_a": item.customer_a,
         "customer_b": item.customer_b,
+        "identifiers": [],
         "score": item.score,
         "evidence": item.evidence,
         "status": item.status,
@@ -1114,6 +1283,7 @@ __all__ = [
     "Ident",
     "IdentifierHeldByOther",
     "IdentityApplication",
+    "NoHolder",
     "RegisterCustomer",
     "Resolution",
     "Thresholds",

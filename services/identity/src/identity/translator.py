@@ -21,6 +21,7 @@ from crm_contracts.events.identity import (
     ConsentChanged,
     ConsentChangedPayload,
     ConsentChannel,
+    ConsentProof,
     CustomerAttributes,
     CustomerErased,
     CustomerErasedPayload,
@@ -130,6 +131,7 @@ class IdentityTranslator:
                         consent=Consent(
                             channel=ConsentChannel(event.channel), granted=event.granted, at=event.at
                         ),
+                        proof=ConsentProof.model_validate(event.proof) if event.proof else None,
                     ),
                 )
             ]

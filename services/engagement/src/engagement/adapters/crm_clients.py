@@ -1,6 +1,7 @@
 """HTTP clients of the other services engagement talks to (services never import each
-other): identity's registration API for form submissions, analytics' segment API for
-survey audiences."""
+other): identity's public intake for form submissions (never its trusting registration:
+a public form must not link, merge or grant consent for a customer identity knows),
+analytics' segment API for survey audiences."""
 
 from __future__ import annotations
 
@@ -27,10 +28,18 @@ class UpstreamRejected(Exception):
 class Registered:
     customer_id: uuid.UUID
     outcome: str
+    #: kinds of the identifiers given that the customer holds (the others were filed
+    #: for review, not linked)
+    held: tuple[str, ...] = ()
+
+
+class NotHeld(Exception):
+    """identity found no single customer holding the confirmed address (nothing granted)."""
 
 
 class IdentityClient:
-    """``POST /customers`` on identity: create or link the person a form describes."""
+    """identity's API for forms (a key with ``identity:public-intake``): the public intake
+    of the person a form describes and the consents they confirm."""
 
     def __init__(
         self, base_url: str, api_key: str, transport: httpx.AsyncBaseTransport | None = None
@@ -45,19 +54,38 @@ class IdentityClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def register(self, body: dict[str, Any]) -> Registered:
-        # A registration is idempotent on identity's side (the same identifiers link to
-        # the same customer), so one retry after a conflict or a dropped connection is safe.
+    async def intake(self, body: dict[str, Any]) -> Registered:
+        """``POST /customers/intake`` (scope identity:public-intake): a person from a
+        public form, under the unverified-source rules (never a link, a merge or a
+        consent for someone identity knows). Idempotent on identity's side."""
+        data = await self._post("/customers/intake", body, ok=(200, 201))
+        if data is None or data.get("customer_id") is None:
+            raise UpstreamUnavailable("identity found only inactive customers for these identifiers")
+        return Registered(uuid.UUID(data["customer_id"]), data["outcome"], tuple(data.get("held") or ()))
+
+    async def confirm_consent(self, body: dict[str, Any]) -> uuid.UUID:
+        """``POST /customers/consent-confirmations``: a consent confirmed by double opt-in,
+        with its proof. ``NotHeld`` when no single customer holds the address."""
+        data = await self._post("/customers/consent-confirmations", body, ok=(200,), not_found=True)
+        if data is None:
+            raise NotHeld("no single customer holds this address")
+        return uuid.UUID(data["customer_id"])
+
+    async def _post(
+        self, path: str, body: dict[str, Any], ok: tuple[int, ...], not_found: bool = False
+    ) -> dict[str, Any] | None:
         for attempt in range(3):
             try:
-                response = await self._http.post("/customers", json=body)
+                response = await self._http.post(path, json=body)
             except httpx.HTTPError as exc:
                 if attempt == 2:
                     raise UpstreamUnavailable(f"identity did not answer: {type(exc).__name__}") from None
                 continue
-            if response.status_code in (200, 201):
-                data = response.json()
-                return Registered(uuid.UUID(data["customer_id"]), data["outcome"])
+            if response.status_code in ok:
+                result: dict[str, Any] = response.json()
+                return result
+            if response.status_code == 404 and not_found:
+                return None
             if response.status_code == 422:
                 error = response.json().get("error", {})
                 fields = [

@@ -557,3 +557,148 @@ class FormSubmission(Aggregate):
             member_no_hash=member[0] if member else None,
             member_candidate=member[1] if member else None,
         )
+
+
+# -- double opt-in ---------------------------------------------------------------------
+
+#: channels a public form's consent can be confirmed on, and the identifier whose
+#: address receives the proof: a link by e-mail, a code by SMS
+CONFIRMABLE_CHANNELS = {"email": "email", "sms": "phone"}
+#: wrong codes before an SMS confirmation is locked (a code has 10^6 values)
+MAX_CODE_ATTEMPTS = 5
+
+
+class ConfirmationError(FormError):
+    pass
+
+
+class ConfirmationExpired(ConfirmationError):
+    """The link's time is up (HTTP 410): submit the form again for a new one."""
+
+
+class ConfirmationUsed(ConfirmationError):
+    """The link was used already (HTTP 409): a confirmation link works once."""
+
+
+class ConfirmationLocked(ConfirmationError):
+    """Too many wrong codes (HTTP 409): submit the form again for a new one."""
+
+
+class WrongCode(ConfirmationError):
+    """The code does not match (HTTP 422 naming ``code``)."""
+
+
+def confirmation_id(submission: uuid.UUID, channel: str) -> uuid.UUID:
+    """One confirmation per submission and channel: a retried submission finds it."""
+    return uuid.uuid5(FORM_NAMESPACE, f"confirmation:{submission}:{channel}")
+
+
+class ConsentConfirmation(Aggregate):
+    """A consent ticked on a public form, waiting for the person to prove they hold the
+    address (double opt-in): a signed, expiring, single-use link sent there. Until then
+    the consent is granted nowhere. Holds no personal data: the address as its blind
+    index, the form, the submission, the wording's version."""
+
+    class Requested(Aggregate.Created):
+        form_id: uuid.UUID
+        submission_id: uuid.UUID
+        channel: str
+        #: (kind, blind index) of the address the link is sent to
+        identifier: list[str]
+        purpose: str
+        wording_version: str
+        requested_at: datetime
+        expires_at: datetime
+
+    @event(Requested)
+    def __init__(
+        self,
+        form_id: uuid.UUID,
+        submission_id: uuid.UUID,
+        channel: str,
+        identifier: list[str],
+        purpose: str,
+        wording_version: str,
+        requested_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        self.form_id = form_id
+        self.submission_id = submission_id
+        self.channel = channel
+        self.identifier = list(identifier)
+        self.purpose = purpose
+        self.wording_version = wording_version
+        self.requested_at = requested_at
+        self.expires_at = expires_at
+        self.sent_at: datetime | None = None
+        self.confirmed_at: datetime | None = None
+        self.granted: bool | None = None
+        self.wrong_codes = 0
+
+    @classmethod
+    def request(
+        cls,
+        submission: FormSubmission,
+        channel: str,
+        identifier: list[str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> ConsentConfirmation:
+        if CONFIRMABLE_CHANNELS.get(channel) != (identifier[0] if identifier else None):
+            raise ConfirmationError(f"consent on {channel} cannot be confirmed at a {identifier[:1]} address")
+        return cls._create(
+            cls.Requested,
+            id=confirmation_id(submission.id, channel),
+            form_id=submission.form_id,
+            submission_id=submission.id,
+            channel=channel,
+            identifier=identifier,
+            purpose=submission.consent["purpose"],
+            wording_version=submission.consent["wording_version"],
+            requested_at=at,
+            expires_at=expires_at,
+        )
+
+    class Sent(Aggregate.Event):
+        at: datetime
+
+    def mark_sent(self, at: datetime) -> None:
+        if self.sent_at is None:
+            self._sent(at=at)
+
+    @event(Sent)
+    def _sent(self, at: datetime) -> None:
+        self.sent_at = at
+
+    class Confirmed(Aggregate.Event):
+        at: datetime
+        #: whether identity granted it (False: no single customer holds the address)
+        granted: bool
+
+    def check_usable(self, at: datetime) -> None:
+        if self.confirmed_at is not None:
+            raise ConfirmationUsed("this confirmation was used already")
+        if at >= self.expires_at:
+            raise ConfirmationExpired("this confirmation has expired")
+        if self.wrong_codes >= MAX_CODE_ATTEMPTS:
+            raise ConfirmationLocked("too many wrong codes: submit the form again")
+
+    class CodeRefused(Aggregate.Event):
+        at: datetime
+
+    def refuse_code(self, at: datetime) -> None:
+        self.check_usable(at)
+        self._code_refused(at=at)
+
+    @event(CodeRefused)
+    def _code_refused(self, at: datetime) -> None:
+        self.wrong_codes += 1
+
+    def confirm(self, at: datetime, granted: bool) -> None:
+        self.check_usable(at)
+        self._confirmed(at=at, granted=granted)
+
+    @event(Confirmed)
+    def _confirmed(self, at: datetime, granted: bool) -> None:
+        self.confirmed_at = at
+        self.granted = granted

@@ -3,9 +3,14 @@
 Staff routes (``engagement:write`` to change, ``engagement:read`` to read) define
 surveys and forms and invite audiences. Public routes (``/v1/public/...``) need no key:
 an invitation's signed token is its own authority (one answer each), a public form or an
-anonymous survey is open to anyone, so form submissions and anonymous answers are
-rate-limited per client address (``CRM_FORM_RATE_PER_MINUTE``). ``install(app)`` adds
-the routes, their store's lifespan and the mapping of their errors to HTTP statuses.
+anonymous survey is open to anyone, so form submissions, anonymous answers and consent
+confirmations are rate-limited per client address (``CRM_FORM_RATE_PER_MINUTE``). The
+client address is the socket's peer, or the address a trusted proxy
+(``CRM_TRUSTED_PROXIES``) names in ``X-Forwarded-For`` (uvicorn's ProxyHeadersMiddleware).
+A public form never changes a customer identity knows (identity's public intake) and
+its consent counts only once confirmed by the link e-mailed (double opt-in).
+``install(app)`` adds the routes, their store's lifespan and the mapping of their errors
+to HTTP statuses.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from crm_contracts.envelope import AwareDatetime
 from crm_platform.http import ApiError, Principal, error_body, require_scope
@@ -32,7 +39,13 @@ from engagement.adapters.crm_clients import (
     UpstreamUnavailable,
 )
 from engagement.bootstrap import build_membership
+from engagement.dispatch.providers import SmtpProvider, WebhookProvider
+from engagement.dispatch.settings import MessagingSettings
 from engagement.domain.form import (
+    ConfirmationExpired,
+    ConfirmationLocked,
+    ConfirmationUsed,
+    ConsentConfirmation,
     ConsentRequest,
     EventFull,
     Form,
@@ -43,6 +56,7 @@ from engagement.domain.form import (
     InvalidForm,
     InvalidSubmission,
     RegistrationNotFound,
+    WrongCode,
 )
 from engagement.domain.survey import (
     AlreadyAnswered,
@@ -59,6 +73,7 @@ from engagement.membership import MembershipApplication
 from engagement.survey_bootstrap import build_surveys
 from engagement.surveys import (
     ConcurrentChange,
+    ConfirmationMailer,
     FormNotFound,
     InvalidToken,
     InvitationErased,
@@ -68,6 +83,8 @@ from engagement.surveys import (
     SurveyApplication,
     SurveyNotFound,
     SurveySettings,
+    confirm_code,
+    confirm_consent,
     submit_form,
 )
 
@@ -85,6 +102,10 @@ class SurveyServices:
     identity: IdentityClient
     analytics: AnalyticsClient
     limiter: RateLimiter
+    #: sends consent confirmation links (double opt-in) over SMTP
+    mailer: ConfirmationMailer | None = None
+    #: the time (tests pass a fixed clock as ``app.state.survey_clock``)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 @asynccontextmanager
@@ -103,15 +124,65 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             survey_settings.analytics_url, survey_settings.analytics_api_key.get_secret_value()
         ),
         limiter=RateLimiter(survey_settings.form_rate_per_minute),
+        mailer=_mailer(app, survey_settings),
+        clock=getattr(app.state, "survey_clock", None) or (lambda: datetime.now(UTC)),
     )
     app.state.surveys = services
     try:
         yield
     finally:
+        if services.mailer is not None:
+            await services.mailer.aclose()
         await services.identity.close()
         await services.analytics.close()
         services.app.close()
         services.membership.close()
+
+
+def _mailer(app: FastAPI, survey_settings: SurveySettings) -> ConfirmationMailer:
+    """The SMTP path the campaign dispatcher uses (``CRM_SMTP_*``, ``CRM_MAIL_FROM``)."""
+    messaging: MessagingSettings = getattr(app.state, "messaging", None) or MessagingSettings()
+    provider = SmtpProvider(
+        messaging.smtp_host,
+        messaging.smtp_port,
+        messaging.mail_from,
+        username=messaging.smtp_username,
+        password=messaging.smtp_password.get_secret_value() if messaging.smtp_password else None,
+        security=messaging.smtp_security,
+        timeout_s=messaging.smtp_timeout_s,
+        pool_size=2,
+    )
+    base = survey_settings.survey_public_base_url.rstrip("/")
+    sms = None
+    if messaging.sms_webhook_url:
+        sms = WebhookProvider(messaging.sms_webhook_url, messaging.webhook_secret.get_secret_value())
+    return ConfirmationMailer(provider, f"{base}/v1/public/consent-confirmations/", sms)
+
+
+class TrustedProxyHeaders:
+    """uvicorn's ProxyHeadersMiddleware with the proxies of ``CRM_TRUSTED_PROXIES``
+    (read when the first request arrives, from ``app.state.survey_settings`` when a test
+    or an embedding set it): ``X-Forwarded-For`` names the client only when the peer
+    is one of them; an empty list believes no header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._inner: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        inner = self._inner
+        if inner is None:
+            state = scope["app"].state
+            survey_settings = getattr(state, "survey_settings", None) or SurveySettings()
+            trusted = list(survey_settings.trusted_proxies)
+            inner = self.app
+            if trusted:
+                inner = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, self.app), trusted_hosts=trusted))
+            self._inner = inner
+        await inner(scope, receive, send)
 
 
 async def _services(request: Request) -> SurveyServices:
@@ -309,7 +380,8 @@ class SubmissionIn(_Strict):
 class SubmissionResult(BaseModel):
     """What the person submitting learns: nothing about whether the retailer knew them
     already (no customer id, no outcome: a public form must not tell a stranger whether
-    an e-mail is on file). Staff read the rest at ``GET /v1/forms/{id}/submissions/{sid}``."""
+    an e-mail is on file). Staff read the rest at ``GET /v1/forms/{id}/submissions/{sid}``.
+    ``consent`` is what was ticked; none of it is granted before it is confirmed."""
 
     submission_id: uuid.UUID
     form_id: uuid.UUID
@@ -320,7 +392,34 @@ class SubmissionResult(BaseModel):
         "a retry that carries the client's own submission_id)"
     )
     consent: dict[str, Any]
+    confirmation: dict[str, str] = Field(
+        default_factory=dict,
+        description="per consent channel ticked that can be confirmed (`email`: a link by "
+        "e-mail; `sms`: a code by SMS, when an SMS provider is configured): `sent` (nothing "
+        "is granted until it is confirmed), `unsent` (it could not be sent: retry the "
+        "submission), `confirmed`, `expired`",
+    )
     submitted_at: datetime
+
+
+class ConfirmationView(BaseModel):
+    """What a confirmation page shows: no personal data, no customer."""
+
+    form_id: uuid.UUID
+    title: str
+    purpose: str
+    wording: str
+    wording_version: str
+    channel: str
+    status: Literal["pending", "confirmed", "expired"]
+    expires_at: datetime
+
+
+class ConfirmationResult(BaseModel):
+    form_id: uuid.UUID
+    channel: str
+    status: Literal["confirmed"]
+    confirmed_at: datetime
 
 
 class SubmissionView(BaseModel):
@@ -372,6 +471,7 @@ def _form_view(form: Form) -> FormView:
 
 
 def _client_address(request: Request) -> str:
+    """The socket's peer, or the client a trusted proxy named (``TrustedProxyHeaders``)."""
     return request.client.host if request.client else "unknown"
 
 
@@ -686,6 +786,9 @@ async def submit(
         body.submission_id,
         _run,
         services.membership,
+        services.mailer,
+        services.clock(),
+        timedelta(seconds=services.settings.consent_confirmation_ttl_s),
     )
     s, form = done.submission, done.form
     registration, position = _registration(form, s)
@@ -699,9 +802,109 @@ async def submit(
         waitlist_position=position,
         member_no=member_no,
         consent=s.consent,
+        confirmation={c.channel: _confirmation_state(c, services.clock()) for c in done.confirmations},
         submitted_at=s.submitted_at,
     )
     return JSONResponse(result.model_dump(mode="json"), status_code=201 if done.created else 200)
+
+
+def _confirmation_state(confirmation: ConsentConfirmation, now: datetime) -> str:
+    if confirmation.confirmed_at is not None:
+        return "confirmed"
+    if now >= confirmation.expires_at:
+        return "expired"
+    return "sent" if confirmation.sent_at is not None else "unsent"
+
+
+@public.get(
+    "/consent-confirmations/{token}",
+    response_model=ConfirmationView,
+    summary="What a consent confirmation link confirms (for a confirmation page)",
+    responses={404: {"description": "not a link we issued"}, 429: {"description": "rate limited"}},
+)
+async def confirmation_page(
+    token: Annotated[str, Path(max_length=100)], services: Services, request: Request
+) -> ConfirmationView:
+    """Reading changes nothing (mail scanners open links): confirming is the POST."""
+    _limit(services, request, "confirm")
+    confirmation = await _run(services.app.confirmation_by_token, token)
+    form = await _run(services.app.form, confirmation.form_id)
+    request_ = form.consent_request()
+    state = _confirmation_state(confirmation, services.clock())
+    if confirmation.channel != "email":
+        raise InvalidToken("not a link confirmation")
+    return ConfirmationView(
+        form_id=form.id,
+        title=form.title,
+        purpose=confirmation.purpose,
+        wording=request_.wording,
+        wording_version=confirmation.wording_version,
+        channel=confirmation.channel,
+        status="confirmed" if state == "confirmed" else "expired" if state == "expired" else "pending",
+        expires_at=confirmation.expires_at,
+    )
+
+
+@public.post(
+    "/consent-confirmations/{token}",
+    response_model=ConfirmationResult,
+    summary="Confirm the consent given on a form (double opt-in): once, before it expires",
+    responses={
+        404: {"description": "not a link we issued (altered, forged)"},
+        409: {"description": "`already_confirmed`: the link was used (it works once)"},
+        410: {"description": "`confirmation_expired`: submit the form again for a new link"},
+        429: {"description": "rate limited"},
+        503: {"description": "identity did not answer: use the link again"},
+    },
+)
+async def confirm(
+    token: Annotated[str, Path(max_length=100)], services: Services, request: Request
+) -> ConfirmationResult:
+    """identity records the consent with its proof (form, submission, wording version,
+    how and when it was confirmed, the token's id) for the customer holding the address
+    the link was sent to."""
+    _limit(services, request, "confirm")
+    done = await confirm_consent(services.app, services.identity, token, _run, services.clock())
+    c = done.confirmation
+    assert c.confirmed_at is not None
+    return ConfirmationResult(
+        form_id=c.form_id, channel=c.channel, status="confirmed", confirmed_at=c.confirmed_at
+    )
+
+
+class CodeIn(_Strict):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="the six digits sent by SMS")
+
+
+@public.post(
+    "/forms/{form_id}/submissions/{submission_id}/sms-confirmation",
+    response_model=ConfirmationResult,
+    summary="Confirm the SMS consent given on a form with the code sent by SMS (double opt-in)",
+    responses={
+        404: {"description": "no SMS confirmation for this submission"},
+        409: {"description": "`already_confirmed`, or `too_many_attempts` (5 wrong codes)"},
+        410: {"description": "`confirmation_expired`"},
+        422: {"description": "`invalid_code`: the code does not match (counted)"},
+        429: {"description": "rate limited"},
+    },
+)
+async def confirm_sms(
+    form_id: uuid.UUID, submission_id: uuid.UUID, body: CodeIn, services: Services, request: Request
+) -> ConfirmationResult:
+    """identity records SMS consent with its proof (``confirmed_via: sms``) for the
+    customer holding the phone the code was sent to."""
+    _limit(services, request, "confirm")
+    s = await _run(services.app.submission_by_id, submission_id)
+    if s is None or s.form_id != form_id:
+        raise FormNotFound(f"no submission {submission_id} of form {form_id}")
+    done = await confirm_code(
+        services.app, services.identity, submission_id, body.code, _run, services.clock()
+    )
+    c = done.confirmation
+    assert c.confirmed_at is not None
+    return ConfirmationResult(
+        form_id=c.form_id, channel=c.channel, status="confirmed", confirmed_at=c.confirmed_at
+    )
 
 
 def _registration(form: Form, s: FormSubmission) -> tuple[str | None, int | None]:
@@ -748,6 +951,8 @@ def _field_error(status: int, code: str, field: str, reason: str) -> JSONRespons
 async def _handle(_: Request, exc: Exception) -> Response:
     if isinstance(exc, InvalidAnswer):
         return _field_error(422, "invalid_answer", f"answers.{exc.question}", exc.reason)
+    if isinstance(exc, WrongCode):
+        return _field_error(422, "invalid_code", "code", str(exc))
     if isinstance(exc, InvalidSurvey | InvalidForm | InvalidSubmission):
         return _field_error(422, "invalid_request", exc.field, exc.reason)
     if isinstance(exc, UpstreamRejected):
@@ -770,6 +975,9 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     RegistrationNotFound: (404, "not_found"),
     AlreadyAnswered: (409, "already_answered"),
     SurveyNotOpen: (409, "survey_not_open"),
+    ConfirmationUsed: (409, "already_confirmed"),
+    ConfirmationLocked: (409, "too_many_attempts"),
+    ConfirmationExpired: (410, "confirmation_expired"),
     FormClosed: (409, "form_closed"),
     EventFull: (409, "event_full"),
     ConcurrentChange: (409, "concurrent_update"),
@@ -795,3 +1003,4 @@ def install(app: FastAPI) -> None:
     handler: Callable[[Request, Exception], Awaitable[Response]] = _handle
     for exc_type in _HANDLED:
         app.add_exception_handler(exc_type, handler)
+    app.add_middleware(TrustedProxyHeaders)

@@ -227,6 +227,9 @@ class Customer(Aggregate):
         channel: str
         granted: bool
         at: datetime
+        #: a consent confirmed by double opt-in: form, submission, wording version,
+        #: how and when it was confirmed, the token's id (absent on older events)
+        proof: dict[str, Any] | None = None
 
     def change_consent(self, channel: str, granted: bool, at: datetime) -> bool:
         self._require_active()
@@ -238,9 +241,26 @@ class Customer(Aggregate):
         self._change_consent(channel=channel, granted=granted, at=at)
         return True
 
+    def confirm_consent(self, channel: str, at: datetime, proof: dict[str, Any]) -> bool:
+        """Grant consent confirmed by double opt-in, keeping its proof. The same proof
+        (token) again changes nothing; a new proof is recorded even when the consent
+        was already given (it is a fact of its own)."""
+        self._require_active()
+        if channel not in CONSENT_CHANNELS:
+            raise InvalidCustomerData(f"consent channel must be one of {CONSENT_CHANNELS}")
+        current = self.consents.get(channel) or {}
+        if current.get("granted") and (current.get("proof") or {}).get("token_id") == proof.get("token_id"):
+            return False
+        self._change_consent(channel=channel, granted=True, at=at, proof=proof)
+        return True
+
     @event(ConsentChanged)
-    def _change_consent(self, channel: str, granted: bool, at: datetime) -> None:
+    def _change_consent(
+        self, channel: str, granted: bool, at: datetime, proof: dict[str, Any] | None = None
+    ) -> None:
         self.consents[channel] = {"granted": granted, "at": at.isoformat()}
+        if proof is not None:
+            self.consents[channel]["proof"] = dict(proof)
 
     # -- identifiers ------------------------------------------------------------------
 

@@ -5,6 +5,10 @@ data in clear), ``identity:write`` (register, update, link, merge, review),
 ``identity:erase`` (erasure). Two narrow scopes serve engagement's campaign dispatcher:
 ``identity:contact`` reads one channel's address, the greeting name and that channel's
 consent, and nothing else; ``identity:consent`` changes consents only (an unsubscribe).
+``identity:public-intake`` serves engagement's public forms: it registers people only
+under the unverified-source rules (``POST /customers/intake``: never a link, a merge or
+a consent for a customer already known) and records consents confirmed by double
+opt-in (``POST /customers/consent-confirmations``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from identity.application import (
     ConcurrentUpdate,
     CustomerNotFound,
     IdentifierHeldByOther,
+    NoHolder,
     RegisterCustomer,
 )
 from identity.bootstrap import Identity, build
@@ -42,6 +47,7 @@ from identity.domain.merge import MergeAlreadyUndone, MergeNotFound, MergeNotUnd
 from identity.domain.review import ReviewAlreadyDecided, ReviewNotFound
 from identity.entrypoints.schemas import (
     ConsentChannelName,
+    ConsentConfirmation,
     ConsentUpdate,
     CustomerCreate,
     CustomerPublic,
@@ -49,11 +55,14 @@ from identity.entrypoints.schemas import (
     IdentifierCreate,
     IdentifierKindName,
     IdentifierPublic,
+    IntakeCreate,
+    IntakeResult,
     MergeCreate,
     MergeResult,
     ProfileFields,
     Reason,
     Registration,
+    ReviewApproved,
     ReviewPage,
     ReviewPublic,
     SearchResult,
@@ -69,6 +78,8 @@ Eraser = Annotated[Principal, Depends(require_scope("identity:erase"))]
 ContactReader = Annotated[Principal, Depends(require_scope("identity:contact"))]
 #: identity:write, or the narrower identity:consent (all an unsubscribe link needs)
 ConsentWriter = Annotated[Principal, Depends(require_any_scope("identity:write", "identity:consent"))]
+#: public channels (engagement's forms): only the unverified-source rules
+PublicIntake = Annotated[Principal, Depends(require_scope("identity:public-intake"))]
 
 _IDENTIFIER_FIELDS = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone")
 _PERSONAL = ("name_kanji", "name_kana", "birthday", "postal_code", "address")
@@ -153,6 +164,64 @@ async def register_customer(
         merges=list(result.merges),
         reviews=list(result.reviews),
     )
+
+
+@customers.post(
+    "/intake",
+    response_model=IntakeResult,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "an identifier is held already: nothing changed on anyone"}},
+)
+async def intake_customer(
+    body: IntakeCreate, identity: IdentityDep, principal: PublicIntake, response: Response
+) -> IntakeResult:
+    """Register a person described by an unverified public source (a web form anyone may
+    submit). Nobody holds any identifier: a new customer (201), without consents and
+    without automatic fuzzy merges (a likely match is queued for review). Someone holds
+    one: that customer answers (200) and **nothing changes** — identifiers they do not
+    hold are filed as an intake claim in the review queue, other customers whose
+    identifiers came along as a review pair; never a link, a merge or a consent."""
+    given = [k for k in ("member_no", "email", "phone") if getattr(body, k)]
+    identifiers = [(k, _normalised(k, getattr(body, k), k)) for k in given]
+    contacts = [(k, contact_value(k, getattr(body, k))) for k in given]
+    fields = body.model_fields_set - {"channel", "registered_at", "source", "member_no", "email", "phone"}
+    personal, attributes = _split(body, fields)
+    cmd = RegisterCustomer(
+        channel=body.channel,
+        identifiers=identifiers,
+        contacts=contacts,
+        personal={k: v for k, v in personal.items() if v is not None},
+        attributes={k: v for k, v in attributes.items() if v is not None},
+        consents={},
+        registered_at=body.registered_at,
+        decided_by=principal.key_name,
+    )
+    source = {"form_id": str(body.source.form_id), "submission_id": str(body.source.submission_id)}
+    result = await _run(identity.app.intake, cmd, str(body.source.submission_id), source)
+    if result.outcome != "created":
+        response.status_code = status.HTTP_200_OK
+    return IntakeResult(
+        customer_id=result.customer_id,
+        outcome=result.outcome,
+        reviews=list(result.reviews),
+        held=sorted({i.kind for i in result.held or result.linked}),
+    )
+
+
+@customers.post("/consent-confirmations")
+async def confirm_consent(
+    body: ConsentConfirmation, identity: IdentityDep, _: PublicIntake
+) -> dict[str, Any]:
+    """Record a consent the person confirmed by double opt-in (a signed single-use link
+    sent to the e-mail address, a code sent to the phone), with its proof, for the one
+    customer holding that address. 404 when nobody (or more than one customer) holds it:
+    an address only filed as a claim proves nothing about anyone. The same token again
+    changes nothing."""
+    proof = body.proof.model_dump(mode="json")
+    customer_id, version = await _run(
+        identity.app.confirm_consent, body.identifier.kind, body.identifier.hash, body.channel, proof
+    )
+    return {"customer_id": customer_id, "version": version}
 
 
 @customers.get("/search", response_model=list[SearchResult])
@@ -406,11 +475,13 @@ async def list_reviews(
     )
 
 
-@reviews.post("/{review_id}/approve", response_model=MergeResult)
-async def approve_review(review_id: uuid.UUID, identity: IdentityDep, principal: Writer) -> MergeResult:
-    """They are one person: merge them (the earlier-registered customer survives)."""
+@reviews.post("/{review_id}/approve", response_model=ReviewApproved)
+async def approve_review(review_id: uuid.UUID, identity: IdentityDep, principal: Writer) -> ReviewApproved:
+    """A pair: they are one person, merge them (the earlier-registered customer
+    survives). An intake claim: link its identifiers to the customer (those nobody
+    holds by now)."""
     merge_id = await _run(identity.app.approve_review, review_id, decided_by=principal.key_name)
-    return MergeResult(merge_id=merge_id)
+    return ReviewApproved(merge_id=merge_id)
 
 
 @reviews.post("/{review_id}/reject", status_code=status.HTTP_204_NO_CONTENT)
@@ -457,6 +528,7 @@ def create(settings: Settings | None = None, identity: Identity | None = None) -
             VersionConflict: 409,
             ConcurrentUpdate: 409,
             IdentifierHeldByOther: 409,
+            NoHolder: 404,
             MergeAlreadyUndone: 409,
             MergeNotUndoable: 409,
             ReviewAlreadyDecided: 409,

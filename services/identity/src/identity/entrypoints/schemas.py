@@ -73,6 +73,62 @@ class CustomerCreate(ProfileFields):
     registered_at: datetime | None = None
 
 
+class IntakeSource(_Strict):
+    """Which public submission presented the person (kept as the evidence of a claim)."""
+
+    form_id: uuid.UUID
+    submission_id: uuid.UUID
+
+
+class IntakeCreate(ProfileFields):
+    """A person as an unverified public source (a web form anyone may submit) describes
+    them. There are no consents here: a public form's consent is granted only once
+    confirmed (``POST /customers/consent-confirmations``)."""
+
+    channel: Literal["form"] = "form"
+    email: str | None = Field(default=None, max_length=254)
+    phone: str | None = Field(default=None, max_length=32)
+    member_no: str | None = Field(default=None, max_length=64)
+    source: IntakeSource
+    registered_at: datetime | None = None
+
+
+class IntakeResult(BaseModel):
+    customer_id: uuid.UUID | None = Field(description="null: only inactive customers hold these")
+    outcome: Literal["created", "matched", "ambiguous"] = Field(
+        description="created: nobody held any identifier; matched: an existing customer holds one "
+        "(nothing on it changed; identifiers it does not hold were filed for review)"
+    )
+    reviews: list[uuid.UUID] = Field(description="review items filed (intake claims, pairs)")
+    held: list[IdentifierKindName] = Field(
+        description="kinds of the identifiers presented that the answered customer holds"
+    )
+
+
+class ConsentProofIn(_Strict):
+    form_id: uuid.UUID
+    submission_id: uuid.UUID
+    purpose: str = Field(min_length=1, max_length=64)
+    wording_version: str = Field(min_length=1, max_length=32)
+    confirmed_via: Literal["email", "sms"]
+    confirmed_at: datetime
+    token_id: uuid.UUID
+
+
+class BlindIdentifier(_Strict):
+    kind: Literal["email", "phone"]
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="the blind index")
+
+
+class ConsentConfirmation(_Strict):
+    """A consent the person confirmed by double opt-in, for the customer holding the
+    address the confirmation went to."""
+
+    identifier: BlindIdentifier
+    channel: ConsentChannelName
+    proof: ConsentProofIn
+
+
 class CustomerUpdate(ProfileFields):
     """A partial update: fields left out stay; ``null`` clears a field."""
 
@@ -145,11 +201,20 @@ class MergeResult(BaseModel):
     merge_id: uuid.UUID
 
 
+class ReviewApproved(BaseModel):
+    merge_id: uuid.UUID | None = Field(description="a pair: the merge; an intake claim: null")
+
+
 class ReviewPublic(BaseModel):
     review_id: uuid.UUID
+    kind: Literal["pair", "intake_claim"] = Field(
+        description="pair: two customers that may be one person (approve merges them); "
+        "intake_claim: identifiers a public form presented with customer_a's (approve links them)"
+    )
     customer_a: uuid.UUID
-    customer_b: uuid.UUID
-    score: float
+    customer_b: uuid.UUID | None
+    identifiers: list[dict[str, str]] = Field(description="intake_claim: the identifiers claimed")
+    score: float | None
     evidence: dict[str, Any]
     status: str
     decision: dict[str, Any] | None
