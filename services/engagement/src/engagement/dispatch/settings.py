@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_MESSAGING_KEY = "dev-messaging-key"
+#: The laptop key docker-compose.yml once shipped as a default: published, so refused too.
+PUBLISHED_MESSAGING_KEY = "laptop-only-messaging"
 #: A production webhook secret's least length (``openssl rand -base64 32`` gives 44).
 MIN_WEBHOOK_SECRET_CHARS = 32
 
@@ -90,7 +92,10 @@ class MessagingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_key_in_production(self) -> MessagingSettings:
-        if self.env == "production" and self.messaging_api_key.get_secret_value() == DEV_MESSAGING_KEY:
+        if self.env == "production" and self.messaging_api_key.get_secret_value() in (
+            DEV_MESSAGING_KEY,
+            PUBLISHED_MESSAGING_KEY,
+        ):
             raise ValueError("production refuses development secrets: set CRM_MESSAGING_API_KEY")
         return self
 
