@@ -89,6 +89,8 @@ CHECK_TOTAL_FACTOR = 10
 #: Beyond a worker's own time bound, how long the caller waits (a worker starting on a
 #: busy machine) before it kills the worker and calls the template too slow.
 WORKER_SLACK_S = 15.0
+#: How long ``TemplateWorkers.start`` waits for its workers.
+STARTUP_S = 120.0
 
 
 class TemplateLimitError(SecurityError):
@@ -440,24 +442,43 @@ class TemplateWorkers:
     again on the new pool."""
 
     def __init__(
-        self, workers: int = 2, time_limit_s: float = 1.0, memory_bytes: int = WORKER_MEMORY_BYTES
+        self,
+        workers: int = 2,
+        time_limit_s: float = 1.0,
+        memory_bytes: int = WORKER_MEMORY_BYTES,
+        slack_s: float = WORKER_SLACK_S,
     ) -> None:
         self.workers = workers
         self.time_limit_s = time_limit_s
         self.memory_bytes = memory_bytes
+        self.slack_s = slack_s
         self._pool: ProcessPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._starting: asyncio.Lock | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: the API and the dispatcher have threads, which fork would copy mid-state
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(self.memory_bytes,),
-            )
-        return self._pool
+    async def _executor(self) -> ProcessPoolExecutor:
+        """The pool, its workers started: a call's deadline does not pay for a process
+        starting (seconds on a busy machine)."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._pool is None:
+                # spawn: the API and the dispatcher have threads, which fork would copy mid-state
+                pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(self.memory_bytes,),
+                )
+                # one call each while none is idle: every worker is started
+                ready = [asyncio.wrap_future(pool.submit(_ready)) for _ in range(self.workers)]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*ready), STARTUP_S)
+                except (TimeoutError, BrokenProcessPool):
+                    self._kill(pool)
+                    raise TemplateWorkersUnavailable("the template workers did not start") from None
+                self._pool = pool
+            return self._pool
 
     def _kill(self, pool: ProcessPoolExecutor) -> None:
         # ProcessPoolExecutor cannot stop a running call; its processes can be killed
@@ -475,10 +496,10 @@ class TemplateWorkers:
             self._slots = asyncio.Semaphore(self.workers)
         async with self._slots:  # a free worker each: the deadline counts from the start
             for attempt in (1, 2):
-                pool = self._executor()
+                pool = await self._executor()
                 try:
                     future: Future[T] = pool.submit(fn, *args)
-                    return await asyncio.wait_for(asyncio.wrap_future(future), bound_s + WORKER_SLACK_S)
+                    return await asyncio.wait_for(asyncio.wrap_future(future), bound_s + self.slack_s)
                 except TimeoutError:
                     log.warning("a template worker did not answer in %.1f s; restarting the pool", bound_s)
                     self._kill(pool)
@@ -494,8 +515,9 @@ class TemplateWorkers:
         raise AssertionError("unreachable")
 
     async def start(self) -> None:
-        """Starts the workers now rather than on the first template."""
-        await self._run(self.time_limit_s, _ready)
+        """Starts the workers now rather than on the first template (a process starting
+        on a busy machine may take seconds)."""
+        await self._executor()
 
     async def check(
         self, variants: Sequence[Mapping[str, Any]], link_hosts: Sequence[str] = ()
