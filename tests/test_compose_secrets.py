@@ -125,3 +125,19 @@ def test_env_example_documents_every_required_secret_without_a_value() -> None:
         else:
             assert value == "", f".env.example must not give {name} a value"
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_chart_asks_for_every_secret_compose_requires() -> None:
+    """The same settings run the chart: each secret compose requires (under its CRM_
+    name: the chart takes CRM_POSTGRES_PASSWORD and CRM_CLICKHOUSE_URL whole) is listed
+    among the keys its Secret must hold, and the docs and metrics switches are set."""
+    values_text = (ROOT / "deploy/helm/crm/values.yaml").read_text()
+    required = {name for name, op, _ in INTERPOLATION.findall(COMPOSE.read_text()) if op == ":?"}
+    listed = set(re.findall(r"^#   (CRM_[A-Z_]+) ", values_text, re.MULTILINE))
+    assert {n for n in required if n.startswith("CRM_")} <= listed
+    assert {"CRM_POSTGRES_PASSWORD", "CRM_CLICKHOUSE_URL"} <= listed
+    config = load(values_text)["config"]
+    assert (config["publicDocs"], config["publicMetrics"]) == (False, False)
+    configmap = (ROOT / "deploy/helm/crm/templates/configmap.yaml").read_text()
+    assert '"CRM_PUBLIC_DOCS" (.Values.config.publicDocs' in configmap
+    assert '"CRM_PUBLIC_METRICS" (.Values.config.publicMetrics' in configmap
