@@ -48,8 +48,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
