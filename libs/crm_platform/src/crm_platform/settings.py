@@ -3,7 +3,9 @@
 The defaults are *local mode*: Kafka on 127.0.0.1:9092, SQLite event stores and chDB
 under ``var/``, development API keys and secrets. In production (``CRM_ENV=production``)
 the development secrets are refused, so a forgotten variable fails loudly at start-up
-instead of shipping a well-known key.
+instead of shipping a well-known key; so are the laptop values docker-compose.yml once
+published, and the API's documentation and metrics are not served in production unless
+``CRM_PUBLIC_DOCS`` / ``CRM_PUBLIC_METRICS`` say so (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ DEV_API_KEYS: dict[str, list[str]] = {
     # Engagement's campaigns: the audience from analytics, at send time one channel's
     # address from identity, and an unsubscribe passed on to identity. Nothing more.
     "dev-messaging-key": ["analytics:read", "identity:contact", "identity:consent"],
+}
+
+
+#: Values docker-compose.yml once shipped as defaults: published, so refused in production
+#: like the development ones (the file now requires every secret from the environment).
+PUBLISHED_SECRETS: dict[str, frozenset[str]] = {
+    "CRM_BLIND_INDEX_KEY": frozenset({"8ShD0mn+5tWh3MbaZUdDsmy7VHhduVjaN1NR4dTOeJk="}),
+    "CRM_MASTER_KEY": frozenset({"pW4Z9QnZ0yeH7Sxs67o9T2EdFfD3MpzRe2ayU+romgU="}),
+    "CRM_POSTGRES_PASSWORD": frozenset({"laptop-only-postgres"}),
 }
 
 
@@ -93,6 +104,12 @@ class Settings(BaseSettings):
     #: takes the Python path (the same results, at about half the rate): a switch for
     #: an operator who suspects the native code.
     ingest_native: bool = True
+    #: Serve ``/docs``, ``/redoc`` and ``/openapi.json`` in production (always served in
+    #: development and tests). Off by default: the API's map is for its operators.
+    public_docs: bool = False
+    #: Serve ``/metrics`` on an API's port in production (analytics'; always served in
+    #: development and tests). The standalone sink's own metrics port is not affected.
+    public_metrics: bool = False
     api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Personal data
@@ -162,6 +179,32 @@ class Settings(BaseSettings):
         if offending:
             raise ValueError(f"production refuses development secrets: set {', '.join(offending)}")
         return self
+
+    @model_validator(mode="after")
+    def _refuse_published_secrets_in_production(self) -> Settings:
+        if self.env is not Environment.PRODUCTION:
+            return self
+        values = {
+            "CRM_BLIND_INDEX_KEY": self.blind_index_key,
+            "CRM_MASTER_KEY": self.master_key,
+            "CRM_POSTGRES_PASSWORD": self.postgres_password,
+        }
+        offending = [name for name, v in values.items() if v.get_secret_value() in PUBLISHED_SECRETS[name]]
+        if offending:
+            raise ValueError(
+                f"production refuses values published in docker-compose.yml: set {', '.join(offending)}"
+            )
+        return self
+
+    @property
+    def serves_docs(self) -> bool:
+        """``/docs``, ``/redoc`` and ``/openapi.json`` are served (``CRM_PUBLIC_DOCS``)."""
+        return self.env is not Environment.PRODUCTION or self.public_docs
+
+    @property
+    def serves_metrics(self) -> bool:
+        """An API's ``/metrics`` is served (``CRM_PUBLIC_METRICS``)."""
+        return self.env is not Environment.PRODUCTION or self.public_metrics
 
     @property
     def blind_index_key_bytes(self) -> bytes:

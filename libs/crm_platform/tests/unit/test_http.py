@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -98,9 +101,37 @@ def test_domain_errors_map_to_status_codes(client: TestClient) -> None:
     assert response.json() == {"error": {"code": "missing", "message": "no thing x"}}
 
 
-def test_health_and_readiness(client: TestClient) -> None:
+def test_health_and_readiness(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
+    with caplog.at_level(logging.WARNING, logger="crm_platform.http"):
+        ready = client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"]["store"] == "ok"
-    assert "broker down" in ready.json()["checks"]["kafka"]
+    # a code per check; the exception's text (hosts, users, paths) is logged, never answered
+    assert ready.json() == {"status": "unavailable", "checks": {"store": "ok", "kafka": "unavailable"}}
+    assert "broker down" not in ready.text and "ConnectionError" not in ready.text
+    failure = next(r for r in caplog.records if "readiness check kafka failed" in r.getMessage())
+    assert failure.exc_info is not None and "broker down" in str(failure.exc_info[1])
+
+
+def _app(**settings: object) -> TestClient:
+    app = create_app(settings=Settings(**settings), title="t")  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+PRODUCTION: dict[str, object] = {
+    "env": "production",
+    "blind_index_key": base64.b64encode(b"b" * 32).decode(),
+    "master_key": base64.b64encode(b"m" * 32).decode(),
+    "api_keys": {"k-123": ["things:read"]},
+}
+DOCS = ("/docs", "/redoc", "/openapi.json")
+
+
+def test_production_serves_no_api_docs_unless_told(tmp_path: Path) -> None:
+    hidden = _app(var_dir=tmp_path, **PRODUCTION)
+    assert [hidden.get(path).status_code for path in DOCS] == [404, 404, 404]
+    assert hidden.get("/healthz").status_code == 200
+    shown = _app(var_dir=tmp_path, public_docs=True, **PRODUCTION)
+    assert [shown.get(path).status_code for path in DOCS] == [200, 200, 200]
+    development = _app(var_dir=tmp_path)
+    assert [development.get(path).status_code for path in DOCS] == [200, 200, 200]

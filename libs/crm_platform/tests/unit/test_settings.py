@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from crm_platform.settings import Settings
+from crm_platform.settings import PUBLISHED_SECRETS, Settings
 
 SECRET = base64.b64encode(b"s" * 32).decode()
 OTHER = base64.b64encode(b"o" * 32).decode()
@@ -58,3 +58,32 @@ def test_a_deployment_names_its_own_consumer_groups(tmp_path: Path) -> None:
     assert server.platform_groups()[2] == "analytics-sink"
     assert server.clickhouse_dsn == "http://u:p@ch:8123/crm"
     assert local.clickhouse_dsn == f"chdb://{tmp_path / 'a' / 'analytics' / 'clickhouse'}"
+
+
+def _production(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "production",
+        "blind_index_key": SECRET,
+        "master_key": OTHER,
+        "api_keys": {"k-123": ["identity:read"]},
+        "event_store": "postgres",
+        "postgres_password": "long-random",
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SECRETS))
+def test_production_refuses_the_values_compose_once_published(name: str) -> None:
+    _production()  # the same settings with values of one's own start
+    (published,) = PUBLISHED_SECRETS[name]
+    field = name.removeprefix("CRM_").lower()
+    with pytest.raises(ValidationError, match=f"published in docker-compose.yml: set {name}"):
+        _production(**{field: published})
+    Settings(**{field: published})  # a laptop may still use them
+
+
+def test_docs_and_metrics_are_served_in_production_only_when_told() -> None:
+    assert (Settings().serves_docs, Settings().serves_metrics) == (True, True)
+    assert (_production().serves_docs, _production().serves_metrics) == (False, False)
+    told = _production(public_docs=True, public_metrics=True)
+    assert (told.serves_docs, told.serves_metrics) == (True, True)

@@ -109,6 +109,12 @@ APP_NAME = "surveys"
 TEXT_KEY_TABLE = "survey_text_keys"
 TEXT_KEY_PREFIX = "survey-response"
 DEV_SURVEY_TOKEN_KEY = base64.b64encode(b"crm-dev-survey-token-key-32byte!").decode()
+#: Values docker-compose.yml once shipped as defaults: published, so refused in production.
+PUBLISHED_SURVEY_SECRETS = {
+    "CRM_SURVEY_TOKEN_KEY": "Hq0m3uGQe2V1m5c8vC3Zl6pT0yXr7sWb4nK9dJfA2aE=",
+    "CRM_IDENTITY_API_KEY": "laptop-only-identity-admin",
+    "CRM_ANALYTICS_API_KEY": "laptop-only-analytics-reader",
+}
 
 
 class SurveySettings(BaseSettings):
@@ -158,6 +164,22 @@ class SurveySettings(BaseSettings):
             raise ValueError(
                 "production refuses development secrets: set CRM_SURVEY_TOKEN_KEY, "
                 "CRM_IDENTITY_API_KEY and CRM_ANALYTICS_API_KEY"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_published_secrets_in_production(self) -> SurveySettings:
+        if self.env is not Environment.PRODUCTION:
+            return self
+        values = {
+            "CRM_SURVEY_TOKEN_KEY": self.survey_token_key,
+            "CRM_IDENTITY_API_KEY": self.identity_api_key,
+            "CRM_ANALYTICS_API_KEY": self.analytics_api_key,
+        }
+        offending = [n for n, v in values.items() if v.get_secret_value() == PUBLISHED_SURVEY_SECRETS[n]]
+        if offending:
+            raise ValueError(
+                f"production refuses values published in docker-compose.yml: set {', '.join(offending)}"
             )
         return self
 

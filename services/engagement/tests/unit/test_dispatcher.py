@@ -344,3 +344,49 @@ def test_a_finished_campaigns_recipients_are_forgotten_and_nothing_is_sent_again
     assert (dispatcher.recorded(done), dispatcher.recorded(cancelled)) == (0, 0)  # released
     assert asyncio.run(dispatcher.run_once()).sent == 0
     assert mail.calls == 40
+
+
+# -- templates past a bound at send time ------------------------------------------------------
+
+
+@dataclass
+class NamedClients(FakeClients):
+    names: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
+        found = await super().contact(customer_id, channel)
+        assert found is not None
+        return Contact(found.customer_id, found.status, found.address, self.names[customer_id], found.consent)
+
+
+def test_a_template_past_a_bound_for_one_recipient_fails_only_that_message(
+    app: CampaignApplication, view: ConsentView
+) -> None:
+    short, long = uuid.uuid4(), uuid.uuid4()
+    clients = NamedClients(
+        addresses={(short, "email"): "s@example.jp", (long, "email"): "l@example.jp"},
+        names={short: "A", long: "A much longer name"},
+    )
+    mail = FakeProvider()
+    campaign = app.create(  # as stored: the creation check passed with the sample fields
+        name="テスト",
+        channels=["email"],
+        audience={"customer_ids": [str(short), str(long)]},
+        variants=[{"id": "d", "subject": "s", "body": "{{ name * 100000 }}"}],
+        rules=[],
+        default_variant="d",
+        send_at=START,
+        holdout_pct=0,
+        attribution_days=7,
+        quiet_hours=None,
+        link_hosts=[],
+        created_at=START,
+    )
+    app.launch(campaign.id, [short, long], START)
+    dispatcher = make(app, view, clients, {"email": mail}, Clock(START))
+    report = asyncio.run(dispatcher.run_once())
+    assert (report.sent, report.failed) == (1, 1)
+    assert [m.to for m in mail.sent] == ["s@example.jp"]
+    status, reason = status_of(app, campaign.id, long)
+    assert status == "failed"
+    assert reason == "template: string or list too long (more than 262144 items)"

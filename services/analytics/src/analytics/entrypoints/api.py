@@ -534,10 +534,12 @@ def create(settings: Settings, *, embedded_sink: bool | None = None, pool_size: 
     app.include_router(campaign_routes.router)  # campaign reports (analytics.campaigns)
     app.include_router(survey_routes.router)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
-    async def metrics(request: Request) -> PlainTextResponse:
-        sink = request.app.state.analytics.sink
-        return PlainTextResponse(render_metrics(sink.stats if sink else None), media_type=CONTENT_TYPE)
+    if settings.serves_metrics:  # in production only with CRM_PUBLIC_METRICS
+
+        @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: sink throughput and consumer lag")
+        async def metrics(request: Request) -> PlainTextResponse:
+            sink = request.app.state.analytics.sink
+            return PlainTextResponse(render_metrics(sink.stats if sink else None), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:

@@ -45,8 +45,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import TemplateError
-
 from engagement.campaigns import CampaignApplication, ConcurrentCampaignUpdate, MessageExists
 from engagement.dispatch.clients import ServiceClients, ServiceUnavailable
 from engagement.dispatch.consent import ConsentView, decide
@@ -58,7 +56,7 @@ from engagement.dispatch.providers import (
     RateLimiter,
     TemporaryFailure,
 )
-from engagement.dispatch.render import render
+from engagement.dispatch.render import TemplateLimitError, TemplateWorkers, track
 from engagement.dispatch.settings import MessagingSettings
 from engagement.domain.campaign import (
     Campaign,
@@ -98,8 +96,13 @@ class Dispatcher:
         signer: TrackingSigner,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Any] = asyncio.sleep,
+        templates: TemplateWorkers | None = None,
     ) -> None:
         self.app = app
+        #: renders every message in worker processes, within the templates' bounds
+        self.templates = templates or TemplateWorkers(
+            settings.template_workers, settings.template_time_limit_s
+        )
         self.clients = clients
         self.view = view
         self.providers = dict(providers)
@@ -390,16 +393,16 @@ class Dispatcher:
             "unsubscribe_url": unsubscribe,
         }
         try:
-            rendered = render(
-                campaign.variant(variant_id),
-                context,
+            parts = await self.templates.render_parts(campaign.variant(variant_id), context)
+            rendered = track(
+                parts,
                 link_hosts=campaign.link_hosts,
                 click_url=lambda n: f"{self._base}/t/c/{self.signer.token('c', mid, n)}",
                 open_url=f"{self._base}/t/o/{self.signer.token('o', mid)}.gif"
                 if channel == "email"
                 else None,
             )
-        except TemplateError as exc:
+        except TemplateLimitError as exc:  # this recipient's message only; the round goes on
             message = Message.prepare(campaign.id, customer_id, channel, variant_id, [], now)
             if not await asyncio.to_thread(self._record, message):
                 return "exists"

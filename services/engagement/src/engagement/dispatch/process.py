@@ -80,6 +80,7 @@ async def run_dispatcher(
     finally:
         for provider in dispatcher.providers.values():
             await provider.aclose()
+        await dispatcher.templates.aclose()
         await clients.aclose()
         view.close()
         app.close()

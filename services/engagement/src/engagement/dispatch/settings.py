@@ -2,7 +2,8 @@
 like every other setting (``crm_platform.settings.Settings`` holds the shared ones).
 
 In production the development API key for identity and analytics is refused, like the
-platform's own development secrets.
+platform's own development secrets, and so are an SMTP login without TLS and unsigned
+webhooks (docs/deployment.md, "Production settings").
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_MESSAGING_KEY = "dev-messaging-key"
+#: The laptop key docker-compose.yml once shipped as a default: published, so refused too.
+PUBLISHED_MESSAGING_KEY = "laptop-only-messaging"
+#: A production webhook secret's least length (``openssl rand -base64 32`` gives 44).
+MIN_WEBHOOK_SECRET_CHARS = 32
 
 
 class MessagingSettings(BaseSettings):
@@ -46,8 +51,15 @@ class MessagingSettings(BaseSettings):
     line_webhook_url: str | None = None
     app_push_webhook_url: str | None = None
     #: Signs each webhook body (HMAC-SHA256 in ``X-CRM-Signature``) so the receiver can
-    #: check it came from here. Empty: unsigned.
+    #: check it came from here. Empty: unsigned (development only; production refuses it).
     webhook_secret: SecretStr = SecretStr("")
+
+    # Templates: checked and rendered in worker processes (engagement.dispatch.render)
+    #: Worker processes per API process (and in the dispatcher).
+    template_workers: int = Field(default=2, ge=1, le=32)
+    #: Time one template part may take to render; a check of a whole campaign gets
+    #: ten times this for all its parts together.
+    template_time_limit_s: float = Field(default=1.0, gt=0, le=30)
 
     # The dispatcher
     #: Messages per second per channel (a provider's rate limit).
@@ -86,8 +98,31 @@ class MessagingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_key_in_production(self) -> MessagingSettings:
-        if self.env == "production" and self.messaging_api_key.get_secret_value() == DEV_MESSAGING_KEY:
+        if self.env == "production" and self.messaging_api_key.get_secret_value() in (
+            DEV_MESSAGING_KEY,
+            PUBLISHED_MESSAGING_KEY,
+        ):
             raise ValueError("production refuses development secrets: set CRM_MESSAGING_API_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_weak_delivery_in_production(self) -> MessagingSettings:
+        if self.env != "production":
+            return self
+        problems = []
+        secret = self.webhook_secret.get_secret_value()
+        if len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+            problems.append(
+                f"CRM_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_CHARS} characters "
+                "(it signs the SMS, LINE and app push webhook bodies; empty sends them unsigned)"
+            )
+        if self.smtp_username and self.smtp_security == "none":
+            problems.append(
+                "CRM_SMTP_SECURITY must be starttls or tls when CRM_SMTP_USERNAME is set "
+                "(the SMTP login would cross the network in clear text)"
+            )
+        if problems:
+            raise ValueError("production refuses weak settings: " + "; ".join(problems))
         return self
 
     def webhook_url(self, channel: str) -> str | None:

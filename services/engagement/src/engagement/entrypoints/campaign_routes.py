@@ -2,7 +2,9 @@
 
 ``/v1/campaigns`` (staff keys: ``engagement:read`` / ``engagement:write``): create a
 campaign (checked whole: channels, variants, rules, every template — a template naming
-an unknown field is a 422 naming the variant and the field), launch it (the audience is
+an unknown field, or past a bound of ``engagement.dispatch.render``, is a 422 naming the
+variant's field and the reason; templates are checked in worker processes, never on the
+event loop), launch it (the audience is
 resolved — an analytics segment or an explicit list — and frozen), pause, resume,
 cancel, and read its progress. ``POST /v1/messages/{id}/bounces`` takes a provider's
 bounce report.
@@ -44,7 +46,7 @@ from engagement.campaigns import (
     MessageNotFound,
 )
 from engagement.dispatch.clients import AudienceTooLarge, ServiceClients, ServiceUnavailable, UnknownSegment
-from engagement.dispatch.render import check_templates
+from engagement.dispatch.render import TemplateLimitError, TemplateWorkers, TemplateWorkersUnavailable
 from engagement.dispatch.settings import MessagingSettings
 from engagement.dispatch.wiring import build_campaigns, build_clients, build_signer
 from engagement.domain.campaign import (
@@ -76,9 +78,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.campaigns = await asyncio.to_thread(build_campaigns, settings)
     app.state.campaign_clients = build_clients(messaging)
     app.state.tracking_signer = build_signer(settings)
+    # templates are checked in worker processes, never on this event loop
+    app.state.templates = TemplateWorkers(messaging.template_workers, messaging.template_time_limit_s)
     try:
         yield
     finally:
+        await app.state.templates.aclose()
         await app.state.campaign_clients.aclose()
         app.state.campaigns.close()
 
@@ -260,7 +265,14 @@ async def create_campaign(
     membership = getattr(request.app.state, "membership", None)
     ranks = [r.name for r in membership.programme.ranks] if membership is not None else None
     problems = validate_plan(body.channels, variants, rules, body.default_variant, body.holdout_pct, ranks)
-    problems += check_templates(variants, body.link_hosts)
+    templates: TemplateWorkers = request.app.state.templates
+    try:
+        problems += await templates.check(variants, body.link_hosts)
+    except TemplateLimitError as exc:  # the worker did not answer at all: its pool was replaced
+        problems.append(("variants", str(exc)))
+    except TemplateWorkersUnavailable:
+        log.exception("template workers unavailable")
+        raise ApiError(503, "unavailable", "templates cannot be checked now; try again") from None
     if problems:
         raise RequestValidationError(
             [
