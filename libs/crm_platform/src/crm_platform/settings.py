@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     #: takes the Python path (the same results, at about half the rate): a switch for
     #: an operator who suspects the native code.
     ingest_native: bool = True
+    #: Which event types each ingestion source may send, added to or replacing the
+    #: defaults per source (``engagement.ingest.sources``, docs/engagement.md).
+    ingest_sources: dict[str, list[str]] = Field(default_factory=dict)
     api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Personal data
