@@ -663,3 +663,33 @@ def test_an_allow_list_that_names_no_known_type_stops_the_start(settings: Settin
         create(settings.model_copy(update={"ingest_sources": {"kiosk": ["telepathy"]}}))
     with pytest.raises(SourceRulesError, match="'fax'"):
         create(settings.model_copy(update={"ingest_sources": {"kiosk": ["return:fax"]}}))
+
+
+def test_the_demo_retailer_s_events_are_all_accepted_from_its_keys(
+    client: TestClient, settings: Settings
+) -> None:
+    """The honest flows: the demo's purchases, returns and browsing, each sent with the
+    key of its source as the demo loader does (the POS for the stores, the web shop for
+    the rest), orders before returns."""
+    from datetime import date
+
+    from crm_cli.demo import plan
+
+    events = plan(60, seed=3, today=date(2026, 11, 30), months=12).events
+    kinds = {(e["type"], e["payload"].get("channel")) for e in events}
+    assert {("store_order", None), ("online_order", "online"), ("online_order", "app")} <= kinds
+    assert ("return", "store") in kinds and ("interaction", "app") in kinds
+    orders = [e for e in events if e["type"] != "return"]
+    returns = [e for e in events if e["type"] == "return"]
+    for phase in (orders, returns):
+        for headers in (POS, SHOP):
+            mine = [
+                e
+                for e in phase
+                if (e["type"] == "store_order" or e["payload"].get("channel") == "store") == (headers is POS)
+            ]
+            body = client.post("/v1/batch", json={"events": mine}, headers=headers).json()
+            assert body["rejected"] == 0, [r for r in body["results"] if r["status"] != "accepted"][:3]
+    assert topic_size(settings, COMMERCE_ORDER.name) == len(orders) - sum(
+        e["type"] == "interaction" for e in orders
+    ) + len(returns)
