@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,7 +329,10 @@ def test_broker_down_means_503_and_nothing_accepted_is_lost(tmp_path: Path) -> N
     from crm_cli.kafka_local import LocalKafka
     from crm_platform.kafka import ensure_topics
 
-    kafka = LocalKafka(data_dir=tmp_path / "kafka", port=19192)
+    # 19192 beside the default broker; beside another broker, its port + 10100.
+    kafka = LocalKafka(
+        data_dir=tmp_path / "kafka", port=int(os.environ.get("CRM_KAFKA_PORT", "9092")) + 10_100
+    )
     kafka.start()
     try:
         settings = make_settings(tmp_path, kafka.bootstrap)
