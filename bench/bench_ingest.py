@@ -196,7 +196,7 @@ def run() -> dict[str, Metric]:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_until_ok(f"{base}/readyz")
+            wait_until_ok(f"{base}/readyz", timeout_s=120)  # two workers starting on a busy machine
             asyncio.run(_singles(base, warm))  # connections, producer metadata
             accepted, seconds = asyncio.run(_batches(base, batch_bodies))
             # The client's own collector pauses would count as the API's latency (its
