@@ -1,7 +1,8 @@
 """Ingestion API throughput and latency, through a real uvicorn process and real Kafka.
 
 1. Batches: ``BATCHES`` requests of 500 events (store orders, online orders and app
-   interactions in equal parts, every order id unique), four in flight at a time. Rate =
+   interactions in equal parts, every order id unique; each source's key sends its own:
+   the POS the store orders, the web shop the rest), four in flight at a time. Rate =
    events reported ``accepted`` (each acknowledged by Kafka, orders also recorded in the
    ledger) over the wall time. Target ≥ 20,000 events/s.
 2. Single events: one POST per event, open loop at ``RATE`` req/s for ``SECONDS``; p99 of
@@ -38,7 +39,24 @@ BATCH = 500
 RATE = int(os.environ.get("BENCH_RATE", "500"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 WORKERS = os.environ.get("BENCH_API_WORKERS", "2")
-HEADERS = {"X-API-Key": "dev-pos-key", "content-type": "application/json"}
+HEADERS = {"content-type": "application/json"}
+#: Each event is sent with its source's key (a key may send only its source's types).
+POS = {"X-API-Key": "dev-pos-key"}
+SHOP = {"X-API-Key": "dev-shop-key"}
+Body = tuple[dict[str, str], bytes]
+
+
+def _keyed(event: dict[str, Any]) -> Body:
+    return (POS if event["type"] == "store_order" else SHOP), orjson.dumps(event)
+
+
+def _batch_bodies(events: list[dict[str, Any]]) -> list[Body]:
+    """Batches of ``BATCH`` events of one key each."""
+    out: list[Body] = []
+    for key in (POS, SHOP):
+        mine = [e for e in events if (POS if e["type"] == "store_order" else SHOP) is key]
+        out += [(key, orjson.dumps({"events": mine[i : i + BATCH]})) for i in range(0, len(mine), BATCH)]
+    return out
 
 
 def _event(n: int, run: str) -> dict[str, Any]:
@@ -103,9 +121,9 @@ def _event(n: int, run: str) -> dict[str, Any]:
     }
 
 
-async def _batches(base: str, bodies: list[bytes]) -> tuple[int, float]:
+async def _batches(base: str, bodies: list[Body]) -> tuple[int, float]:
     accepted = 0
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    queue: asyncio.Queue[Body] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -117,8 +135,8 @@ async def _batches(base: str, bodies: list[bytes]) -> tuple[int, float]:
         async def worker() -> None:
             nonlocal accepted
             while not queue.empty():
-                body = queue.get_nowait()
-                async with client.post("/v1/batch", data=body) as response:
+                key, body = queue.get_nowait()
+                async with client.post("/v1/batch", data=body, headers=key) as response:
                     answer = await response.read()
                 if response.status != 202:
                     raise RuntimeError(f"batch answered {response.status}: {answer[:300]!r}")
@@ -129,7 +147,7 @@ async def _batches(base: str, bodies: list[bytes]) -> tuple[int, float]:
         return accepted, time.perf_counter() - started
 
 
-async def _singles(base: str, bodies: list[bytes]) -> list[float]:
+async def _singles(base: str, bodies: list[Body]) -> list[float]:
     latencies: list[float] = []
     failures = 0
     # No wait limit for a connection: past saturation requests queue for one, and that
@@ -138,10 +156,11 @@ async def _singles(base: str, bodies: list[bytes]) -> list[float]:
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(base, headers=HEADERS, timeout=timeout, connector=connector) as client:
 
-        async def one(body: bytes) -> None:
+        async def one(keyed: Body) -> None:
             nonlocal failures
+            key, body = keyed
             started = time.perf_counter()
-            async with client.post("/v1/events", data=body) as response:
+            async with client.post("/v1/events", data=body, headers=key) as response:
                 await response.read()
             latencies.append((time.perf_counter() - started) * 1000)
             if response.status != 202:
@@ -165,13 +184,10 @@ def run() -> dict[str, Metric]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     asyncio.run(ensure_topics(BOOTSTRAP, prefix=prefix))
     run_id = uuid.uuid4().hex[:6]
-    batch_bodies = [
-        orjson.dumps({"events": [_event(b * BATCH + i, run_id) for i in range(BATCH)]})
-        for b in range(BATCHES)
-    ]
+    batch_bodies = _batch_bodies([_event(n, run_id) for n in range(BATCHES * BATCH)])
     offset = BATCHES * BATCH
-    single_bodies = [orjson.dumps(_event(offset + n, run_id)) for n in range(RATE * SECONDS)]
-    warm = [orjson.dumps(_event(offset + RATE * SECONDS + n, run_id)) for n in range(RATE * 2)]
+    single_bodies = [_keyed(_event(offset + n, run_id)) for n in range(RATE * SECONDS)]
+    warm = [_keyed(_event(offset + RATE * SECONDS + n, run_id)) for n in range(RATE * 2)]
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = {**os.environ, "CRM_VAR_DIR": tmp, "CRM_LOG_LEVEL": "WARNING", "CRM_KAFKA_TOPIC_PREFIX": prefix}
@@ -180,7 +196,7 @@ def run() -> dict[str, Metric]:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_until_ok(f"{base}/readyz")
+            wait_until_ok(f"{base}/readyz", timeout_s=120)  # two workers starting on a busy machine
             asyncio.run(_singles(base, warm))  # connections, producer metadata
             accepted, seconds = asyncio.run(_batches(base, batch_bodies))
             # The client's own collector pauses would count as the API's latency (its

@@ -210,6 +210,8 @@ def plan(customers: int, seed: int = 7, today: date | None = None, months: int =
                             "return_id": f"RT-{order_id}",
                             "original_order_id": order_id,
                             "channel": channel,
+                            # a store return names its order's store (its namespace)
+                            **({"store_id": payload["store_id"]} if channel == "store" else {}),
                             "lines": [
                                 {
                                     "line_no": 1,

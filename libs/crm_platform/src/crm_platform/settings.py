@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     #: Serve ``/metrics`` on an API's port in production (analytics'; always served in
     #: development and tests). The standalone sink's own metrics port is not affected.
     public_metrics: bool = False
+    #: Which event types each ingestion source may send, added to or replacing the
+    #: defaults per source (``engagement.ingest.sources``, docs/engagement.md).
+    ingest_sources: dict[str, list[str]] = Field(default_factory=dict)
     api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Personal data

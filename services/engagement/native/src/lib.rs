@@ -785,9 +785,15 @@ impl FastPath {
                 }
                 w(&mut body, "}");
                 let group = if kind == 0 { "store" } else { "online" };
-                event_id = match given_id {
-                    Some(id) => id,
-                    None => deterministic_event_id(at, &[group.to_owned(), oid.clone()]),
+                // A store order's id is its store's (Python's `_id_part`: the store id
+                // length first, so that no two (store, order) pairs join alike).
+                event_id = match (given_id, &store_id) {
+                    (Some(id), _) => id,
+                    (None, Some(sid)) => deterministic_event_id(
+                        at,
+                        &["store".to_owned(), format!("{}:{sid}", chars(sid)), oid.clone()],
+                    ),
+                    (None, None) => deterministic_event_id(at, &[group.to_owned(), oid.clone()]),
                 };
                 customer_key = match idents.first() {
                     Some((_, hash)) => hash.clone(),

@@ -9,6 +9,7 @@ come). Columns (header required; unknown columns are ignored)::
     channel          store | online | app
     occurred_at      ISO 8601 with offset; a bare date or time is read as Asia/Tokyo
     store_id register_id receipt_no shop_id shipping_prefecture coupon_code payment_method
+                     (a store return's store_id is its order's store: ids are per store)
     member_no pos_card ec_account email phone line_id device     (identifiers seen)
     line_no sku category quantity unit_price discount tax          (the line)
     amount           (return lines) refunded for the line

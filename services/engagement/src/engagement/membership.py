@@ -259,11 +259,13 @@ class Attribution:
         if isinstance(event, ProfileSnapshot):
             return self.apply_profile(event)
         if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
-            channel = "store" if isinstance(event, StoreOrderCompleted) else event.payload.channel
-            group = "store" if channel == "store" else "online"
+            if isinstance(event, StoreOrderCompleted):
+                channel, space = "store", _store_space(event.payload.store_id)
+            else:
+                channel, space = event.payload.channel, "online"
             idents = [f"{i.kind.value}:{i.hash}" for i in event.identifiers]
             credit = self._credit(
-                f"{group}:{event.payload.order_id}", idents, event.occurred_at, channel, event.payload.total
+                f"{space}:{event.payload.order_id}", idents, event.occurred_at, channel, event.payload.total
             )
             if credit.kind == "pending":
                 with self._lock:
@@ -335,20 +337,35 @@ class Attribution:
 
     def _reverse(self, event: OrderReturned) -> Credit:
         payload = event.payload
-        group = "store" if payload.channel == "store" else "online"
-        order_key = f"{group}:{payload.original_order_id}"
-        return_key = f"{group}:return:{payload.return_id}"
+        if payload.channel != "store":
+            space = "online"
+        elif payload.store_id is not None:
+            space = _store_space(payload.store_id)
+        else:  # a store return from before a store return named its store
+            space = "store"
+        # Order ids are per store: a store's order, else one credited under the key used
+        # before (``store:<order id>``, from before ids were per store).
+        keys = [f"{space}:{payload.original_order_id}"]
+        if space.startswith("store@"):
+            keys.append(f"store:{payload.original_order_id}")
+        return_key = f"{space}:return:{payload.return_id}"
         with self._lock:
-            row = self._db.execute(
-                "SELECT member_hash FROM credited WHERE order_key = ?", (order_key,)
-            ).fetchone()
+            for order_key in keys:
+                row = self._db.execute(
+                    "SELECT member_hash FROM credited WHERE order_key = ?", (order_key,)
+                ).fetchone()
+                if row is not None:
+                    break
             if row is None:
                 # Not credited (yet): a waiting order shrinks by what was refunded.
-                self._db.execute(
-                    "UPDATE pending SET amount = max(0, amount - ?) WHERE order_key = ?",
-                    (payload.refund_total, order_key),
-                )
-                return Credit("", order_key, payload.refund_total, "ignored")
+                for order_key in keys:
+                    waiting = self._db.execute(
+                        "UPDATE pending SET amount = max(0, amount - ?) WHERE order_key = ?",
+                        (payload.refund_total, order_key),
+                    )
+                    if waiting.rowcount:
+                        break
+                return Credit("", keys[0], payload.refund_total, "ignored")
         member_hash, at, refunded = row[0], event.occurred_at, payload.refund_total
 
         def change() -> Member:
@@ -435,3 +452,9 @@ class Attribution:
         with self._lock:
             (count,) = self._db.execute("SELECT count(*) FROM pending").fetchone()
         return int(count)
+
+
+def _store_space(store_id: str) -> str:
+    """A store's order keys (``store@<length>:<store id>:<order id>``): order ids are per
+    store, and the length keeps a store id holding ``:`` apart from the order id."""
+    return f"store@{len(store_id)}:{store_id}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,22 @@ pytestmark = pytest.mark.integration
 
 POS = {"X-API-Key": "pos-key"}
 SHOP = {"X-API-Key": "shop-key"}
+APP = {"X-API-Key": "app-key"}
+S1 = {"X-API-Key": "s1-key"}
+S2 = {"X-API-Key": "s2-key"}
+HQ = {"X-API-Key": "hq-key"}
 KEYS = {
     "pos-key": ["engagement:ingest", "source:pos"],
     "shop-key": ["engagement:ingest", "source:webshop"],
-    "s1-key": ["engagement:ingest", "source:pos-s001", "store:S001"],
+    "app-key": ["engagement:ingest", "source:app"],
+    "s1-key": ["engagement:ingest", "source:pos", "store:S001"],
+    "s2-key": ["engagement:ingest", "source:pos", "store:S002"],
+    # A source of this deployment's own (CRM_INGEST_SOURCES), allowed every type.
+    "hq-key": ["engagement:ingest", "source:hq"],
+    "kiosk-s1-key": ["engagement:ingest", "source:hq", "store:S001"],
     "staff-key": ["engagement:read", "engagement:write"],
 }
+SOURCES = {"hq": ["store_order", "online_order", "return", "interaction"]}
 
 
 def make_settings(tmp_path: Path, bootstrap: str) -> Settings:
@@ -39,6 +50,7 @@ def make_settings(tmp_path: Path, bootstrap: str) -> Settings:
         kafka_bootstrap=bootstrap,
         kafka_topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         api_keys=KEYS,
+        ingest_sources=SOURCES,
     )
 
 
@@ -186,7 +198,7 @@ def test_a_rejected_event_in_a_batch_is_reported_and_the_rest_accepted(
         "payload": {"kind": "product_viewed", "channel": "app", "sku": "CT-9", "session_id": "s1"},
     }
     events = [store_order("S001-R2-000002"), bad, interaction, online_order("W-1002", "a@example.jp")]
-    response = client.post("/v1/batch", json={"events": events}, headers=POS)
+    response = client.post("/v1/batch", json={"events": events}, headers=HQ)
     assert response.status_code == 202, response.text
     body = response.json()
     assert (body["accepted"], body["rejected"]) == (3, 1)
@@ -205,19 +217,19 @@ def test_an_interaction_resent_without_an_event_id_keeps_its_id(client: TestClie
         "identifiers": {"device": "ios-abc"},
         "payload": {"kind": "product_viewed", "channel": "app", "sku": "CT-9", "session_id": "s1"},
     }
-    first = client.post("/v1/events", json=view, headers=POS).json()["event_id"]
-    again = client.post("/v1/events", json=view, headers=POS).json()["event_id"]
+    first = client.post("/v1/events", json=view, headers=SHOP).json()["event_id"]
+    again = client.post("/v1/events", json=view, headers=SHOP).json()["event_id"]
     assert first == again  # a retry after a timeout: the consumers see one view
     other_sku = {**view, "payload": {**view["payload"], "sku": "CT-10"}}
     later = {**view, "occurred_at": "2026-11-21T20:00:00.251+09:00"}
     anonymous = {k: v for k, v in view.items() if k != "identifiers"}
     ids = {
-        client.post("/v1/events", json=e, headers=POS).json()["event_id"]
+        client.post("/v1/events", json=e, headers=SHOP).json()["event_id"]
         for e in (other_sku, later, anonymous)
     }
     assert len(ids | {first}) == 4  # anything else that differs is another fact
     given = {**view, "event_id": str(uuid.uuid4())}
-    assert client.post("/v1/events", json=given, headers=POS).json()["event_id"] == given["event_id"]
+    assert client.post("/v1/events", json=given, headers=SHOP).json()["event_id"] == given["event_id"]
 
 
 def test_a_duplicate_batch_changes_nothing(client: TestClient, settings: Settings) -> None:
@@ -317,7 +329,10 @@ def test_broker_down_means_503_and_nothing_accepted_is_lost(tmp_path: Path) -> N
     from crm_cli.kafka_local import LocalKafka
     from crm_platform.kafka import ensure_topics
 
-    kafka = LocalKafka(data_dir=tmp_path / "kafka", port=19192)
+    # 19192 beside the default broker; beside another broker, its port + 10100.
+    kafka = LocalKafka(
+        data_dir=tmp_path / "kafka", port=int(os.environ.get("CRM_KAFKA_PORT", "9092")) + 10_100
+    )
     kafka.start()
     try:
         settings = make_settings(tmp_path, kafka.bootstrap)
@@ -400,3 +415,285 @@ def test_the_native_path_can_be_switched_off_and_publishes_the_same_record(
     assert strip.sub(b"", python.value) == strip.sub(b"", rust.value)
     assert python.key == rust.key
     assert [k for k, _ in python.headers] == [k for k, _ in rust.headers]
+
+
+# -- keys bound to their source's event types and to their stores ----------------------------
+
+
+def interaction(kind: str = "product_viewed", channel: str = "online") -> dict:
+    payload: dict[str, Any] = {"kind": kind, "channel": channel, "session_id": "s9"}
+    if kind == "product_viewed":
+        payload["sku"] = "CT-9"
+    return {
+        "type": "interaction",
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": "2026-11-21T20:00:00+09:00",
+        "identifiers": {"device": "ios-abc"},
+        "payload": payload,
+    }
+
+
+def at_store(event: dict, store_id: str) -> dict:
+    event["payload"]["store_id"] = store_id
+    return event
+
+
+def errors_of(response: Any) -> list[dict[str, str]]:
+    body = response.json()
+    return body["error"]["fields"] if "error" in body else body["errors"]
+
+
+def test_a_source_may_send_only_the_event_types_of_its_allow_list(
+    client: TestClient, settings: Settings
+) -> None:
+    refused = [
+        (POS, online_order("W-7001", "p@example.jp"), "type"),
+        (POS, interaction(), "type"),
+        (SHOP, store_order("S001-R7-000001"), "type"),
+        (SHOP, a_return("RET-7001", "S001-R7-000001"), "payload.channel"),  # online returns only
+        (APP, online_order("W-7002", "q@example.jp"), "type"),
+        (APP, store_order("S001-R7-000002"), "type"),
+    ]
+    for headers, event, field in refused:
+        response = client.post("/v1/events", json=event, headers=headers)
+        assert response.status_code == 403, (headers, event["type"], response.text)
+        [error] = errors_of(response)
+        assert error["field"] == field
+        assert "may not send" in error["reason"] and "it may send:" in error["reason"]
+    assert topic_size(settings, COMMERCE_ORDER.name) == 0
+    assert topic_size(settings, COMMERCE_INTERACTION.name) == 0
+    # What each may send goes through (the demo's flows).
+    assert client.post("/v1/events", json=store_order("S001-R7-000003"), headers=POS).status_code == 202
+    assert (
+        client.post("/v1/events", json=online_order("W-7003", "r@example.jp"), headers=SHOP).status_code
+        == 202
+    )
+    assert client.post("/v1/events", json=interaction("app_opened", "app"), headers=SHOP).status_code == 202
+    assert client.post("/v1/events", json=interaction(), headers=APP).status_code == 202
+
+
+def test_a_forbidden_event_in_a_batch_is_refused_on_its_own(client: TestClient, settings: Settings) -> None:
+    events = [
+        store_order("S001-R8-000001"),
+        online_order("W-8001", "s@example.jp"),
+        interaction(),
+        store_order("S001-R8-000002"),
+    ]
+    response = client.post("/v1/batch", json={"events": events}, headers=POS)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "rejected", "accepted"]
+    assert [r["errors"][0]["field"] for r in body["results"][1:3]] == ["type", "type"]
+    assert "source 'pos' may not send online_order" in body["results"][1]["errors"][0]["reason"]
+    records = topic_records(settings, COMMERCE_ORDER.name, 2)
+    assert {decode(r.value).payload.order_id for r in records} == {"S001-R8-000001", "S001-R8-000002"}  # type: ignore[attr-defined]
+    assert topic_size(settings, COMMERCE_INTERACTION.name) == 0
+
+
+def test_a_store_bound_key_refuses_events_naming_no_store_or_another(
+    client: TestClient, settings: Settings
+) -> None:
+    kiosk = {"X-API-Key": "kiosk-s1-key"}  # bound to S001, its source allowed every type
+    no_store_return = a_return("RET-9001", "S001-R9-000001")
+    del no_store_return["payload"]["store_id"]
+    online_return = at_store(a_return("RET-9002", "W-9001"), "S002")
+    online_return["payload"]["channel"] = "online"
+    cases = [
+        (kiosk, online_order("W-9001", "t@example.jp"), "naming no store"),
+        (kiosk, interaction(), "naming no store"),
+        (kiosk, no_store_return, "naming no store"),
+        (kiosk, online_return, "may not send for store 'S002'"),
+        (S1, no_store_return, "naming no store"),
+        (S1, at_store(store_order("S002-R1-000001"), "S002"), "may not send for store 'S002'"),
+        (S1, at_store(a_return("RET-9003", "S002-R1-000001"), "S002"), "may not send for store 'S002'"),
+    ]
+    for headers, event, reason in cases:
+        response = client.post("/v1/events", json=event, headers=headers)
+        assert response.status_code == 403, (event, response.text)
+        [error] = errors_of(response)
+        assert error["field"] == "payload.store_id"
+        assert reason in error["reason"], error
+    # In a batch: each refused on its own, the store's own order accepted.
+    events = [interaction(), store_order("S001-R9-000002"), at_store(store_order("S002-R9-000003"), "S002")]
+    body = client.post("/v1/batch", json={"events": events}, headers=kiosk).json()
+    assert [r["status"] for r in body["results"]] == ["rejected", "accepted", "rejected"]
+    assert [e["field"] for r in body["results"] for e in r["errors"]] == ["payload.store_id"] * 2
+    [record] = topic_records(settings, COMMERCE_ORDER.name, 1)
+    assert decode(record.value).payload.order_id == "S001-R9-000002"  # type: ignore[attr-defined]
+    assert topic_size(settings, COMMERCE_ORDER.name) == 1
+    assert topic_size(settings, COMMERCE_INTERACTION.name) == 0
+
+
+def test_a_store_return_names_its_store(client: TestClient) -> None:
+    assert client.post("/v1/events", json=store_order("S001-R9-000010"), headers=POS).status_code == 202
+    anywhere = a_return("RET-9010", "S001-R9-000010")
+    del anywhere["payload"]["store_id"]
+    response = client.post("/v1/events", json=anywhere, headers=POS)
+    assert response.status_code == 422
+    assert errors_of(response) == [
+        {"field": "payload.store_id", "reason": "a store return names the store of its order"}
+    ]
+
+
+def test_order_ids_are_per_store_and_a_store_cannot_return_another_s_orders(
+    client: TestClient, settings: Settings
+) -> None:
+    # Both stores number their receipts alike: neither blocks nor claims the other's.
+    s1 = client.post("/v1/events", json=store_order("R1-000001"), headers=S1)
+    s2 = client.post("/v1/events", json=at_store(store_order("R1-000001"), "S002"), headers=S2)
+    assert (s1.status_code, s2.status_code) == (202, 202), s2.text
+    assert s1.json()["event_id"] != s2.json()["event_id"]
+    assert (
+        client.post("/v1/events", json=store_order("R1-000001"), headers=S1).json()["status"] == "duplicate"
+    )
+    again = client.post("/v1/events", json=at_store(store_order("R1-000001"), "S002"), headers=S2).json()
+    assert (again["status"], again["event_id"]) == ("duplicate", s2.json()["event_id"])
+    # S001 sends its own R1-000001 as another fact: a conflict in its namespace only.
+    changed = store_order("R1-000001", quantity=3)
+    changed["event_id"] = str(uuid.uuid4())
+    assert client.post("/v1/events", json=changed, headers=S1).status_code == 409
+
+    # An order only S002 has: S001 cannot return it, under its own name or S002's.
+    only_b = at_store(store_order("R1-000777"), "S002")
+    assert client.post("/v1/events", json=only_b, headers=S2).status_code == 202
+    as_a = client.post("/v1/events", json=a_return("RET-1", "R1-000777"), headers=S1)
+    assert as_a.status_code == 422
+    assert errors_of(as_a) == [
+        {"field": "payload.original_order_id", "reason": "no order 'R1-000777' of store 'S001' was ingested"}
+    ]
+    as_b = client.post("/v1/events", json=at_store(a_return("RET-1", "R1-000777"), "S002"), headers=S1)
+    assert as_b.status_code == 403
+    # Even a key for every store returns an order only against its own store.
+    assert client.post("/v1/events", json=a_return("RET-1", "R1-000777"), headers=POS).status_code == 422
+    # Return ids are per store too; each store's return counts against its own order.
+    r1 = client.post("/v1/events", json=a_return("RET-1", "R1-000001", quantity=2), headers=S1)
+    r2 = client.post("/v1/events", json=at_store(a_return("RET-1", "R1-000001"), "S002"), headers=S2)
+    assert (r1.status_code, r2.status_code) == (202, 202), (r1.text, r2.text)
+    more = client.post("/v1/events", json=a_return("RET-2", "R1-000001"), headers=S1)
+    assert more.status_code == 422  # S001's line 1 is all back; S002's still has one left
+    assert errors_of(more)[0]["field"] == "payload.lines.0.quantity"
+    last = client.post("/v1/events", json=at_store(a_return("RET-2", "R1-000001"), "S002"), headers=S2)
+    assert last.status_code == 202, last.text
+    records = [decode(r.value) for r in topic_records(settings, COMMERCE_ORDER.name, 6)]
+    returns = [e for e in records if e.event_type == "order.returned"]
+    assert sorted((e.payload.store_id, e.payload.return_id) for e in returns) == [  # type: ignore[attr-defined]
+        ("S001", "RET-1"),
+        ("S002", "RET-1"),
+        ("S002", "RET-2"),
+    ]
+    assert topic_size(settings, COMMERCE_ORDER.name) == 6
+
+
+@pytest.mark.parametrize("store_settings", ["sqlite", "postgres"], indirect=True)
+def test_ledger_rows_from_before_store_namespaces_still_count(
+    store_settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Orders recorded when all stores shared one namespace (``store``) stay: resent, an
+    order is a duplicate (its old derived id recognised); its id stays taken for every
+    store; only a key bound to no store may return it (its store is unknown)."""
+    from datetime import datetime
+
+    from crm_contracts.envelope import deterministic_event_id
+    from crm_platform.kafka import ensure_topics
+    from engagement.adapters.ledger import LedgerOrder, LedgerReturn, open_ledger
+
+    base = make_settings(tmp_path, kafka_bootstrap)
+    settings = store_settings.model_copy(
+        update={
+            "kafka_bootstrap": kafka_bootstrap,
+            "kafka_topic_prefix": base.kafka_topic_prefix,
+            "api_keys": KEYS,
+            "ingest_sources": SOURCES,
+        }
+    )
+    asyncio.run(ensure_topics(kafka_bootstrap, prefix=settings.kafka_topic_prefix))
+    old = store_order("OLD-1")
+    at = datetime.fromisoformat(old["occurred_at"])
+    old_id = str(deterministic_event_id(at, "store", "OLD-1"))
+    old_return_at = datetime.fromisoformat(a_return("x", "y")["occurred_at"])
+    ledger = open_ledger(settings)
+    try:
+        ledger.record(
+            [
+                LedgerOrder("store", "OLD-1", old_id, "k1", {1: ("TS-001", 2, 3980), 2: ("SK-002", 1, 4490)}),
+                LedgerOrder("store", "OLD-2", "e-old-2", "k2", {1: ("TS-001", 2, 3980)}),
+            ],
+            [
+                LedgerReturn(
+                    "store",
+                    "OLD-2",
+                    "RET-OLD",
+                    str(deterministic_event_id(old_return_at, "store", "return", "RET-OLD")),
+                    {1: 1},
+                )
+            ],
+        )
+    finally:
+        ledger.close()
+    with TestClient(create(settings)) as client:
+        resent = client.post("/v1/events", json=old, headers=POS).json()
+        assert (resent["status"], resent["event_id"]) == ("duplicate", old_id)
+        # Its id is still taken, in every store (another sale with that receipt id).
+        another = at_store(store_order("OLD-1"), "S002")
+        another["occurred_at"] = "2026-11-20T18:00:00+09:00"
+        other = client.post("/v1/events", json=another, headers=S2)
+        assert other.status_code == 409
+        assert errors_of(other) == [
+            {"field": "payload.order_id", "reason": f"order already ingested as event {old_id}"}
+        ]
+        # A bound key cannot vouch for the store of an old order; a key for all stores can.
+        bound = client.post("/v1/events", json=a_return("RET-A", "OLD-1"), headers=S1)
+        assert bound.status_code == 403
+        assert errors_of(bound)[0]["field"] == "payload.original_order_id"
+        ok = client.post("/v1/events", json=a_return("RET-A", "OLD-1", quantity=2), headers=POS)
+        assert ok.status_code == 202, ok.text
+        # Returns recorded then and now both count against the old order.
+        assert client.post("/v1/events", json=a_return("RET-B", "OLD-1"), headers=POS).status_code == 422
+        assert client.post("/v1/events", json=a_return("RET-C", "OLD-2"), headers=POS).status_code == 202
+        assert client.post("/v1/events", json=a_return("RET-D", "OLD-2"), headers=POS).status_code == 422
+        # An old return resent (its id derived) is a duplicate, not a conflict.
+        old_return = a_return("RET-OLD", "OLD-2")
+        assert client.post("/v1/events", json=old_return, headers=POS).json()["status"] == "duplicate"
+    records = topic_records(settings, COMMERCE_ORDER.name, 2)
+    assert sorted(decode(r.value).payload.return_id for r in records) == ["RET-A", "RET-C"]  # type: ignore[attr-defined]
+    assert topic_size(settings, COMMERCE_ORDER.name) == 2
+
+
+def test_an_allow_list_that_names_no_known_type_stops_the_start(settings: Settings) -> None:
+    from engagement.ingest.sources import SourceRulesError
+
+    with pytest.raises(SourceRulesError, match="telepathy"):
+        create(settings.model_copy(update={"ingest_sources": {"kiosk": ["telepathy"]}}))
+    with pytest.raises(SourceRulesError, match="'fax'"):
+        create(settings.model_copy(update={"ingest_sources": {"kiosk": ["return:fax"]}}))
+
+
+def test_the_demo_retailer_s_events_are_all_accepted_from_its_keys(
+    client: TestClient, settings: Settings
+) -> None:
+    """The honest flows: the demo's purchases, returns and browsing, each sent with the
+    key of its source as the demo loader does (the POS for the stores, the web shop for
+    the rest), orders before returns."""
+    from datetime import date
+
+    from crm_cli.demo import plan
+
+    events = plan(60, seed=3, today=date(2026, 11, 30), months=12).events
+    kinds = {(e["type"], e["payload"].get("channel")) for e in events}
+    assert {("store_order", None), ("online_order", "online"), ("online_order", "app")} <= kinds
+    assert ("return", "store") in kinds and ("interaction", "app") in kinds
+    orders = [e for e in events if e["type"] != "return"]
+    returns = [e for e in events if e["type"] == "return"]
+    for phase in (orders, returns):
+        for headers in (POS, SHOP):
+            mine = [
+                e
+                for e in phase
+                if (e["type"] == "store_order" or e["payload"].get("channel") == "store") == (headers is POS)
+            ]
+            body = client.post("/v1/batch", json={"events": mine}, headers=headers).json()
+            assert body["rejected"] == 0, [r for r in body["results"] if r["status"] != "accepted"][:3]
+    assert topic_size(settings, COMMERCE_ORDER.name) == len(orders) - sum(
+        e["type"] == "interaction" for e in orders
+    ) + len(returns)

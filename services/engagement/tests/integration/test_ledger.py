@@ -37,6 +37,40 @@ def test_orders_returns_and_replays(store_settings: Settings) -> None:
         ledger.close()
 
 
+def test_the_same_order_and_return_ids_in_several_namespaces(store_settings: Settings) -> None:
+    """Each store's ids, the online ones and the rows from before namespaces (``store``)
+    side by side: a return counts against its own namespace's order only."""
+    ledger = open_ledger(store_settings)
+    try:
+        ledger.record(
+            [
+                LedgerOrder("store:S001", "R1-1", "e-a", "ka", {1: ("TS", 2, 3980)}),
+                LedgerOrder("store:S002", "R1-1", "e-b", "kb", {1: ("TS", 2, 3980)}),
+                LedgerOrder("store", "R1-1", "e-old", "ko", {1: ("TS", 2, 3980)}),
+                LedgerOrder("online", "R1-1", "e-w", "kw", {1: ("CT", 1, 12900)}),
+            ],
+            [
+                LedgerReturn("store:S001", "R1-1", "RET-1", "e-r1", {1: 2}),
+                LedgerReturn("store:S002", "R1-1", "RET-1", "e-r2", {1: 1}),
+            ],
+        )
+        keys = [(n, "R1-1") for n in ("store:S001", "store:S002", "store", "online", "store:S003")]
+        found = ledger.orders(keys)
+        assert {k: (o.event_id, o.returned) for k, o in found.items()} == {
+            ("store:S001", "R1-1"): ("e-a", {1: 2}),
+            ("store:S002", "R1-1"): ("e-b", {1: 1}),
+            ("store", "R1-1"): ("e-old", {}),
+            ("online", "R1-1"): ("e-w", {}),
+        }
+        assert found[("store:S002", "R1-1")].namespace == "store:S002"
+        assert ledger.returns([("store:S001", "RET-1"), ("store:S002", "RET-1"), ("store", "RET-1")]) == {
+            ("store:S001", "RET-1"): "e-r1",
+            ("store:S002", "RET-1"): "e-r2",
+        }
+    finally:
+        ledger.close()
+
+
 def test_try_record_never_waits_for_another_writer(tmp_path: Path) -> None:
     """What the API does on its event loop: write at once, or leave it to a thread."""
     ledger = SQLiteOrderLedger(tmp_path / "ledger.sqlite")

@@ -132,6 +132,7 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
                     "return_id": "RET-1",
                     "original_order_id": "S001-R1-1",
                     "channel": "store",
+                    "store_id": "S001",
                     "lines": [
                         {"line_no": 1, "sku": "SKU-1", "category": "tops", "quantity": 1, "amount": 20_000}
                     ],

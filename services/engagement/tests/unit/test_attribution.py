@@ -87,6 +87,7 @@ def a_return(order_id: str, refund: int, channel: str = "store") -> OrderReturne
             return_id=f"RET-{order_id}",
             original_order_id=order_id,
             channel=channel,  # type: ignore[arg-type]
+            store_id="S001" if channel == "store" else None,  # a store return names its store
             lines=(ReturnedLine(line_no=1, sku="TS-1", category="tops", quantity=1, amount=refund),),
             refund_total=refund,
         ),
@@ -125,6 +126,34 @@ def test_a_store_card_purchase_and_an_online_email_order_count_for_one_member(
     assert member.points == 150
     assert member.window(T0 + timedelta(days=4), app.programme) == (15_000, 1)
     assert member.rank == "regular"
+
+
+def test_the_same_receipt_id_at_two_stores_is_two_purchases_each_returned_on_its_own(
+    app: MembershipApplication, tmp_path: Path
+) -> None:
+    """Order ids are per store (the ingestion ledger's namespaces); a purchase credited
+    under the key used before (``store:<order id>``) is still found by its return."""
+    attribution = Attribution(app, tmp_path / "attribution.sqlite")
+    app.enrol("M0001", "store", T0 - timedelta(days=30))
+    card = ident(app, IdentifierKind.MEMBER_NO, "M0001")
+    at_s2 = store_order("R1-1", 5_000, card)
+    at_s2 = at_s2.model_copy(update={"payload": at_s2.payload.model_copy(update={"store_id": "S002"})})
+    assert [c.kind for c in attribution.apply(store_order("R1-1", 10_000, card))] == ["credited"]
+    assert [c.kind for c in attribution.apply(at_s2)] == ["credited"]
+    assert app.member(card.hash).points == 100 + 50
+    back = a_return("R1-1", 5_000)
+    back = back.model_copy(update={"payload": back.payload.model_copy(update={"store_id": "S002"})})
+    [reversed_] = attribution.apply(back)
+    assert (reversed_.kind, reversed_.order_key) == ("reversed", "store@4:S002:R1-1")
+    assert app.member(card.hash).points == 100  # S001's purchase stays
+    # Credited before ids were per store: the return finds it under its old key.
+    member = app.member(card.hash)
+    app.credit(member, "store:OLD-1", T0, "store", 20_000)
+    with attribution._lock:
+        attribution._db.execute("INSERT INTO credited VALUES (?, ?)", ("store:OLD-1", card.hash))
+    [old] = attribution.apply(a_return("OLD-1", 20_000))
+    assert (old.kind, old.order_key) == ("reversed", "store:OLD-1")
+    assert app.member(card.hash).points == 100
 
 
 def test_anonymous_sales_and_non_members_are_not_credited(app: MembershipApplication, tmp_path: Path) -> None:
@@ -282,6 +311,6 @@ def test_a_member_changed_by_another_writer_meanwhile_is_read_again_and_credited
     [credit] = attribution.apply(store_order("S001-9", 20_000, card))
     assert credit.kind == "credited" and raced == [card.hash]
     member = app.member(card.hash)
-    assert set(member.purchases) == {"online:API-1", "store:S001-9"}
+    assert set(member.purchases) == {"online:API-1", "store@4:S001:S001-9"}
     assert member.points == 100 + 200
     other.close()

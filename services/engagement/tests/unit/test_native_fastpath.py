@@ -23,6 +23,7 @@ import pytest
 
 from crm_platform.crypto import BlindIndexer
 from engagement.ingest.pipeline import Ingestor, Source
+from engagement.ingest.sources import SourceRules
 
 KEY = bytes(range(32))
 RECORDED = re.compile(rb'"recorded_at":"[^"]*"')
@@ -255,7 +256,7 @@ def _both(raw: dict[str, Any], source: Source) -> tuple[Any, Any]:
 def _same(fast: Any, slow: Any, raw: dict[str, Any]) -> None:
     assert slow.status == fast.status, (raw, slow.errors)
     if fast.status != "accepted":
-        assert fast.errors == slow.errors
+        assert (fast.errors, fast.http_status) == (slow.errors, slow.http_status)
         return
     from crm_platform.kafka import WireEvent
 
@@ -293,6 +294,61 @@ def test_the_native_path_accepts_only_what_the_python_path_accepts_and_writes_th
     # Every valid generated event is of a shape the native path knows.
     assert valid > 1000
     assert taken_natively > valid
+
+
+def test_both_paths_refuse_alike_what_a_source_or_a_store_bound_key_may_not_send() -> None:
+    """Keys as the API builds them (``SourceRules``): the POS bound to two stores, the web
+    shop, the app, and a source whose allow-list narrows by channel and kind."""
+    rules = SourceRules.of({"kiosk": ["online_order:app", "interaction:app_opened", "interaction:searched"]})
+    sources = [
+        Source("pos", frozenset({"S001", "S003"}), rules.for_source("pos")),
+        Source("webshop", frozenset(), rules.for_source("webshop")),
+        Source("app", frozenset(), rules.for_source("app")),
+        Source("kiosk", frozenset(), rules.for_source("kiosk")),
+        Source("kiosk", frozenset({"S002"}), rules.for_source("kiosk")),
+        Source("unknown", frozenset(), rules.for_source("unknown")),
+    ]
+    rng = random.Random(20261207)
+    outcomes: dict[tuple[str, str], set[str]] = {}
+    for n in range(600):
+        event = _event(rng, n)
+        for raw in (event, _mutate(rng, event)):
+            for source in sources:
+                fast, slow = _both(raw, source)
+                _same(fast, slow, raw)
+                fields = ",".join(e["field"] for e in fast.errors) if fast.http_status == 403 else ""
+                outcomes.setdefault(
+                    (source.name + ":" + ",".join(sorted(source.stores)), fast.status), set()
+                ).add(fields)
+    # Each source had events accepted and refused for its type or its stores (403).
+    assert outcomes[("pos:S001,S003", "accepted")] and outcomes[("webshop:", "accepted")]
+    assert {"type", "payload.store_id"} <= outcomes[("pos:S001,S003", "rejected")]
+    assert "type" in outcomes[("app:", "rejected")] and ("app:", "accepted") in outcomes
+    assert {"type", "payload.channel", "payload.kind"} <= outcomes[("kiosk:", "rejected")]
+    assert "payload.store_id" in outcomes[("kiosk:S002", "rejected")]
+    assert ("unknown:", "accepted") not in outcomes
+
+
+def test_a_store_order_s_derived_id_is_its_store_s() -> None:
+    """The same receipt number at two stores, at the same instant: two facts, two ids
+    (a store id holding ``|`` does not make two pairs alike)."""
+    ids = set()
+    for store, order in (("S001", "R1-1"), ("S002", "R1-1"), ("S|1", "R"), ("S", "1|R")):
+        raw = {
+            "type": "store_order",
+            "occurred_at": "2026-11-01T10:00:00+09:00",
+            "payload": {
+                "order_id": order,
+                "store_id": store,
+                "total": 100,
+                "lines": [{"line_no": 1, "sku": "A", "category": "c", "quantity": 1, "unit_price": 100}],
+            },
+        }
+        fast, slow = _both(raw, Source("pos"))
+        _same(fast, slow, raw)
+        assert fast.event is None and fast.order_key == (f"store:{store}", order)
+        ids.add(fast.event_id)
+    assert len(ids) == 4
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,14 @@ an order that exists and may not return more than was bought, and a resent order
 be recognised. The ingestion API therefore records each acknowledged order and return
 here, after Kafka's ack: a row in the ledger means the fact is on the broker.
 
-Orders are keyed by channel group and order id: ``store`` for POS transactions (receipt
-ids are unique across a retailer's stores, e.g. ``S001-R2-000123``), ``online`` for the
-web shop and the app, which share one order id space.
+Orders and returns are keyed by namespace and id (the ``grp`` column holds the
+namespace): ``store:<store_id>`` for POS transactions, so each store has its own receipt
+ids and no store can claim or return another's; ``online`` for the web shop and the
+app, which share one order id space. A return is recorded in its order's namespace.
+
+Rows written before orders were kept per store have the namespace ``store`` (their
+store is unknown): they are kept as they are and still read — their ids stay taken for
+every store, and only a key bound to no store may return them (:data:`LEGACY_STORE`).
 """
 
 from __future__ import annotations
@@ -21,14 +26,24 @@ from typing import Any, Protocol
 
 import orjson
 
+#: The namespace of store orders recorded before each store had its own.
+LEGACY_STORE = "store"
+ONLINE = "online"
 
-def order_group(channel: str) -> str:
-    return "store" if channel == "store" else "online"
+
+def store_namespace(store_id: str) -> str:
+    return f"store:{store_id}"
+
+
+def namespaces(namespace: str) -> tuple[str, ...]:
+    """Where an id of ``namespace`` may already be recorded: its own, and for a store
+    the shared one of the rows from before namespaces."""
+    return (namespace, LEGACY_STORE) if namespace.startswith("store:") else (namespace,)
 
 
 @dataclass
 class LedgerOrder:
-    group: str
+    namespace: str
     order_id: str
     event_id: str
     customer_key: str
@@ -40,7 +55,7 @@ class LedgerOrder:
 
 @dataclass(frozen=True)
 class LedgerReturn:
-    group: str
+    namespace: str
     order_id: str
     return_id: str
     event_id: str
@@ -123,7 +138,7 @@ class SQLiteOrderLedger:
         return found
 
     def returns(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """(group, return_id) -> event_id of the returns among ``keys`` already ingested."""
+        """(namespace, return_id) -> event_id of the returns among ``keys`` already ingested."""
         wanted = list(set(keys))
         found: dict[tuple[str, str], str] = {}
         with self._lock:
@@ -194,8 +209,8 @@ BUSY_TIMEOUT_MS = 10_000
 def _rows(
     orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    order_rows = [(o.group, o.order_id, o.event_id, o.customer_key, _dump(o.lines)) for o in orders]
-    return_rows = [(r.group, r.order_id, r.return_id, r.event_id, _dump(r.lines)) for r in returns]
+    order_rows = [(o.namespace, o.order_id, o.event_id, o.customer_key, _dump(o.lines)) for o in orders]
+    return_rows = [(r.namespace, r.order_id, r.return_id, r.event_id, _dump(r.lines)) for r in returns]
     return order_rows, return_rows
 
 

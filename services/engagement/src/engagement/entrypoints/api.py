@@ -1,7 +1,8 @@
 """The engagement HTTP API (port 8002): commerce ingestion.
 
 Ingestion keys are write-only and name their source: scope ``engagement:ingest`` plus
-``source:<name>`` (e.g. ``source:pos``, ``source:webshop``) and, to bind a key to some
+``source:<name>`` (e.g. ``source:pos``, ``source:webshop``), whose allow-list says which
+event types it may send (``engagement.ingest.sources``), and, to bind a key to some
 stores, ``store:<id>`` scopes. Staff keys (``engagement:read``/``write``) cannot ingest.
 """
 
@@ -33,6 +34,7 @@ from engagement.domain.membership import Member, MembershipError, NotEnoughPoint
 from engagement.entrypoints import campaign_routes, form_routes
 from engagement.ingest.pipeline import Ingestor, Source
 from engagement.ingest.schemas import MAX_BATCH_EVENTS, BatchResult, EventResult, Incoming
+from engagement.ingest.sources import SourceRules
 from engagement.membership import ConcurrentUpdate, MemberExists, MemberNotFound, MembershipApplication
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,16 @@ class BatchIn(BaseModel):
     events: list[Any] = Field(description=f"up to {MAX_BATCH_EVENTS} events, each judged on its own")
 
 
-def _source(principal: Principal) -> Source:
+async def _source(principal: Ingesting, request: Request) -> Source:
+    """The key's source, the event types it may send, and the stores it is bound to."""
     names = sorted(s.split(":", 1)[1] for s in principal.scopes if s.startswith("source:"))
     stores = frozenset(s.split(":", 1)[1] for s in principal.scopes if s.startswith("store:"))
-    return Source(name=names[0] if names else principal.key_name, stores=stores)
+    name = names[0] if names else principal.key_name
+    rules: SourceRules = request.app.state.source_rules
+    return Source(name=name, stores=stores, allowed=rules.for_source(name))
+
+
+Sending = Annotated[Source, Depends(_source)]
 
 
 async def _ingestor(request: Request) -> Ingestor:
@@ -68,6 +76,7 @@ async def _ingestor(request: Request) -> Ingestor:
     },
     responses={
         202: {"description": "on the broker"},
+        403: {"description": "the key's source may not send this type, or it is bound to other stores"},
         409: {"description": "the order or return id was ingested as another event"},
         413: {"description": "event too large"},
         422: {"description": "invalid; `errors` name the fields"},
@@ -76,10 +85,10 @@ async def _ingestor(request: Request) -> Ingestor:
 )
 async def ingest_one(
     event: Annotated[dict[str, Any], Body()],
-    principal: Ingesting,
+    source: Sending,
     ingestor: Annotated[Ingestor, Depends(_ingestor)],
 ) -> JSONResponse:
-    [item] = await ingestor.ingest([event], _source(principal))
+    [item] = await ingestor.ingest([event], source)
     result = item.result()
     if item.status in ("accepted", "duplicate"):
         return JSONResponse(result.model_dump(mode="json"), status_code=202)
@@ -107,11 +116,11 @@ async def ingest_one(
     },
 )
 async def ingest_batch(
-    batch: BatchIn, principal: Ingesting, ingestor: Annotated[Ingestor, Depends(_ingestor)]
+    batch: BatchIn, source: Sending, ingestor: Annotated[Ingestor, Depends(_ingestor)]
 ) -> Response:
     if len(batch.events) > MAX_BATCH_EVENTS:
         raise ApiError(413, "payload_too_large", f"a batch holds at most {MAX_BATCH_EVENTS} events")
-    items = await ingestor.ingest(batch.events, _source(principal))
+    items = await ingestor.ingest(batch.events, source)
     results = [i.as_json() for i in items]  # a BatchResult, written straight as JSON
     accepted = sum(r["status"] in ("accepted", "duplicate") for r in results)
     if any(r["status"] == "unavailable" for r in results):
@@ -286,6 +295,7 @@ async def moved(_number: str) -> None:
 
 def create(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings(service_name="engagement")
+    source_rules = SourceRules.of(settings.ingest_sources)  # a bad allow-list stops the start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -343,6 +353,7 @@ def create(settings: Settings | None = None) -> FastAPI:
             MembershipError: 422,
         },
     )
+    app.state.source_rules = source_rules
     app.include_router(ingest)
     app.include_router(members)
     app.include_router(campaign_routes.router)  # campaigns, tracking links (own lifespan)

@@ -1,8 +1,9 @@
 """From what a source sent to contract events acknowledged by Kafka.
 
-Each event of a request is judged on its own: validated against its contract, its
-identifiers normalised and blind-indexed, returns checked against the order ledger
-(known order, no more returned than bought), resends recognised. The accepted ones are
+Each event of a request is judged on its own: validated against its contract, allowed
+for its source and the key's stores (``sources.py``), its identifiers normalised and
+blind-indexed, returns checked against the order ledger (a known order of the same
+store, or online; no more returned than bought), resends recognised. The accepted ones are
 published together and reported ``accepted`` only once Kafka acknowledged them; then
 orders and returns are recorded in the ledger. If the broker does not answer within
 ``ack_timeout`` the request reports them ``unavailable`` (HTTP 503): the source retries,
@@ -22,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -38,7 +40,15 @@ from crm_contracts.events.commerce import (
 from crm_platform.crypto import BlindIndexer
 from crm_platform.identifiers import PLUS_ADDRESSING, BlindIdentifiers, InvalidIdentifier
 from crm_platform.kafka import EventProducer, WireEvent
-from engagement.adapters.ledger import LedgerOrder, LedgerReturn, OrderLedger, order_group
+from engagement.adapters.ledger import (
+    LEGACY_STORE,
+    ONLINE,
+    LedgerOrder,
+    LedgerReturn,
+    OrderLedger,
+    namespaces,
+    store_namespace,
+)
 from engagement.ingest.schemas import (
     MAX_EVENT_BYTES,
     EventResult,
@@ -48,6 +58,7 @@ from engagement.ingest.schemas import (
     StoreOrderIn,
     incoming,
 )
+from engagement.ingest.sources import may_send
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,11 +74,11 @@ INLINE_LEDGER_ROWS = 16
 KEY_PRIORITY = ("member_no", "pos_card", "ec_account", "line_id", "email", "phone", "device")
 
 Parsed = StoreOrderIn | OnlineOrderIn | ReturnIn | InteractionIn
-#: What the native path's ``kind`` stands for: (topic, event_type, order group).
+#: What the native path's ``kind`` stands for: (topic, event_type, ingestion type).
 _NATIVE_KINDS = {
-    0: (StoreOrderCompleted.TOPIC, "order.store_completed", "store"),
-    1: (OnlineOrderCompleted.TOPIC, "order.online_completed", "online"),
-    2: (InteractionRecorded.TOPIC, "interaction.recorded", None),
+    0: (StoreOrderCompleted.TOPIC, "order.store_completed", "store_order"),
+    1: (OnlineOrderCompleted.TOPIC, "order.online_completed", "online_order"),
+    2: (InteractionRecorded.TOPIC, "interaction.recorded", "interaction"),
 }
 
 
@@ -79,11 +90,13 @@ class Rejected(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """Who is sending: the API key's source name and the stores it may speak for
-    (empty: any store)."""
+    """Who is sending: the API key's source name, the stores it may speak for (empty:
+    any store) and the event types its source may send (``sources.SourceRules``
+    entries; ``None``: any — the import command, run by an operator)."""
 
     name: str
     stores: frozenset[str] = frozenset()
+    allowed: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -95,9 +108,17 @@ class _Item:
     #: ledger check is done (a return takes its order's customer key there).
     wire: WireEvent | None = None
     event_id: str | None = None
-    #: An order's ledger key (group, order_id) and lines: line_no -> (sku, quantity, amount).
+    #: An order's ledger key (namespace, order_id) and lines: line_no -> (sku, quantity, amount).
     order_key: tuple[str, str] | None = None
     order_lines: dict[int, tuple[str, int, int]] | None = None
+    #: A return's namespace: its order's (``store:<id>``, or ``online``).
+    return_namespace: str | None = None
+    #: The key is bound to stores (it may not return an order of unknown store).
+    bound: bool = False
+    #: A store order's or return's instant when its event id was derived here: the id
+    #: it had before orders were kept per store is derived from it, to recognise a resend
+    #: of a fact recorded then.
+    derived_at: datetime | str | None = None
     status: Literal["accepted", "duplicate", "rejected", "unavailable"] = "rejected"
     errors: list[dict[str, str]] = field(default_factory=list)
     http_status: int = 422
@@ -186,13 +207,25 @@ class Ingestor:
         try:
             # The native path measures the event too, and leaves anything too large here.
             fast = self._native.prepare(raw, source.name, recorded_at) if self._native is not None else None
-            if fast is not None and (fast[5] is None or not source.stores or fast[5] in source.stores):
-                kind, event_id, customer_key, value, order_id, _store, lines = fast
-                topic, event_type, group = _NATIVE_KINDS[kind]
+            if fast is not None:
+                kind, event_id, customer_key, value, order_id, store_id, lines = fast
+                topic, event_type, ingest_type = _NATIVE_KINDS[kind]
+                # Valid (the native path took it): the same checks as below, on its values.
+                payload = raw["payload"]
+                if kind == 0:
+                    _authorise(source, ingest_type, "store", store_id)
+                elif kind == 1:
+                    _authorise(source, ingest_type, payload.get("channel", "online"), None)
+                else:
+                    _authorise(source, ingest_type, payload["kind"], None)
                 item.wire = WireEvent(topic, event_type, 1, event_id, customer_key, value)
-                item.event_id = event_id
-                if group is not None and order_id is not None:
-                    item.order_key, item.order_lines = (group, order_id), lines
+                item.event_id, item.bound = event_id, bool(source.stores)
+                if kind == 0 and order_id is not None and store_id is not None:
+                    item.order_key, item.order_lines = (store_namespace(store_id), order_id), lines
+                    if raw.get("event_id") is None:
+                        item.derived_at = raw["occurred_at"]
+                elif kind == 1 and order_id is not None:
+                    item.order_key, item.order_lines = (ONLINE, order_id), lines
                 item.status, item.http_status = "accepted", 202
                 return item
             if _size(raw) > MAX_EVENT_BYTES:
@@ -202,13 +235,25 @@ class Ingestor:
             except ValidationError as exc:
                 item.errors = [{"field": _field(err), "reason": err["msg"]} for err in exc.errors()]
                 return item
+            _authorise(source, *_what(parsed))
             event = item.event = self._event(parsed, source)
             item.event_id = str(event.event_id)
+            item.bound = bool(source.stores)
+            if isinstance(event, StoreOrderCompleted):
+                item.order_key = (store_namespace(event.payload.store_id), event.payload.order_id)
+            elif isinstance(event, OnlineOrderCompleted):
+                item.order_key = (ONLINE, event.payload.order_id)
+            elif isinstance(event, OrderReturned):
+                item.return_namespace = _return_namespace(event.payload.channel, event.payload.store_id)
             if isinstance(event, StoreOrderCompleted | OnlineOrderCompleted):
-                item.order_key = (order_group(_channel(event)), event.payload.order_id)
                 item.order_lines = {
                     line.line_no: (line.sku, line.quantity, line.amount) for line in event.payload.lines
                 }
+            in_store = item.return_namespace not in (None, ONLINE) or (
+                item.order_key is not None and item.order_key[0] != ONLINE
+            )
+            if in_store and parsed.event_id is None:
+                item.derived_at = parsed.occurred_at
             item.status, item.http_status = "accepted", 202
         except Rejected as reason:
             item.reject(reason)
@@ -236,9 +281,10 @@ class Ingestor:
         }
         if isinstance(parsed, StoreOrderIn):
             payload = parsed.payload
-            _check_store(source, payload.store_id)
             key = ("store", payload.order_id)
-            event_id = parsed.event_id or deterministic_event_id(at, *key)
+            event_id = parsed.event_id or deterministic_event_id(
+                at, "store", _id_part(payload.store_id), payload.order_id
+            )
             return StoreOrderCompleted(
                 **common, event_id=event_id, customer_key=_customer_key(identifiers, key), payload=payload
             )
@@ -251,9 +297,12 @@ class Ingestor:
             )
         if isinstance(parsed, ReturnIn):
             payload_r = parsed.payload
-            if payload_r.store_id is not None:
-                _check_store(source, payload_r.store_id)
-            rkey = (order_group(payload_r.channel), "return", payload_r.return_id)
+            if payload_r.channel == "store":
+                if payload_r.store_id is None:
+                    raise Rejected("payload.store_id", "a store return names the store of its order")
+                rkey: tuple[str, ...] = ("store", _id_part(payload_r.store_id), "return", payload_r.return_id)
+            else:
+                rkey = (ONLINE, "return", payload_r.return_id)
             event_id = parsed.event_id or deterministic_event_id(at, *rkey)
             # customer_key is set from the original order in _check_against_ledger, so the
             # return lands on the order's partition (same customer, in order).
@@ -296,11 +345,13 @@ class Ingestor:
         for item in items:
             event = item.event
             if item.order_key is not None:
-                order_keys.append(item.order_key)
+                namespace, order_id = item.order_key
+                order_keys += [(n, order_id) for n in namespaces(namespace)]
             elif isinstance(event, OrderReturned):
-                group = order_group(event.payload.channel)
-                order_keys.append((group, event.payload.original_order_id))
-                return_keys.append((group, event.payload.return_id))
+                assert item.return_namespace is not None
+                for n in namespaces(item.return_namespace):
+                    order_keys.append((n, event.payload.original_order_id))
+                    return_keys.append((n, event.payload.return_id))
         known_orders = (
             await self._on_ledger(len(order_keys), self.ledger.orders, order_keys) if order_keys else {}
         )
@@ -324,13 +375,15 @@ class Ingestor:
         assert event_id is not None
         if item.order_key is not None:
             key = item.order_key
-            known = orders.get(key)
+            known = _first(orders, namespaces(key[0]), key[1])
             if known is not None:
-                if known.event_id != event_id:
+                if known.event_id != event_id and not (
+                    known.namespace == LEGACY_STORE and known.event_id == _legacy_id(item, "store", key[1])
+                ):
                     raise Rejected(
                         "payload.order_id", f"order already ingested as event {known.event_id}", 409
                     )
-                item.status = "duplicate"
+                item.status, item.event_id = "duplicate", known.event_id
                 return
             assert item.order_lines is not None
             order = LedgerOrder(key[0], key[1], event_id, item.customer_key, item.order_lines)
@@ -338,18 +391,29 @@ class Ingestor:
             item.ledger_order = order
         elif isinstance(event, OrderReturned):
             payload = event.payload
-            group = order_group(payload.channel)
-            seen = returns.get((group, payload.return_id))
+            namespace = item.return_namespace
+            assert namespace is not None
+            seen = _first(returns, namespaces(namespace), payload.return_id)
             if seen is not None:
-                if seen != event_id:
+                if seen != event_id and seen != _legacy_id(item, "store", "return", payload.return_id):
                     raise Rejected("payload.return_id", f"return already ingested as event {seen}", 409)
-                item.status = "duplicate"
+                item.status, item.event_id = "duplicate", seen
                 return
-            original = orders.get((group, payload.original_order_id))
+            original = orders.get((namespace, payload.original_order_id))
+            if original is None and namespace != ONLINE:
+                original = orders.get((LEGACY_STORE, payload.original_order_id))
+                if original is not None and item.bound:
+                    raise Rejected(
+                        "payload.original_order_id",
+                        f"order {payload.original_order_id!r} was ingested before orders were kept per "
+                        "store, so its store is unknown: only a key bound to no store may return it",
+                        403,
+                    )
             if original is None:
+                where = "online" if namespace == ONLINE else f"of store {payload.store_id!r}"
                 raise Rejected(
                     "payload.original_order_id",
-                    f"no {group} order {payload.original_order_id!r} was ingested",
+                    f"no order {payload.original_order_id!r} {where} was ingested",
                 )
             taking: dict[int, int] = {}
             for n, line in enumerate(payload.lines):
@@ -366,11 +430,11 @@ class Ingestor:
                 taking[line.line_no] = taking.get(line.line_no, 0) + line.quantity
             for line_no, quantity in taking.items():
                 original.returned[line_no] = original.returned.get(line_no, 0) + quantity
-            returns[(group, payload.return_id)] = event_id
+            returns[(original.namespace, payload.return_id)] = event_id
             # The return follows its order: same partition key, so same customer order.
             item.event = event.model_copy(update={"customer_key": original.customer_key})
             item.ledger_return = LedgerReturn(
-                group, payload.original_order_id, payload.return_id, event_id, taking
+                original.namespace, payload.original_order_id, payload.return_id, event_id, taking
             )
 
     # -- to Kafka, then the ledger --------------------------------------------------------
@@ -452,13 +516,72 @@ def _size(raw: Any) -> int:
         raise Rejected("", "event nested too deeply") from None
 
 
-def _check_store(source: Source, store_id: str) -> None:
-    if source.stores and store_id not in source.stores:
-        raise Rejected("payload.store_id", f"this API key may not send for store {store_id!r}", 403)
+def _what(parsed: Parsed) -> tuple[str, str, str | None]:
+    """(ingestion type, qualifier, store_id) of a valid event, for :func:`_authorise`."""
+    if isinstance(parsed, StoreOrderIn):
+        return "store_order", "store", parsed.payload.store_id
+    if isinstance(parsed, OnlineOrderIn):
+        return "online_order", parsed.payload.channel, None
+    if isinstance(parsed, ReturnIn):
+        return "return", parsed.payload.channel, parsed.payload.store_id
+    return "interaction", parsed.payload.kind.value, None
 
 
-def _channel(event: StoreOrderCompleted | OnlineOrderCompleted) -> str:
-    return "store" if isinstance(event, StoreOrderCompleted) else event.payload.channel
+def _authorise(source: Source, kind: str, qualifier: str, store_id: str | None) -> None:
+    """Refuse (403) what the key's source may not send, and, for a key bound to stores,
+    an event naming none of them. The same on the native and the Python path."""
+    if not may_send(source.allowed, kind, qualifier):
+        allowed = source.allowed or frozenset()
+        narrowed = any(e.startswith(kind + ":") for e in allowed)
+        what = "kind" if kind == "interaction" else "channel"
+        raise Rejected(
+            f"payload.{what}" if narrowed else "type",
+            f"source {source.name!r} may not send {kind} events ({what} {qualifier}); "
+            f"it may send: {', '.join(sorted(allowed)) or 'nothing'}",
+            403,
+        )
+    if source.stores:
+        if store_id is None:
+            raise Rejected(
+                "payload.store_id",
+                f"this API key may send only for store {', '.join(sorted(source.stores))}: "
+                f"a {kind} naming no store is refused",
+                403,
+            )
+        if store_id not in source.stores:
+            raise Rejected("payload.store_id", f"this API key may not send for store {store_id!r}", 403)
+
+
+def _return_namespace(channel: str, store_id: str | None) -> str:
+    """The namespace of a return's order: its store's (a store return names it), or online."""
+    if channel != "store":
+        return ONLINE
+    assert store_id is not None  # refused before
+    return store_namespace(store_id)
+
+
+def _id_part(store_id: str) -> str:
+    """A store id as a part of a derived event id, length first: parts are joined with
+    ``|``, which a store id may contain, and no two (store, order) pairs may join alike."""
+    return f"{len(store_id)}:{store_id}"
+
+
+def _first(found: dict[tuple[str, str], T], spaces: tuple[str, ...], key: str) -> T | None:
+    for space in spaces:
+        hit = found.get((space, key))
+        if hit is not None:
+            return hit
+    return None
+
+
+def _legacy_id(item: _Item, *parts: str) -> str | None:
+    """The event id a store order or return had when the ledger kept one namespace for
+    all stores (``None``: its id was given by the source, not derived)."""
+    at = item.derived_at
+    if at is None:
+        return None
+    when = at if isinstance(at, datetime) else datetime.fromisoformat(at)
+    return str(deterministic_event_id(when, *parts))
 
 
 def _customer_key(identifiers: list[Identifier], fallback: tuple[str, ...]) -> str:
