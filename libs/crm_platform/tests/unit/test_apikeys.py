@@ -38,7 +38,11 @@ def _client(settings: Settings) -> TestClient:
 
     @app.get("/whoami")
     def whoami(principal: Annotated[Principal, Depends(require_scope("things:read"))]) -> dict[str, Any]:
-        return {"key_id": principal.key_id, "decided_by": principal.key_name, "scopes": sorted(principal.scopes)}
+        return {
+            "key_id": principal.key_id,
+            "decided_by": principal.key_name,
+            "scopes": sorted(principal.scopes),
+        }
 
     return TestClient(app)
 
@@ -51,7 +55,10 @@ def test_a_hashed_entry_authenticates_and_the_key_id_stands_for_the_caller(tmp_p
     got = client.get("/whoami", headers={"X-API-Key": key})
     assert got.status_code == 200, got.text
     assert got.json() == {"key_id": "crm-reader-1", "decided_by": "crm-reader-1", "scopes": ["things:read"]}
-    assert client.get("/whoami", headers={"X-API-Key": key[:-1] + ("A" if key[-1] != "A" else "B")}).status_code == 401
+    assert (
+        client.get("/whoami", headers={"X-API-Key": key[:-1] + ("A" if key[-1] != "A" else "B")}).status_code
+        == 401
+    )
 
 
 def test_production_refuses_a_short_key_even_if_configured(tmp_path: Path) -> None:
@@ -59,7 +66,9 @@ def test_production_refuses_a_short_key_even_if_configured(tmp_path: Path) -> No
     import hashlib
 
     entry = {"short": {"sha256": hashlib.sha256(short.encode()).hexdigest(), "scopes": ["things:read"]}}
-    assert _client(_production(entry, tmp_path)).get("/whoami", headers={"X-API-Key": short}).status_code == 401
+    assert (
+        _client(_production(entry, tmp_path)).get("/whoami", headers={"X-API-Key": short}).status_code == 401
+    )
     # the same entry in development answers (the minimum is production's)
     dev = Settings(var_dir=tmp_path, api_keys=entry)
     assert _client(dev).get("/whoami", headers={"X-API-Key": short}).status_code == 200

@@ -31,7 +31,9 @@ def test_production_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_ENV", "production")
     monkeypatch.setenv("CRM_BLIND_INDEX_KEY", SECRET)
     monkeypatch.setenv("CRM_MASTER_KEY", OTHER)
-    monkeypatch.setenv("CRM_API_KEYS", '{"k-123": {"sha256": "' + "ab" * 32 + '", "scopes": ["identity:read"]}}')
+    monkeypatch.setenv(
+        "CRM_API_KEYS", '{"k-123": {"sha256": "' + "ab" * 32 + '", "scopes": ["identity:read"]}}'
+    )
     monkeypatch.setenv("CRM_CONTACT_VERIFY_KEY", new_signing_key()[1])
     monkeypatch.setenv("CRM_EVENT_STORE", "postgres")
     monkeypatch.setenv("CRM_POSTGRES_PASSWORD", "long-random")
