@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,7 +286,15 @@ def audit_router(service: str, log_of: Callable[[Request], AuditLog]) -> APIRout
     )
     async def read_audit(
         request: Request,
-        customer_id: Annotated[uuid.UUID | None, Query(description="one customer's entries")] = None,
+        customer_id: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                pattern=r"^[A-Za-z0-9:_-]+$",
+                description="one customer's entries (identity: the customer id; support: the customer key)",
+            ),
+        ] = None,
         key_id: Annotated[str | None, Query(max_length=64, description="one API key's entries")] = None,
         since: Annotated[datetime | None, Query(description="from this instant (included)")] = None,
         until: Annotated[datetime | None, Query(description="to this instant (excluded)")] = None,
@@ -301,7 +308,7 @@ def audit_router(service: str, log_of: Callable[[Request], AuditLog]) -> APIRout
                 )
         rows = await asyncio.to_thread(
             log_of(request).query,
-            customer_id=None if customer_id is None else str(customer_id),
+            customer_id=customer_id,
             key_id=key_id,
             since=since,
             until=until,
