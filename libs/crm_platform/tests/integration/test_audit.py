@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -111,3 +112,42 @@ def test_the_audit_route_needs_the_audit_scope(store_settings: Settings, log: Au
         # there is no route that changes the log
         for method in ("PUT", "PATCH", "DELETE", "POST"):
             assert client.request(method, "/v1/audit", headers={"X-API-Key": "auditor"}).status_code == 405
+
+
+def test_concurrent_reads_share_commits_and_each_waits_for_its_own(log: AuditLog) -> None:
+    import asyncio
+
+    commits: list[int] = []
+    append = log._backend.append
+
+    def counting(rows: Any) -> None:
+        commits.append(len(rows))
+        append(rows)
+
+    log._backend.append = counting  # type: ignore[method-assign]
+    customers = [str(uuid.uuid4()) for _ in range(50)]
+
+    async def reads() -> None:
+        await asyncio.gather(
+            *(
+                log.arecord(AuditEntry(key_id="k", action="GET /x", purpose="profile", customer_id=c))
+                for c in customers
+            )
+        )
+
+    asyncio.run(reads())
+    assert sum(commits) == 50 and len(commits) < 50  # grouped
+    assert sorted(e["customer_id"] for e in log.query(limit=1000)) == sorted(customers)
+
+    def broken(rows: Any) -> None:
+        raise OSError("disk full")
+
+    log._backend.append = broken  # type: ignore[method-assign]
+
+    async def failing() -> list[Any]:
+        return await asyncio.gather(
+            *(log.arecord(AuditEntry(key_id="k", action="GET /x", purpose="profile")) for _ in range(3)),
+            return_exceptions=True,
+        )
+
+    assert [type(r) for r in asyncio.run(failing())] == [OSError] * 3  # no answer without its entry
