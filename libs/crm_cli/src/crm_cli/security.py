@@ -61,13 +61,13 @@ def new_contact_key_command() -> None:
 
 def audit_command(
     service: str = typer.Option("identity", help="identity or support"),
-    customer: str = typer.Option(None, help="one customer's entries (support: the customer key)"),
-    key_id: str = typer.Option(None, "--key-id", help="one API key's entries"),
-    since: str = typer.Option(None, help="from this instant, with its offset (2026-11-20T00:00:00+09:00)"),
-    until: str = typer.Option(None, help="to this instant (excluded), with its offset"),
+    customer: str | None = typer.Option(None, help="one customer's entries (support: the customer key)"),
+    key_id: str | None = typer.Option(None, "--key-id", help="one API key's entries"),
+    since: str | None = typer.Option(None, help="from this instant, with offset (2026-11-20T00:00+09:00)"),
+    until: str | None = typer.Option(None, help="to this instant (excluded), with its offset"),
     limit: int = typer.Option(100, min=1, max=1000),
     as_json: bool = typer.Option(False, "--json", help="print the entries as JSON lines"),
-    url: str = typer.Option(None, help="the service's API (default: its local port)"),
+    url: str | None = typer.Option(None, help="the service's API (default: its local port)"),
     api_key: str = typer.Option("dev-admin-key", envvar="CRM_API_KEY", help="a key with <service>:audit"),
 ) -> None:
     """Who read whose personal data, when and why: the service's audit log."""

@@ -46,6 +46,10 @@ DEV_API_KEYS: dict[str, list[str]] = {
 }
 
 
+def _dev_api_keys() -> dict[str, list[str] | HashedApiKey]:
+    return {key: list(scopes) for key, scopes in DEV_API_KEYS.items()}
+
+
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
@@ -98,7 +102,7 @@ class Settings(BaseSettings):
     ingest_native: bool = True
     #: key id -> ``{"sha256": <hex digest of the key>, "scopes": [...]}`` (crm_platform.apikeys;
     #: ``crm keys new-api-key``). Development and test also take ``{"<key>": [scopes]}``.
-    api_keys: dict[str, list[str] | HashedApiKey] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    api_keys: dict[str, list[str] | HashedApiKey] = Field(default_factory=_dev_api_keys)
 
     # Personal data
     #: Ed25519 public key (base64) identity checks contact capabilities with; engagement's

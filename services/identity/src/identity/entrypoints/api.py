@@ -100,7 +100,7 @@ async def _audit(
 ) -> None:
     """Record a personal-data read before it is answered (one entry per customer)."""
     log: AuditLog = request.app.state.audit
-    ids = [str(c) for c in customers] or [None]
+    ids: list[str | None] = [str(c) for c in customers] or [None]
     await log.arecord(
         *(
             AuditEntry(
@@ -356,7 +356,7 @@ def _contact_answer(data: dict[str, Any], channel: str) -> dict[str, Any]:
 
 async def _survivor(identity: Identity, customer_id: uuid.UUID) -> dict[str, Any]:
     """The customer, or the one it was merged into (``customer_id`` says which)."""
-    data = await _read(identity, identity.app.get_customer, customer_id)
+    data: dict[str, Any] = await _read(identity, identity.app.get_customer, customer_id)
     for _hop in range(8):  # follow merges to the survivor
         if data["status"] != "merged" or data["merged_into"] is None:
             break
