@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from crm_cli.kafka_local import KafkaLocalError, LocalKafka
+from crm_cli.security import audit_command, keys_app
 
 app = typer.Typer(
     name="crm",
@@ -31,6 +32,8 @@ kafka_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -569,15 +572,18 @@ def status(
 @app.command("customer")
 def customer(
     query: str = typer.Argument(help="a name (kanji, kana, romaji), e-mail, phone or member number"),
-    api_key: str = typer.Option("dev-admin-key", envvar="CRM_API_KEY", help="a key with identity:read"),
+    api_key: str = typer.Option(
+        "dev-admin-key", envvar="CRM_API_KEY", help="a key with identity:read (names: identity:pii)"
+    ),
 ) -> None:
-    """Find a customer and show their profile with the analytics 360 summary."""
+    """Find a customer and show their profile with the analytics 360 summary (the query
+    goes in a request body; a name needs two kanji or three kana)."""
     import httpx
 
     headers = {"X-API-Key": api_key}
     try:
-        found = httpx.get(
-            "http://127.0.0.1:8001/customers/search", params={"q": query}, headers=headers, timeout=10
+        found = httpx.post(
+            "http://127.0.0.1:8001/customers/search", json={"q": query}, headers=headers, timeout=10
         )
     except httpx.HTTPError as exc:
         err_console.print(f"[bold red]identity API unreachable:[/bold red] {escape(str(exc))}")

@@ -11,9 +11,8 @@ in exception handlers (routes stay thin), and FastAPI's OpenTelemetry server spa
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -27,8 +26,9 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_platform.apikeys import MIN_API_KEY_LENGTH, ApiKeyEntry, authenticate, key_table
 from crm_platform.process import quiet_gc
-from crm_platform.settings import Settings
+from crm_platform.settings import Environment, Settings
 from crm_platform.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,15 @@ class TraceIdHeader:
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller an API key stands for."""
+    """The caller an API key stands for: the key's id (never the key) and its scopes."""
 
-    key_name: str
+    key_id: str
     scopes: frozenset[str]
+
+    @property
+    def key_name(self) -> str:
+        """What events record as who decided (``decided_by``): the key id."""
+        return self.key_id
 
     def allows(self, scope: str) -> bool:
         service = scope.split(":", 1)[0]
@@ -87,17 +92,30 @@ class Principal:
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key with scopes")
 
 
+def _key_table(app: FastAPI) -> tuple[ApiKeyEntry, ...]:
+    """The configured keys, parsed once per configuration object."""
+    settings: Settings = app.state.settings
+    cached = getattr(app.state, "api_key_table", None)
+    if cached is None or cached[0] is not settings.api_keys:
+        cached = (settings.api_keys, key_table(settings.api_keys))
+        app.state.api_key_table = cached
+    table: tuple[ApiKeyEntry, ...] = cached[1]
+    return table
+
+
 async def _principal(
     request: Request, api_key: Annotated[str | None, Security(_api_key_header)]
 ) -> Principal:
-    keys: Mapping[str, Sequence[str]] = request.app.state.settings.api_keys
     if not api_key:
         raise ApiError(401, "unauthenticated", "missing X-API-Key header", {"WWW-Authenticate": "ApiKey"})
-    for known, scopes in keys.items():
-        # Compare in constant time so a key cannot be guessed byte by byte.
-        if hmac.compare_digest(known.encode(), api_key.encode()):
-            return Principal(key_name=known[:4] + "…", scopes=frozenset(scopes))
-    raise ApiError(401, "unauthenticated", "unknown API key", {"WWW-Authenticate": "ApiKey"})
+    settings: Settings = request.app.state.settings
+    # Production refuses short keys before hashing; the hash is compared with every
+    # configured digest in constant time (crm_platform.apikeys).
+    min_length = MIN_API_KEY_LENGTH if settings.env is Environment.PRODUCTION else 0
+    entry = authenticate(_key_table(request.app), api_key, min_length=min_length)
+    if entry is None:
+        raise ApiError(401, "unauthenticated", "unknown API key", {"WWW-Authenticate": "ApiKey"})
+    return Principal(key_id=entry.key_id, scopes=entry.scopes)
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,8 @@ from crm_contracts.topics import (
     IDENTITY_RESOLVER_GROUP,
     SUPPORT_ERASURE_GROUP,
 )
+from crm_platform.apikeys import KEY_ID_PATTERN, HashedApiKey, plaintext_entries
+from crm_platform.capability import DEV_CONTACT_VERIFY_KEY
 
 # Well-known development values. Local mode works out of the box with them; production
 # refuses them (see ``_refuse_dev_secrets_in_production``).
@@ -52,6 +55,10 @@ PUBLISHED_SECRETS: dict[str, frozenset[str]] = {
     "CRM_MASTER_KEY": frozenset({"pW4Z9QnZ0yeH7Sxs67o9T2EdFfD3MpzRe2ayU+romgU="}),
     "CRM_POSTGRES_PASSWORD": frozenset({"laptop-only-postgres"}),
 }
+
+
+def _dev_api_keys() -> dict[str, list[str] | HashedApiKey]:
+    return {key: list(scopes) for key, scopes in DEV_API_KEYS.items()}
 
 
 class Environment(StrEnum):
@@ -113,9 +120,14 @@ class Settings(BaseSettings):
     #: Which event types each ingestion source may send, added to or replacing the
     #: defaults per source (``engagement.ingest.sources``, docs/engagement.md).
     ingest_sources: dict[str, list[str]] = Field(default_factory=dict)
-    api_keys: dict[str, list[str]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    #: key id -> ``{"sha256": <hex digest of the key>, "scopes": [...]}`` (crm_platform.apikeys;
+    #: ``crm keys new-api-key``). Development and test also take ``{"<key>": [scopes]}``.
+    api_keys: dict[str, list[str] | HashedApiKey] = Field(default_factory=_dev_api_keys)
 
     # Personal data
+    #: Ed25519 public key (base64) identity checks contact capabilities with; engagement's
+    #: dispatcher signs them with the private key (crm_platform.capability).
+    contact_verify_key: str = Field(default=DEV_CONTACT_VERIFY_KEY, pattern=r"^[A-Za-z0-9+/]{43}=$")
     blind_index_key: SecretStr = SecretStr(DEV_BLIND_INDEX_KEY)
     master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
 
@@ -208,6 +220,29 @@ class Settings(BaseSettings):
     def serves_metrics(self) -> bool:
         """An API's ``/metrics`` is served (``CRM_PUBLIC_METRICS``)."""
         return self.env is not Environment.PRODUCTION or self.public_metrics
+
+    def _api_keys_hashed(self) -> Settings:
+        """Hashed entries need a key id fit for events and the audit log; production
+        takes hashed entries only (a key in clear in the configuration is one leak away)."""
+        bad_ids = [
+            k
+            for k, v in self.api_keys.items()
+            if isinstance(v, HashedApiKey) and not re.match(KEY_ID_PATTERN, k)
+        ]
+        if bad_ids:
+            raise ValueError(f"CRM_API_KEYS: a key id is 1-64 letters, digits, '_.:-': {bad_ids[:3]}")
+        if self.env is not Environment.PRODUCTION or set(self.api_keys) & set(DEV_API_KEYS):
+            return self  # (development keys in production: refused above)
+        if self.contact_verify_key == DEV_CONTACT_VERIFY_KEY:
+            raise ValueError("production refuses development secrets: set CRM_CONTACT_VERIFY_KEY")
+        clear = plaintext_entries(self.api_keys)
+        if clear:
+            raise ValueError(
+                "CRM_API_KEYS: production takes hashed entries "
+                '{"<key id>": {"sha256": "<hex>", "scopes": [...]}} (crm keys new-api-key); '
+                f"{len(clear)} key(s) given in clear ({', '.join(clear[:3])})"
+            )
+        return self
 
     @property
     def blind_index_key_bytes(self) -> bytes:

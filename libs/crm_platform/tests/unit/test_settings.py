@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from crm_platform.apikeys import HashedApiKey
+from crm_platform.capability import new_signing_key
 from crm_platform.settings import PUBLISHED_SECRETS, Settings
 
 SECRET = base64.b64encode(b"s" * 32).decode()
@@ -29,11 +31,14 @@ def test_production_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_ENV", "production")
     monkeypatch.setenv("CRM_BLIND_INDEX_KEY", SECRET)
     monkeypatch.setenv("CRM_MASTER_KEY", OTHER)
-    monkeypatch.setenv("CRM_API_KEYS", '{"k-123": ["identity:read"]}')
+    monkeypatch.setenv(
+        "CRM_API_KEYS", '{"k-123": {"sha256": "' + "ab" * 32 + '", "scopes": ["identity:read"]}}'
+    )
+    monkeypatch.setenv("CRM_CONTACT_VERIFY_KEY", new_signing_key()[1])
     monkeypatch.setenv("CRM_EVENT_STORE", "postgres")
     monkeypatch.setenv("CRM_POSTGRES_PASSWORD", "long-random")
     settings = Settings()
-    assert settings.api_keys == {"k-123": ["identity:read"]}
+    assert settings.api_keys == {"k-123": HashedApiKey(sha256="ab" * 32, scopes=["identity:read"])}
     assert settings.eventsourcing_env("support")["POSTGRES_DBNAME"] == "support"
 
 

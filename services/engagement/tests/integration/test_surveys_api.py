@@ -360,9 +360,9 @@ def test_forms_create_or_link_customers_through_identity(
         full = client.post(url, json={"fields": {"email": "jiro@example.jp", "name_kanji": "佐藤 次郎"}})
         assert full.status_code == 409 and full.json()["error"]["code"] == "event_full"
         # refused before identity was asked: jiro was not registered as a customer
-        found = httpx.get(
+        found = httpx.post(
             f"{identity_url}/customers/search",
-            params={"q": "jiro@example.jp", "kind": "email"},
+            json={"q": "jiro@example.jp", "kind": "email"},
             headers={"X-API-Key": "dev-admin-key"},
         )
         assert found.status_code == 200 and found.json() == []

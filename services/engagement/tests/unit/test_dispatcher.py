@@ -36,7 +36,9 @@ class FakeClients:
     addresses: dict[tuple[uuid.UUID, str], str] = field(default_factory=dict)
     merged: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
 
-    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
+    async def contact(
+        self, customer_id: uuid.UUID, channel: str, *, campaign_id: uuid.UUID
+    ) -> Contact | None:
         holder = self.merged.get(customer_id, customer_id)
         address = self.addresses.get((holder, channel))
         return Contact(customer_id=holder, status="active", address=address, name="顧客", consent=True)

@@ -74,6 +74,16 @@ class NoHolder(DomainError):
     """No active customer holds this identifier alone: a confirmation for it grants nothing."""
 
 
+class SearchTooBroad(DomainError):
+    """A name search matching more customers than it may answer."""
+
+    code = "query_too_broad"
+
+
+#: Shortest normalised name key a search takes, per column.
+NAME_SEARCH_MIN = {"name_kanji_key": 2, "loose_kana_key": 3}
+
+
 class IdentifierHeldByOther(DomainError):
     def __init__(self, kind: str, owner: uuid.UUID) -> None:
         super().__init__(f"this {kind} belongs to customer {owner}; merge the customers instead")
@@ -1198,18 +1208,30 @@ class IdentityApplication(Application[uuid.UUID]):
         roots = {self._active_root(self._customer(o)).id for o in owners}
         return sorted(roots)
 
-    def search_by_name(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+    def name_search_key(self, query: str) -> tuple[str, str]:
+        """The normalised key a name query is searched on: (column, key). Kanji search the
+        kanji key; kana and romaji the loose kana key (long vowels, small kana folded)."""
         text = query.strip()
-        if not text:
-            return []
         has_kanji = any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in text)
         if has_kanji:
-            rows = self.index.query_index(
-                "status = 'active' AND name_kanji_key LIKE ?", [f"%{kanji_name_key(text)}%"], limit
-            )
-        else:
-            rows = self.index.query_index(
-                "status = 'active' AND loose_kana_key LIKE ?", [f"%{loose_kana_key(text)}%"], limit
+            return "name_kanji_key", kanji_name_key(text)
+        return "loose_kana_key", loose_kana_key(text) if text else ""
+
+    def search_by_name(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Active customers whose normalised name **starts with** the query's key, at
+        most ``limit``; more than that raises ``SearchTooBroad`` (nothing answered), so
+        a short prefix cannot page through the customer base. The key must be at least
+        ``NAME_SEARCH_MIN`` characters (two kanji, three kana) — checked by the caller."""
+        column, key = self.name_search_key(query)
+        if not key:
+            return []
+        escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.index.query_index(
+            f"status = 'active' AND {column} LIKE ? ESCAPE '\\'", [f"{escaped}%"], limit + 1
+        )
+        if len(rows) > limit:
+            raise SearchTooBroad(
+                f"more than {limit} customers match: give more of the name (or an identifier)"
             )
         return rows
 
@@ -1286,5 +1308,6 @@ __all__ = [
     "NoHolder",
     "RegisterCustomer",
     "Resolution",
+    "SearchTooBroad",
     "Thresholds",
 ]

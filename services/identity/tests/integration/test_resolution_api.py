@@ -39,9 +39,9 @@ def test_one_person_written_three_ways_is_one_customer(client: TestClient) -> No
     assert a["outcome"] == "created"
     assert b["customer_id"] == c["customer_id"] == a["customer_id"]
     assert (b["outcome"], c["outcome"]) == ("linked", "matched")
-    found = client.get("/customers/search", params={"q": "yamada taro"}).json()
+    found = client.post("/customers/search", json={"q": "yamada taro"}).json()
     assert [f["customer_id"] for f in found] == [a["customer_id"]]
-    found = client.get("/customers/search", params={"q": "TARO@example.jp"}).json()
+    found = client.post("/customers/search", json={"q": "TARO@example.jp"}).json()
     assert [f["customer_id"] for f in found] == [a["customer_id"]]
     why = client.get(f"/customers/{a['customer_id']}/identifiers").json()
     assert {(w["kind"], w["value"], w["evidence"]["rule"]) for w in why} == {
@@ -72,7 +72,7 @@ def test_a_family_sharing_an_email_stays_two_customers(client: TestClient, ident
     # An order carrying only the family e-mail cannot say whose it is.
     email = identity.app.hash_identifiers([("email", "yamada-family@example.jp")])
     assert identity.app.observe(email).outcome == "ambiguous"
-    assert client.get("/customers/search", params={"q": "yamada-family@example.jp"}).json().__len__() == 2
+    assert client.post("/customers/search", json={"q": "yamada-family@example.jp"}).json().__len__() == 2
     shared = client.get(f"/customers/{father['customer_id']}/identifiers").json()
     assert shared[0]["shared"] is True
 
@@ -113,7 +113,7 @@ def test_a_wrong_merge_undone_restores_both_exactly(client: TestClient) -> None:
     assert profile(client, b["customer_id"])["status"] == "merged"
     # Later events follow the identifiers: the e-mail now resolves to the survivor.
     assert (
-        client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"]
+        client.post("/customers/search", json={"q": "hanako@example.jp"}).json()[0]["customer_id"]
         == a["customer_id"]
     )
 
@@ -138,7 +138,7 @@ def test_a_wrong_merge_undone_restores_both_exactly(client: TestClient) -> None:
             (i["kind"], i["hash"], i["evidence"]) for i in old_identifiers
         ]
     assert (
-        client.get("/customers/search", params={"q": "hanako@example.jp"}).json()[0]["customer_id"]
+        client.post("/customers/search", json={"q": "hanako@example.jp"}).json()[0]["customer_id"]
         == b["customer_id"]
     )
     again = client.post(f"/merges/{merged.json()['merge_id']}/undo", json={"reason": "again"})
@@ -388,8 +388,8 @@ def test_erasure_makes_the_person_unreadable(client: TestClient, identity: Ident
         assert fresh.app._customer(uuid.UUID(a["customer_id"]), version=1).personal == {}
     finally:
         fresh.close()
-    assert client.get("/customers/search", params={"q": "erase@example.jp"}).json() == []
-    assert client.get("/customers/search", params={"q": "消去"}).json() == []
+    assert client.post("/customers/search", json={"q": "erase@example.jp"}).json() == []
+    assert client.post("/customers/search", json={"q": "消去"}).json() == []
 
 
 def test_a_batch_prefetch_finds_what_exists_and_still_catches_a_concurrent_writer(identity: Identity) -> None:

@@ -21,10 +21,13 @@ STAFF = {"X-API-Key": "staff"}
 IMPORT = {"X-API-Key": "importer"}
 READ = {"X-API-Key": "reader"}
 KEYS = {
-    "staff": ["support:read", "support:write"],
-    "importer": ["support:read", "support:write", "support:import"],
+    "staff": ["support:read", "support:write", "support:pii"],
+    "importer": ["support:read", "support:write", "support:import", "support:pii"],
     "reader": ["support:read"],
+    "officer": ["support:read", "support:pii"],
+    "auditor": ["support:audit"],
 }
+OFFICER = {"X-API-Key": "officer"}
 
 
 def settings_for(tmp_path: Path, **kw: Any) -> Settings:
@@ -112,7 +115,7 @@ def test_a_ticket_is_worked_to_resolution_and_rated_once(client: TestClient) -> 
     assert client.post(f"{url}/rating", json={"score": 5}, headers=STAFF).status_code == 409
     assert client.post(f"{url}/status", json={"status": "closed"}, headers=STAFF).json()["status"] == "closed"
     assert client.post(f"{url}/replies", json={"body": "x"}, headers=STAFF).status_code == 409
-    got = client.get(url, headers=READ).json()
+    got = client.get(url, headers=OFFICER).json()
     assert [m["author"] for m in got["content"]["messages"]] == ["staff", "customer"]
     assert client.get(f"/v1/tickets/{uuid.uuid4()}", headers=READ).status_code == 404
     assert client.get("/v1/tickets/not-a-uuid", headers=READ).status_code == 422
@@ -154,8 +157,8 @@ def test_search_by_customer_identifier_as_written_anywhere(client: TestClient) -
     ).json()
     client.post("/v1/tickets", json=ticket(customer={"email": "someone@else.jp"}), headers=STAFF)
 
-    def search(**body: object) -> Any:
-        return client.post("/v1/tickets/search", json=body, headers=READ)
+    def search(headers: dict[str, str] = OFFICER, **body: object) -> Any:
+        return client.post("/v1/tickets/search", json=body, headers=headers)
 
     by_phone = search(customer={"phone": "0312345678"}).json()
     assert {t["ticket_id"] for t in by_phone["tickets"]} == {a["ticket_id"], b["ticket_id"]}
@@ -235,9 +238,9 @@ def test_an_erased_customer_s_tickets_become_unreadable(tmp_path: Path) -> None:
             app.close()
         # the API process caches keys for 30 s; a fresh read sees the erasure at once
         client.app.state.support.keys._cache.clear()  # type: ignore[attr-defined]
-        got = client.get(f"/v1/tickets/{theirs['ticket_id']}", headers=READ).json()
+        got = client.get(f"/v1/tickets/{theirs['ticket_id']}", headers=OFFICER).json()
         assert (got["content"], got["content_erased"], got["category"]) == (None, True, "delivery")
-        assert client.get(f"/v1/tickets/{other['ticket_id']}", headers=READ).json()["content"] is not None
+        assert client.get(f"/v1/tickets/{other['ticket_id']}", headers=OFFICER).json()["content"] is not None
         r = client.post(f"/v1/tickets/{theirs['ticket_id']}/replies", json={"body": "x"}, headers=STAFF)
         assert r.status_code == 410
 
@@ -281,3 +284,55 @@ def test_tickets_are_listed_in_keyset_pages_each_once(client: TestClient) -> Non
     assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "body.cursor"
     both = client.get("/v1/tickets", params={"cursor": first["next"], "offset": 2}, headers=READ)
     assert both.status_code == 422 and both.json()["error"]["fields"][0]["field"] == "query.offset"
+
+
+def test_the_read_scope_sees_no_content_and_content_reads_are_audited(tmp_path: Path) -> None:
+    """support:read answers ids, status, timings and codes; subjects, bodies, replies and
+    the requester need support:pii, and each answer carrying them is in the audit log."""
+    at = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    with TestClient(create(settings_for(tmp_path), clock=lambda: at)) as client:
+        opened = client.post("/v1/tickets", json=ticket(), headers=STAFF).json()
+        url = f"/v1/tickets/{opened['ticket_id']}"
+        client.post(f"{url}/replies", json={"body": "お調べします"}, headers=STAFF)
+        as_reader = [
+            client.get(url, headers=READ),
+            client.get("/v1/tickets", headers=READ),
+            client.post("/v1/tickets/search", json={"customer": {"phone": "0312345678"}}, headers=READ),
+        ]
+        for response in as_reader:
+            assert response.status_code == 200, response.text
+            for secret in ("荷物", "山田", "hanako", "お調べします", "W-1001 がまだ"):
+                assert secret.lower() not in response.text.lower(), (secret, response.text)
+        got = as_reader[0].json()
+        assert (got["status"], got["category"], got["content"], got["content_erased"]) == (
+            "open",
+            "delivery",
+            None,
+            False,
+        )
+        assert got["first_response_at"] is not None
+        # asking for the content with a read key is refused, not silently emptied
+        for asked in (
+            client.get("/v1/tickets", params={"content": "true"}, headers=READ),
+            client.post("/v1/tickets/search", json={"content": True}, headers=READ),
+        ):
+            assert asked.status_code == 403 and "support:pii" in asked.text
+        # a writer without support:pii works the ticket without reading it
+        writer = {"api_keys": {**KEYS, "agent": ["support:read", "support:write"]}}
+        client.app.state.settings = client.app.state.settings.model_copy(update=writer)
+        escalated = client.post(f"{url}/escalations", json={"reason": "vip"}, headers={"X-API-Key": "agent"})
+        assert escalated.status_code == 200 and escalated.json()["content"] is None
+        # the officer reads it, and that is written down
+        assert client.get(url, headers=OFFICER).json()["content"]["subject"] == "荷物が届きません"
+        log = client.get(
+            "/v1/audit", params={"customer_id": opened["customer_key"]}, headers={"X-API-Key": "auditor"}
+        )
+        assert log.status_code == 200, log.text
+        entries = log.json()["entries"]
+        assert [(e["action"], e["subject"]) for e in entries] == [
+            ("POST /v1/tickets", f"ticket:{opened['ticket_id']}"),
+            ("POST /v1/tickets/{ticket_id}/replies", f"ticket:{opened['ticket_id']}"),
+            ("GET /v1/tickets/{ticket_id}", f"ticket:{opened['ticket_id']}"),
+        ]
+        assert {e["at"] for e in entries} == {"2026-11-20T03:00:00Z"}
+        assert client.get("/v1/audit", headers=READ).status_code == 403

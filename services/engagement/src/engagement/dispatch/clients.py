@@ -3,18 +3,27 @@
 The key (``CRM_MESSAGING_API_KEY``) holds ``analytics:read``, ``identity:contact`` and
 ``identity:consent``: segments and customer facts from analytics, one channel's address
 at send time from identity, and an unsubscribe passed on to identity.
+
+Identity answers an address only for a message's recipient: each contact request
+carries a capability for that message (its id, campaign, recipient and channel, valid
+for a few minutes) signed with the dispatcher's Ed25519 key
+(``CRM_CONTACT_SIGNING_KEY``; ``crm_platform.capability``), which identity checks with
+the public key. The API key alone reads no one's address.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from engagement.domain.campaign import CampaignError
+from crm_platform import capability
+from crm_platform.capability import CAPABILITY_TTL_S, DEV_CONTACT_SIGNING_KEY, ContactCapability
+from engagement.domain.campaign import CampaignError, message_id
 
 
 class ServiceUnavailable(CampaignError):
@@ -39,7 +48,18 @@ class Contact:
 
 
 class ServiceClients:
-    def __init__(self, identity_url: str, analytics_url: str, api_key: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        identity_url: str,
+        analytics_url: str,
+        api_key: str,
+        timeout_s: float = 10.0,
+        *,
+        contact_signing_key: str = DEV_CONTACT_SIGNING_KEY,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._signing_key = contact_signing_key
+        self._clock = clock
         headers = {"X-API-Key": api_key}
         self.identity = httpx.AsyncClient(base_url=identity_url, headers=headers, timeout=timeout_s)
         self.analytics = httpx.AsyncClient(base_url=analytics_url, headers=headers, timeout=timeout_s)
@@ -89,10 +109,29 @@ class ServiceClients:
         rank = response.json().get("rank")
         return str(rank) if rank else None
 
-    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
-        """The channel's address, greeting name and consent now; None: identity does not
-        know the customer."""
-        response = await self._get(self.identity, f"/customers/{customer_id}/contact/{channel}")
+    async def contact(
+        self, customer_id: uuid.UUID, channel: str, *, campaign_id: uuid.UUID
+    ) -> Contact | None:
+        """The channel's address, greeting name and consent now, for this campaign's
+        message to the customer; None: identity does not know the customer."""
+        mid = message_id(campaign_id, customer_id)
+        token = capability.sign(
+            self._signing_key,
+            ContactCapability(
+                message_id=mid,
+                campaign_id=campaign_id,
+                customer_id=customer_id,
+                channel=channel,
+                expires_at=self._clock() + timedelta(seconds=CAPABILITY_TTL_S),
+            ),
+        )
+        url = f"/messages/{mid}/contact"
+        try:
+            response = await self.identity.post(url, json={"capability": token})
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(f"{self.identity.base_url} unreachable: {type(exc).__name__}") from None
+        if response.status_code >= 500 or response.status_code in (401, 403, 429):
+            raise ServiceUnavailable(f"{self.identity.base_url}{url} answered {response.status_code}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:

@@ -4,11 +4,11 @@ Consent lives in identity: ``customer.consent_changed`` on ``crm.identity.custom
 and every unified profile on ``crm.identity.profile`` carries the customer's consents
 per channel. The dispatcher follows the profile topic (its own consumer group) into a
 small SQLite table — customer → status and consents — and decides from it first. At
-send time identity's own answer (``/customers/{id}/contact/{channel}``, which also gives
-the address) is checked too, and a local opt-out (an unsubscribe recorded in
-engagement's store a moment ago, perhaps not yet through identity and the resolver)
-wins over both. Any "no" is a no: a message goes out only when nothing says otherwise
-and identity says yes.
+send time identity's own answer (``POST /messages/{id}/contact`` with the message's
+signed capability, which also gives the address) is checked too, and a local opt-out
+(an unsubscribe recorded in engagement's store a moment ago, perhaps not yet through
+identity and the resolver) wins over both. Any "no" is a no: a message goes out only
+when nothing says otherwise and identity says yes.
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ class Dispatcher:
             if not pre.allowed:  # no need to ask identity
                 reasons.append(pre.reason or "no_consent")
                 continue
-            contact = await self.clients.contact(customer_id, channel)
+            contact = await self.clients.contact(customer_id, channel, campaign_id=campaign.id)
             if contact is not None and contact.customer_id != customer_id:
                 # merged since launch: identity answers for the survivor, who is not this
                 # recipient — never message it on the merged customer's behalf

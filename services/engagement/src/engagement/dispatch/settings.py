@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crm_platform.capability import DEV_CONTACT_SIGNING_KEY
+
 DEV_MESSAGING_KEY = "dev-messaging-key"
 #: The laptop key docker-compose.yml once shipped as a default: published, so refused too.
 PUBLISHED_MESSAGING_KEY = "laptop-only-messaging"
@@ -30,6 +32,9 @@ class MessagingSettings(BaseSettings):
     analytics_url: str = "http://127.0.0.1:8004"
     #: A key with analytics:read, identity:contact and identity:consent, nothing more.
     messaging_api_key: SecretStr = SecretStr(DEV_MESSAGING_KEY)
+    #: Ed25519 private key (base64 of 32 bytes) the dispatcher signs contact
+    #: capabilities with; identity holds its public key (CRM_CONTACT_VERIFY_KEY).
+    contact_signing_key: SecretStr = SecretStr(DEV_CONTACT_SIGNING_KEY)
     service_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # Tracking links (open pixel, click redirect, unsubscribe) point here
@@ -103,6 +108,11 @@ class MessagingSettings(BaseSettings):
             PUBLISHED_MESSAGING_KEY,
         ):
             raise ValueError("production refuses development secrets: set CRM_MESSAGING_API_KEY")
+        if (
+            self.env == "production"
+            and self.contact_signing_key.get_secret_value() == DEV_CONTACT_SIGNING_KEY
+        ):
+            raise ValueError("production refuses development secrets: set CRM_CONTACT_SIGNING_KEY")
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ def build_clients(messaging: MessagingSettings) -> ServiceClients:
         messaging.analytics_url,
         messaging.messaging_api_key.get_secret_value(),
         messaging.service_timeout_s,
+        contact_signing_key=messaging.contact_signing_key.get_secret_value(),
     )
 
 

@@ -1,23 +1,29 @@
 """The identity HTTP API (port 8001). Routes parse, call the application, map the result.
 
-Scopes: ``identity:read`` (profiles without personal data), ``identity:pii`` (personal
-data in clear), ``identity:write`` (register, update, link, merge, review),
-``identity:erase`` (erasure). Two narrow scopes serve engagement's campaign dispatcher:
-``identity:contact`` reads one channel's address, the greeting name and that channel's
-consent, and nothing else; ``identity:consent`` changes consents only (an unsubscribe).
-``identity:public-intake`` serves engagement's public forms: it registers people only
-under the unverified-source rules (``POST /customers/intake``: never a link, a merge or
-a consent for a customer already known) and records consents confirmed by double
-opt-in (``POST /customers/consent-confirmations``).
+Scopes: ``identity:read`` (profiles without personal data; searches answer customer
+ids and what matched), ``identity:pii`` (personal data in clear: names, identifiers,
+addresses), ``identity:write`` (register, update, link, merge, review),
+``identity:erase`` (erasure), ``identity:audit`` (the audit log, ``GET /v1/audit``).
+Two narrow scopes serve engagement's campaign dispatcher: ``identity:contact`` reads
+one channel's address, the greeting name and that channel's consent for **the
+recipient of a message the dispatcher signed a capability for** (``POST
+/messages/{message_id}/contact``), and nothing else; ``identity:consent`` changes
+consents only (an unsubscribe). ``identity:public-intake`` serves engagement's public
+forms: it registers people only under the unverified-source rules (``POST
+/customers/intake``: never a link, a merge or a consent for a customer already known)
+and records consents confirmed by double opt-in (``POST /customers/consent-confirmations``).
+
+Every read of personal data is written to the audit log (``crm_platform.audit``)
+before it is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -25,16 +31,20 @@ from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from crm_platform.http import Principal, create_app, require_any_scope, require_scope
+from crm_platform import capability
+from crm_platform.audit import AuditEntry, AuditLog, audit_router
+from crm_platform.http import ApiError, Principal, create_app, require_any_scope, require_scope
 from crm_platform.identifiers import InvalidIdentifier, contact_value, normalise
 from crm_platform.paging import DEFAULT_LIMIT, Cursor, Limit, decode_cursor, encode_cursor, invalid_cursor
 from crm_platform.settings import Settings
 from identity.application import (
+    NAME_SEARCH_MIN,
     ConcurrentUpdate,
     CustomerNotFound,
     IdentifierHeldByOther,
     NoHolder,
     RegisterCustomer,
+    SearchTooBroad,
 )
 from identity.bootstrap import Identity, build
 from identity.domain.customer import (
@@ -49,6 +59,7 @@ from identity.entrypoints.schemas import (
     ConsentChannelName,
     ConsentConfirmation,
     ConsentUpdate,
+    ContactRequest,
     CustomerCreate,
     CustomerPublic,
     CustomerUpdate,
@@ -65,12 +76,14 @@ from identity.entrypoints.schemas import (
     ReviewApproved,
     ReviewPage,
     ReviewPublic,
+    SearchQuery,
     SearchResult,
 )
 
 customers = APIRouter(prefix="/customers", tags=["customers"])
 merges = APIRouter(prefix="/merges", tags=["merges"])
 reviews = APIRouter(prefix="/reviews", tags=["review queue"])
+messages = APIRouter(prefix="/messages", tags=["contact points"])
 
 Reader = Annotated[Principal, Depends(require_scope("identity:read"))]
 Writer = Annotated[Principal, Depends(require_scope("identity:write"))]
@@ -92,6 +105,26 @@ async def get_identity(request: Request) -> Identity:
 
 
 IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+async def _audit(
+    request: Request, principal: Principal, action: str, purpose: str, *customers: Any, subject: Any = None
+) -> None:
+    """Record a personal-data read before it is answered (one entry per customer)."""
+    log: AuditLog = request.app.state.audit
+    ids: list[str | None] = [str(c) for c in customers] or [None]
+    await log.arecord(
+        *(
+            AuditEntry(
+                key_id=principal.key_id,
+                action=action,
+                purpose=purpose,
+                customer_id=c,
+                subject=None if subject is None else str(subject),
+            )
+            for c in ids
+        )
+    )
 
 
 def _normalised(kind: str, raw: str, field: str) -> str:
@@ -224,44 +257,72 @@ async def confirm_consent(
     return {"customer_id": customer_id, "version": version}
 
 
-@customers.get("/search", response_model=list[SearchResult])
+@customers.get("/search", status_code=status.HTTP_410_GONE, include_in_schema=False)
+async def search_moved() -> Response:
+    """Gone: a query (a name, an e-mail) in a URL lands in access logs and traces."""
+    raise ApiError(410, "gone", "search takes its query in a body: POST /customers/search")
+
+
+@customers.post("/search", response_model=list[SearchResult])
 async def search_customers(
-    identity: IdentityDep,
-    _: Reader,
-    q: Annotated[
-        str, Query(min_length=1, max_length=200, description="name (kanji, kana, romaji) or identifier")
-    ],
-    kind: Annotated[
-        Literal["name", "email", "phone", "member_no", "pos_card", "ec_account", "line_id"] | None,
-        Query(description="what q is; guessed when omitted"),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    body: SearchQuery, request: Request, identity: IdentityDep, principal: Reader
 ) -> list[SearchResult]:
-    """Find customers by name in kanji, kana or romaji, or by e-mail, phone, member number."""
-    kind = kind or ("email" if "@" in q else "phone" if sum(c.isdigit() for c in q) >= 10 else "name")
+    """Find customers by name (kanji, kana or romaji) or by e-mail, phone, member number.
+
+    An identifier is matched exactly (its blind index). A name matches customers whose
+    normalised name **starts with** it: at least two kanji or three kana, and at most
+    ``limit`` customers — a query matching more answers 422 ``query_too_broad`` and
+    nothing else, so no prefix walks the customer base. A key with ``identity:read``
+    gets customer ids and what matched; names need ``identity:pii``. Every search is
+    written to the audit log (who, which customers found, the kind of query)."""
+    q = body.q
+    kind = body.kind or ("email" if "@" in q else "phone" if sum(c.isdigit() for c in q) >= 10 else "name")
+    pii = principal.allows("identity:pii")
     if kind == "name":
-        rows = await _run(identity.app.search_by_name, q, limit)
-        return [
+        column, key = identity.app.name_search_key(q)
+        if len(key) < NAME_SEARCH_MIN[column]:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "q"),
+                        "msg": f"a name search needs at least {NAME_SEARCH_MIN['name_kanji_key']} kanji "
+                        f"or {NAME_SEARCH_MIN['loose_kana_key']} kana",
+                        "type": "value_error.too_short",
+                        "input": q,
+                    }
+                ]
+            )
+        rows = await _run(identity.app.search_by_name, q, body.limit)
+        results = [
             SearchResult(
                 customer_id=uuid.UUID(r["customer_id"]),
-                name_kanji_key=r["name_kanji_key"],
-                kana_key=r["kana_key"],
+                name_kanji_key=r["name_kanji_key"] if pii else None,
+                kana_key=r["kana_key"] if pii else None,
                 prefecture=r["prefecture"],
                 matched_on="name",
             )
             for r in rows
         ]
-    try:
-        value = normalise(kind, q)
-    except InvalidIdentifier as exc:
-        raise RequestValidationError(
-            [{"loc": ("query", "q"), "msg": exc.reason, "type": "value_error.identifier", "input": q}]
-        ) from None
-    ids = await _run(identity.app.search_by_identifier, kind, value)
-    return [
-        SearchResult(customer_id=i, name_kanji_key=None, kana_key=None, prefecture=None, matched_on=kind)
-        for i in ids[:limit]
-    ]
+    else:
+        try:
+            value = normalise(kind, q)
+        except InvalidIdentifier as exc:
+            raise RequestValidationError(
+                [{"loc": ("body", "q"), "msg": exc.reason, "type": "value_error.identifier", "input": q}]
+            ) from None
+        ids = await _run(identity.app.search_by_identifier, kind, value)
+        results = [
+            SearchResult(customer_id=i, name_kanji_key=None, kana_key=None, prefecture=None, matched_on=kind)
+            for i in ids[: body.limit]
+        ]
+    await _audit(
+        request,
+        principal,
+        "POST /customers/search",
+        f"search:{kind}" + (":pii" if pii else ""),
+        *(r.customer_id for r in results),
+    )
+    return results
 
 
 @customers.get("/{customer_id}", response_model=CustomerPublic)
@@ -281,6 +342,9 @@ async def get_customer(
     identity: Identity = request.app.state.identity
     pii = principal.allows("identity:pii")
     data = await _read(identity, identity.app.get_customer, customer_id, as_of, personal_data=pii)
+    if pii:
+        purpose = "profile" if as_of is None else f"profile as of {as_of.isoformat()}"
+        await _audit(request, principal, "GET /customers/{customer_id}", purpose, customer_id)
     return Response(_profile_json(data), media_type="application/json")
 
 
@@ -341,24 +405,10 @@ async def set_consent(
 _CHANNEL_ADDRESS = {"email": "email", "sms": "phone", "line": "line_id", "app_push": "device"}
 
 
-@customers.get("/{customer_id}/contact/{channel}")
-async def contact_point(
-    customer_id: uuid.UUID,
-    channel: Annotated[Literal["email", "sms", "line", "app_push"], Path(description="the message channel")],
-    request: Request,
-    _: ContactReader,
-) -> dict[str, Any]:
-    """What a message dispatcher needs at send time and no more (scope identity:contact):
-    the channel's address (e-mail, E.164 phone, LINE id or app device token), the
-    customer's name for the greeting, and the channel's consent. A merged customer
-    answers for the customer it was merged into (``customer_id`` says which); an erased
-    one has no address."""
-    identity: Identity = request.app.state.identity
-    data = await _read(identity, identity.app.get_customer, customer_id)
-    for _hop in range(8):  # follow merges to the survivor
-        if data["status"] != "merged" or data["merged_into"] is None:
-            break
-        data = await _read(identity, identity.app.get_customer, data["merged_into"])
+PiiReader = Annotated[Principal, Depends(require_scope("identity:pii"))]
+
+
+def _contact_answer(data: dict[str, Any], channel: str) -> dict[str, Any]:
     personal = data["personal"] or {}
     addresses = personal.get("contacts", {}).get(_CHANNEL_ADDRESS[channel], [])
     consent = data["consents"].get(channel)
@@ -374,9 +424,74 @@ async def contact_point(
     }
 
 
+async def _survivor(identity: Identity, customer_id: uuid.UUID) -> dict[str, Any]:
+    """The customer, or the one it was merged into (``customer_id`` says which)."""
+    data: dict[str, Any] = await _read(identity, identity.app.get_customer, customer_id)
+    for _hop in range(8):  # follow merges to the survivor
+        if data["status"] != "merged" or data["merged_into"] is None:
+            break
+        data = await _read(identity, identity.app.get_customer, data["merged_into"])
+    return data
+
+
+@customers.get("/{customer_id}/contact/{channel}")
+async def contact_point(
+    customer_id: uuid.UUID,
+    channel: Annotated[Literal["email", "sms", "line", "app_push"], Path(description="the message channel")],
+    request: Request,
+    principal: PiiReader,
+) -> dict[str, Any]:
+    """A channel's address, greeting name and consent, for staff (scope identity:pii;
+    audited). A dispatcher, holding only identity:contact, asks by message:
+    ``POST /messages/{message_id}/contact``."""
+    identity: Identity = request.app.state.identity
+    data = await _survivor(identity, customer_id)
+    await _audit(
+        request,
+        principal,
+        "GET /customers/{customer_id}/contact/{channel}",
+        f"contact:{channel}",
+        *dict.fromkeys([customer_id, data["customer_id"]]),
+    )
+    return _contact_answer(data, channel)
+
+
+@messages.post("/{message_id}/contact")
+async def message_contact(
+    message_id: uuid.UUID, body: ContactRequest, request: Request, principal: ContactReader
+) -> dict[str, Any]:
+    """What a message dispatcher needs at send time and no more (scope identity:contact):
+    the channel's address (e-mail, E.164 phone, LINE id or app device token), the
+    customer's name for the greeting, and the channel's consent — for the recipient of
+    this message only. The body carries the capability engagement's dispatcher signed
+    for the message (recipient, campaign, channel, expiry; ``crm_platform.capability``):
+    without a valid one, 403 ``invalid_capability``, whatever the key. A merged
+    customer answers for the customer it was merged into (``customer_id`` says which);
+    an erased one has no address. Audited: the key, the customer, the message and its
+    campaign."""
+    clock = request.app.state.clock
+    try:
+        cap = capability.verify(request.app.state.settings.contact_verify_key, body.capability, clock())
+    except capability.InvalidCapability as exc:
+        raise ApiError(403, "invalid_capability", f"capability: {exc.reason}") from None
+    if cap.message_id != message_id:
+        raise ApiError(403, "invalid_capability", "capability: issued for another message")
+    identity: Identity = request.app.state.identity
+    data = await _survivor(identity, cap.customer_id)
+    await _audit(
+        request,
+        principal,
+        "POST /messages/{message_id}/contact",
+        f"campaign:{cap.campaign_id}",
+        *dict.fromkeys([cap.customer_id, data["customer_id"]]),
+        subject=message_id,
+    )
+    return {"message_id": message_id, **_contact_answer(data, cap.channel)}
+
+
 @customers.get("/{customer_id}/identifiers", response_model=list[IdentifierPublic])
 async def list_identifiers(
-    customer_id: uuid.UUID, identity: IdentityDep, principal: Reader
+    customer_id: uuid.UUID, request: Request, identity: IdentityDep, principal: Reader
 ) -> list[dict[str, Any]]:
     """Every identifier linked to the customer, and **why**: the rule or score, the
     fields that matched, who decided and when, and the merge that brought it."""
@@ -384,6 +499,10 @@ async def list_identifiers(
     if not principal.allows("identity:pii"):
         for row in rows:
             row["value"] = None
+    else:
+        await _audit(
+            request, principal, "GET /customers/{customer_id}/identifiers", "identifiers", customer_id
+        )
     return rows
 
 
@@ -490,17 +609,28 @@ async def reject_review(review_id: uuid.UUID, body: Reason, identity: IdentityDe
     await _run(identity.app.reject_review, review_id, decided_by=principal.key_name, reason=body.reason)
 
 
-def create(settings: Settings | None = None, identity: Identity | None = None) -> FastAPI:
+def create(
+    settings: Settings | None = None,
+    identity: Identity | None = None,
+    *,
+    audit: AuditLog | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> FastAPI:
+    """``clock``: now, for audit entries and capability expiry (tests pass a fixed one)."""
     settings = settings or Settings(service_name="identity")
+    now = clock or (lambda: datetime.now(UTC))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.identity = identity or build(settings)
+        app.state.audit = audit or AuditLog.open(settings, "identity", now)
         app.state.kafka = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
         try:
             yield
         finally:
             await app.state.kafka.close()
+            if audit is None:
+                app.state.audit.close()
             if identity is None:
                 app.state.identity.close()
 
@@ -532,9 +662,12 @@ def create(settings: Settings | None = None, identity: Identity | None = None) -
             MergeAlreadyUndone: 409,
             MergeNotUndoable: 409,
             ReviewAlreadyDecided: 409,
+            SearchTooBroad: 422,
         },
         lifespan=lifespan,
     )
-    for router in (customers, merges, reviews):
+    app.state.clock = now
+    for router in (customers, merges, reviews, messages):
         app.include_router(router)
+    app.include_router(audit_router("identity", lambda request: request.app.state.audit))
     return app

@@ -189,12 +189,28 @@ class IdentifierPublic(BaseModel):
     shared: bool
 
 
+class SearchQuery(_Strict):
+    """A search, in a body: a name or an identifier in a URL lands in access logs."""
+
+    q: str = Field(min_length=1, max_length=200, description="name (kanji, kana, romaji) or identifier")
+    kind: Literal["name", "email", "phone", "member_no", "pos_card", "ec_account", "line_id"] | None = Field(
+        default=None, description="what q is; guessed when omitted"
+    )
+    limit: int = Field(default=20, ge=1, le=20, description="most customers answered; more match: 422")
+
+
 class SearchResult(BaseModel):
     customer_id: uuid.UUID
-    name_kanji_key: str | None
-    kana_key: str | None
+    name_kanji_key: str | None = Field(description="normalised name; only for keys with identity:pii")
+    kana_key: str | None = Field(description="normalised reading; only for keys with identity:pii")
     prefecture: str | None
-    matched_on: str
+    matched_on: str = Field(description="what matched: name, email, phone, member_no...")
+
+
+class ContactRequest(_Strict):
+    capability: str = Field(
+        min_length=1, max_length=2048, description="the dispatcher's signed capability for this message"
+    )
 
 
 class MergeResult(BaseModel):

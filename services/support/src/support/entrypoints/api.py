@@ -1,9 +1,13 @@
 """The support HTTP API (port 8003): inquiry tickets (問い合わせ).
 
-Scopes: ``support:read`` to read and search, ``support:write`` to open and work
-tickets. ``occurred_at`` in a request is honoured only for keys with
-``support:import`` (a retailer's history, the demo): anyone else's changes happen now,
-so nobody can back-date a reply to meet an SLA.
+Scopes: ``support:read`` to read and search — ticket ids, status, timings, SLA,
+codes, never what was written — ``support:pii`` for the content (subjects, bodies,
+replies, the requester's identifiers and name, the rating comment), ``support:write``
+to open and work tickets (its answers carry the content only for keys with
+``support:pii`` too), ``support:audit`` for the audit log (``GET /v1/audit``). Every
+answer carrying content is written to the audit log first. ``occurred_at`` in a request
+is honoured only for keys with ``support:import`` (a retailer's history, the demo):
+anyone else's changes happen now, so nobody can back-date a reply to meet an SLA.
 
 Domain errors map to status codes in one place (``create``): an unknown ticket 404,
 a change that does not fit the ticket's status 409, an invalid value 422 naming the field.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -23,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_contracts.envelope import AwareDatetime
+from crm_platform.audit import AuditEntry, AuditLog, audit_router
 from crm_platform.http import ApiError, Principal, create_app, require_scope
 from crm_platform.identifiers import InvalidIdentifier
 from crm_platform.paging import Cursor, decode_cursor, encode_cursor, invalid_cursor
@@ -265,6 +270,43 @@ def view(app: SupportApplication, ticket: Ticket, now: datetime, content: bool =
     )
 
 
+def _pii(principal: Principal) -> bool:
+    return principal.allows("support:pii")
+
+
+async def _answer(
+    request: Request,
+    principal: Principal,
+    app: SupportApplication,
+    ticket: Ticket,
+    now: datetime,
+    action: str,
+) -> TicketView:
+    """The ticket as this key may see it: its content only with support:pii, and then
+    recorded in the audit log before it is answered."""
+    answer = await asyncio.to_thread(view, app, ticket, now, _pii(principal))
+    if answer.content is not None:
+        await _audit(request, principal, action, [answer])
+    return answer
+
+
+async def _audit(request: Request, principal: Principal, action: str, views: list[TicketView]) -> None:
+    log: AuditLog = request.app.state.audit
+    await log.arecord(
+        *(
+            AuditEntry(
+                key_id=principal.key_id,
+                action=action,
+                purpose="ticket content",
+                customer_id=v.customer_key,
+                subject=f"ticket:{v.ticket_id}",
+            )
+            for v in views
+            if v.content is not None
+        )
+    )
+
+
 @router.post(
     "/tickets",
     status_code=201,
@@ -276,7 +318,9 @@ def view(app: SupportApplication, ticket: Ticket, now: datetime, content: bool =
         422: {"description": "invalid; `fields` name them"},
     },
 )
-async def open_ticket(body: TicketCreate, app: Support, principal: Writer, response: Response) -> TicketView:
+async def open_ticket(
+    body: TicketCreate, request: Request, app: Support, principal: Writer, response: Response
+) -> TicketView:
     at = _at(principal, body.occurred_at)
     identifiers = body.customer.identifiers()
     try:
@@ -305,15 +349,17 @@ async def open_ticket(body: TicketCreate, app: Support, principal: Writer, respo
     ticket, created = await asyncio.to_thread(app.open, cmd)
     if not created:
         response.status_code = 200
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets")
 
 
 @router.get(
     "/tickets/{ticket_id}", response_model=TicketView, summary="A ticket with its messages and SLA state"
 )
-async def get_ticket(ticket_id: uuid.UUID, app: Support, _: Reader) -> TicketView:
+async def get_ticket(ticket_id: uuid.UUID, request: Request, app: Support, principal: Reader) -> TicketView:
+    """Status, timings, SLA and codes; the content (subject, messages, the requester)
+    for keys with support:pii, audited."""
     ticket = await asyncio.to_thread(app.ticket, ticket_id)
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(request, principal, app, ticket, datetime.now(UTC), "GET /v1/tickets/{ticket_id}")
 
 
 class CustomerQuery(BaseModel):
@@ -348,14 +394,14 @@ class TicketSearch(BaseModel):
         default=0, ge=0, le=100_000, description="prefer `cursor`: an offset shifts with new tickets"
     )
     cursor: str | None = Field(default=None, max_length=512, description="the `next` of the previous page")
-    content: bool = Field(default=False, description="include subjects and messages")
+    content: bool = Field(default=False, description="include subjects and messages (support:pii)")
 
 
 @router.get("/tickets", response_model=TicketPage, summary="List tickets: by status, owner, SLA, channel...")
 async def list_tickets(
     request: Request,
     app: Support,
-    _: Reader,
+    principal: Reader,
     status: Status | None = None,
     owner: Annotated[str | None, Query(max_length=128)] = None,
     team: Annotated[str | None, Query(max_length=128)] = None,
@@ -369,7 +415,7 @@ async def list_tickets(
     opened_to: Annotated[AwareDatetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
-    content: Annotated[bool, Query(description="include subjects and messages")] = False,
+    content: Annotated[bool, Query(description="include subjects and messages (support:pii)")] = False,
     cursor: Cursor = None,
 ) -> TicketPage:
     """Newest first. A customer's tickets: ``POST /v1/tickets/search`` (their
@@ -403,15 +449,15 @@ async def list_tickets(
         content=content,
         cursor=cursor,
     )
-    return await _search(app, search, where="query")
+    return await _search(request, principal, app, search, "GET /v1/tickets", where="query")
 
 
 @router.post("/tickets/search", response_model=TicketPage, summary="Search tickets, by customer too")
-async def search_tickets(body: TicketSearch, app: Support, _: Reader) -> TicketPage:
+async def search_tickets(body: TicketSearch, request: Request, app: Support, principal: Reader) -> TicketPage:
     """Newest first. Customer identifiers are normalised and blind-indexed like at
     every edge (``03-1234-5678`` finds ``+81312345678``); several given find tickets
     carrying any of them. The other filters are those of ``GET /v1/tickets``."""
-    return await _search(app, body)
+    return await _search(request, principal, app, body, "POST /v1/tickets/search")
 
 
 def _position(search: TicketSearch, where: str) -> tuple[float, str] | None:
@@ -429,7 +475,16 @@ def _position(search: TicketSearch, where: str) -> tuple[float, str] | None:
     return float(at), tid
 
 
-async def _search(app: SupportApplication, search: TicketSearch, where: str = "body") -> TicketPage:
+async def _search(
+    request: Request,
+    principal: Principal,
+    app: SupportApplication,
+    search: TicketSearch,
+    action: str,
+    where: str = "body",
+) -> TicketPage:
+    if search.content and not _pii(principal):
+        raise ApiError(403, "forbidden", "content: subjects and messages need the scope 'support:pii'")
     given = {k: v for k, v in search.customer.model_dump().items() if v is not None}
     try:
         hashes = tuple(i["hash"] for i in app.blind(given))
@@ -457,6 +512,7 @@ async def _search(app: SupportApplication, search: TicketSearch, where: str = "b
     total, tickets = await asyncio.to_thread(app.search, filters, now, search.limit + 1, search.offset)
     more, tickets = len(tickets) > search.limit, tickets[: search.limit]
     views = [await asyncio.to_thread(view, app, t, now, search.content) for t in tickets]
+    await _audit(request, principal, action, views)
     last = tickets[-1] if tickets else None
     return TicketPage(
         total=total,
@@ -470,22 +526,30 @@ async def _search(app: SupportApplication, search: TicketSearch, where: str = "b
 @router.post(
     "/tickets/{ticket_id}/assignment", response_model=TicketView, summary="Assign to a staff member/team"
 )
-async def assign(ticket_id: uuid.UUID, body: AssignmentIn, app: Support, principal: Writer) -> TicketView:
+async def assign(
+    ticket_id: uuid.UUID, body: AssignmentIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.assign, ticket_id, body.owner, body.team, at, _by(principal, body))
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(
+        request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets/{ticket_id}/assignment"
+    )
 
 
 @router.post(
     "/tickets/{ticket_id}/replies", response_model=TicketView, summary="Add a staff or customer message"
 )
-async def reply(ticket_id: uuid.UUID, body: ReplyIn, app: Support, principal: Writer) -> TicketView:
+async def reply(
+    ticket_id: uuid.UUID, body: ReplyIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     """The first staff reply is the ticket's first response (SLA). A customer's reply
     brings a pending ticket back to open and reopens a resolved one."""
     at = _at(principal, body.occurred_at)
     by = _by(principal, body) if body.author == "staff" else None
     ticket = await asyncio.to_thread(app.reply, ticket_id, body.author, body.body, at, by, body.request_id)
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(
+        request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets/{ticket_id}/replies"
+    )
 
 
 @router.post(
@@ -493,30 +557,42 @@ async def reply(ticket_id: uuid.UUID, body: ReplyIn, app: Support, principal: Wr
     response_model=TicketView,
     summary="Escalate (routing rules decide where)",
 )
-async def escalate(ticket_id: uuid.UUID, body: EscalationIn, app: Support, principal: Writer) -> TicketView:
+async def escalate(
+    ticket_id: uuid.UUID, body: EscalationIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.escalate, ticket_id, body.reason, at, body.to, _by(principal, body))
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(
+        request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets/{ticket_id}/escalations"
+    )
 
 
 @router.post(
     "/tickets/{ticket_id}/status", response_model=TicketView, summary="Pending, back to open, reopen, close"
 )
-async def change_status(ticket_id: uuid.UUID, body: StatusIn, app: Support, principal: Writer) -> TicketView:
+async def change_status(
+    ticket_id: uuid.UUID, body: StatusIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(
         app.change_status, ticket_id, body.status, at, body.reason, _by(principal, body)
     )
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(
+        request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets/{ticket_id}/status"
+    )
 
 
 @router.post(
     "/tickets/{ticket_id}/resolution", response_model=TicketView, summary="Resolve an open or pending ticket"
 )
-async def resolve(ticket_id: uuid.UUID, body: ResolutionIn, app: Support, principal: Writer) -> TicketView:
+async def resolve(
+    ticket_id: uuid.UUID, body: ResolutionIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     at = _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.resolve, ticket_id, body.resolution, at, _by(principal, body))
-    return await asyncio.to_thread(view, app, ticket, datetime.now(UTC))
+    return await _answer(
+        request, principal, app, ticket, datetime.now(UTC), "POST /v1/tickets/{ticket_id}/resolution"
+    )
 
 
 @router.post(
@@ -524,11 +600,13 @@ async def resolve(ticket_id: uuid.UUID, body: ResolutionIn, app: Support, princi
     response_model=TicketView,
     summary="The customer's CSAT (once, after resolution)",
 )
-async def rate(ticket_id: uuid.UUID, body: RatingIn, app: Support, principal: Writer) -> TicketView:
+async def rate(
+    ticket_id: uuid.UUID, body: RatingIn, request: Request, app: Support, principal: Writer
+) -> TicketView:
     now = datetime.now(UTC)
     at = now if body.occurred_at is None else _at(principal, body.occurred_at)
     ticket = await asyncio.to_thread(app.rate, ticket_id, body.score, at, body.comment)
-    return await asyncio.to_thread(view, app, ticket, now)
+    return await _answer(request, principal, app, ticket, now, "POST /v1/tickets/{ticket_id}/rating")
 
 
 @router.get("/policy", summary="The SLA targets per priority and the escalation routing rules in force")
@@ -541,16 +619,19 @@ async def policy(app: Support, _: Reader) -> dict[str, Any]:
     }
 
 
-def create(settings: Settings | None = None) -> FastAPI:
+def create(settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> FastAPI:
+    """``clock``: the audit log's now (tests pass a fixed one)."""
     settings = settings or Settings(service_name="support")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         support = await asyncio.to_thread(build, settings)
         app.state.support = support
+        app.state.audit = await asyncio.to_thread(AuditLog.open, settings, "support", clock)
         try:
             yield
         finally:
+            app.state.audit.close()
             support.close()
             if support.index is not None:
                 support.index.close()
@@ -575,6 +656,7 @@ def create(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.include_router(router)
+    app.include_router(audit_router("support", lambda request: request.app.state.audit))
     return app
 
 
