@@ -540,7 +540,7 @@ def rotate_all(settings: Any, batch: int = 500) -> list[StoreRotation]:
             if not path.exists() or not _sqlite_has_table(str(path), store.table):
                 out.append(StoreRotation(store, where, None))
                 continue
-            backend: SQLiteKeyBackend | PostgresKeyBackend = SQLiteKeyBackend(str(path), store.table)
+            backend = SQLiteKeyBackend(str(path), store.table)
             try:
                 out.append(StoreRotation(store, where, rotate_keys(backend, keys, batch)))
             finally:

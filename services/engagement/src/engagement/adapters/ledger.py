@@ -81,6 +81,7 @@ class SQLiteOrderLedger:
         )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # blind indexes: deleted rows are zeroed
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(
             """
