@@ -34,6 +34,7 @@ versions that held it leave the table's files (docs/security.md).
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import threading
@@ -47,6 +48,8 @@ import orjson
 
 from crm_contracts.envelope import SealedValue
 from crm_platform.crypto import MasterKeys, SealError, generate_data_key, open_sealed, seal
+
+log = logging.getLogger(__name__)
 
 _TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -88,6 +91,21 @@ class RotationReport:
     live_by_version: dict[int, int]
 
 
+def purge(backend: object) -> bool:
+    """``backend.purge()`` if it has one; a failure (a lock not granted in time, the
+    database gone) is logged, not raised: what was erased stays erased, and its old bytes
+    leave the files at the next purge. Returns whether it completed."""
+    purge_ = getattr(backend, "purge", None)
+    if purge_ is None:
+        return True
+    try:
+        purge_()
+    except Exception as exc:
+        log.warning("the key table was not purged this time (%s); the next erasure purges it", exc)
+        return False
+    return True
+
+
 def rotate_keys(backend: RotatingBackend, keys: MasterKeys, batch: int = 500) -> RotationReport:
     """Re-wrap every live data key of ``backend`` not under the current master key version.
 
@@ -109,7 +127,7 @@ def rotate_keys(backend: RotatingBackend, keys: MasterKeys, batch: int = 500) ->
                 skipped += 1
         after = rows[-1][0]
     # The old wrapped bytes leave the WAL / dead row versions too.
-    backend.purge()
+    purge(backend)
     return RotationReport(backend.table, rewrapped, skipped, backend.count_live())
 
 
@@ -215,9 +233,7 @@ class DataKeys:
     def purge(self) -> None:
         """Make erased keys' old bytes leave the store's files (after a batch of erasures):
         the SQLite WAL checkpointed with TRUNCATE, the PostgreSQL table rewritten."""
-        purge_ = getattr(self._backend, "purge", None)
-        if purge_ is not None:
-            purge_()
+        purge(self._backend)
 
     def _erase_key_ids(self, key_ids: list[str]) -> int:
         erased = self._backend.erase(key_ids)
@@ -297,10 +313,10 @@ def secure_sqlite(db: sqlite3.Connection) -> sqlite3.Connection:
     return db
 
 
-def checkpoint_truncate(db: sqlite3.Connection, attempts: int = 20) -> bool:
+def checkpoint_truncate(db: sqlite3.Connection, attempts: int = 8) -> bool:
     """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the database and truncate
     it to zero bytes, so pages written before (a wrapped key, an erased row) leave the
-    ``-wal`` file. A reader of another connection can hold it up: retried briefly;
+    ``-wal`` file. A reader of another connection can hold it up: retried for about 2 s;
     returns whether it completed (it is done again after the next erasure anyway)."""
     for attempt in range(attempts):
         busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -283,3 +283,20 @@ def _b64(key: bytes) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(base64.b64encode(key).decode())
+
+
+def test_a_purge_that_fails_does_not_fail_the_erasure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class LockedOut(SQLiteKeyBackend):
+        def purge(self) -> None:
+            raise RuntimeError("canceling statement due to lock timeout")
+
+    keys = DataKeys(LockedOut(str(tmp_path / "k.sqlite"), "ticket_data_keys"), OLD, prefix="ticket")
+    record = uuid.uuid4()
+    sealed = keys.seal(record, "x", "c")
+    assert keys.erase([record]) == 1
+    keys.purge()
+    assert "not purged this time" in caplog.text
+    with pytest.raises(ContentErased):
+        keys.open(record, sealed, "c")

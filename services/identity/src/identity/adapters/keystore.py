@@ -91,9 +91,7 @@ class DataKeyStore:
 
     def purge(self) -> None:
         """After a batch of erasures: the erased keys' old bytes leave the store's files."""
-        purge_ = getattr(self._backend, "purge", None)
-        if purge_ is not None:
-            purge_()
+        datakeys.purge(self._backend)
 
     def rotate(self, batch: int = 500) -> datakeys.RotationReport:
         """Re-wrap every live key under the current master key version."""
