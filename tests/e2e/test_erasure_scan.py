@@ -1,9 +1,10 @@
 """Erase a person through the real APIs and processes, then look for them everywhere.
 
-identity (API, relay) and support (API, relay, eraser) run as processes on real Kafka,
-on SQLite files and on PostgreSQL databases. A person registers with identity and
-writes to support; a second person does the same and is not erased (the control: the
-scans find what is there). After ``POST /customers/{id}/erase`` and support's eraser,
+identity (API, relay), support (API, relay, eraser) and engagement (API, eraser) run as
+processes on real Kafka, on SQLite files and on PostgreSQL databases. A person registers
+with identity, writes to support and buys online; a second person does the same and is
+not erased (the control: the scans find what is there). After ``POST
+/customers/{id}/erase`` and the erasers (support's tickets, engagement's ledger),
 every store file (SQLite database, -wal, -shm, the de-duplication and index files),
 every row of every PostgreSQL table, the PostgreSQL key tables' files and every record
 (key, value, headers) of every Kafka topic are searched for the person's identifiers —
@@ -11,7 +12,8 @@ plain (e-mail, phone, name) and as blind indexes computed with the same key — 
 their wrapped data keys.
 
 What the scan must find nowhere: the plain identifiers, the wrapped keys, the blind
-indexes in the key tables, identity's match index and support's ticket index.
+indexes in the key tables, identity's match index, support's ticket index and
+engagement's ingestion ledger.
 What it still finds, by design, is pinned in ``KNOWN_RESIDUE`` (docs/security.md, "What
 erasure removes, and key rotation"): the blind indexes in the immutable event logs
 (identity's and support's event stores, and the Kafka topics) — the join keys of the
@@ -60,6 +62,8 @@ KNOWN_RESIDUE = {
     # notice itself, which names the identifiers so that every service finds its records
     "kafka crm.identity.customer",
     "kafka crm.support.ticket",
+    # the orders, keyed and attributed by the blind index of their strongest identifier
+    "kafka crm.commerce.order",
 }
 
 
@@ -127,13 +131,15 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: st
         with psycopg.connect(
             host="127.0.0.1", port=p.port, user="crm", password="crm", dbname="crm_test", autocommit=True
         ) as admin:
-            for service in ("identity", "support"):
+            for service in ("identity", "support", "engagement"):
                 p.databases[service] = f"crm_t_{uuid.uuid4().hex[:12]}"
                 admin.execute(f'CREATE DATABASE "{p.databases[service]}"')
     try:
         _start(p, "identity", "api", tmp_path)
         _start(p, "support", "api", tmp_path)
-        for service, role in (("identity", "relay"), ("support", "relay"), ("support", "eraser")):
+        _start(p, "engagement", "api", tmp_path)
+        roles = (("identity", "relay"), ("support", "relay"), ("support", "eraser"), ("engagement", "eraser"))
+        for service, role in roles:
             _start(p, service, role, tmp_path)
         yield p
     finally:
@@ -157,6 +163,28 @@ def _register(platform: Platform, person: dict[str, str]) -> str:
     r = httpx.post(f"{platform.urls['identity']}/customers", json=body, headers=ADMIN, timeout=30)
     assert r.status_code in (200, 201), r.text
     return str(r.json()["customer_id"])
+
+
+def _buy(platform: Platform, person: dict[str, str], order_id: str) -> None:
+    """An online order carrying the person's e-mail and phone: the ingestion ledger records it
+    under the e-mail's blind index."""
+    body = {
+        "type": "online_order",
+        "occurred_at": "2026-11-20T10:15:00+09:00",
+        "identifiers": {"email": person["email"], "phone": person["phone"]},
+        "payload": {
+            "order_id": order_id,
+            "total": 3980,
+            "lines": [{"line_no": 1, "sku": "TS-001", "category": "tops", "quantity": 2, "unit_price": 1990}],
+        },
+    }
+    r = httpx.post(
+        f"{platform.urls['engagement']}/v1/events",
+        json=body,
+        headers={"X-API-Key": "dev-shop-key"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
 
 
 def _write_to_support(platform: Platform, person: dict[str, str]) -> str:
@@ -304,6 +332,8 @@ def test_an_erased_person_is_found_nowhere_but_the_documented_event_logs(platfor
     assert erased_id != kept_id
     erased_ticket = _write_to_support(platform, ERASED)
     kept_ticket = _write_to_support(platform, KEPT)
+    _buy(platform, ERASED, "W-ERASE-1")
+    _buy(platform, KEPT, "W-KEEP-1")
     support = platform.urls["support"]
 
     def relayed() -> bool:
@@ -331,6 +361,24 @@ def test_an_erased_person_is_found_nowhere_but_the_documented_event_logs(platfor
         return bool(got["content_erased"])
 
     _wait(shredded, "support's eraser to shred the erased person's ticket")
+
+    def ledger_rekeyed() -> bool:
+        blind = _needles(ERASED)["email blind index"]
+        if platform.kind == "sqlite":
+            with sqlite3.connect(platform.var_dir / "engagement" / "ledger.sqlite") as db:
+                keys = [r[0] for r in db.execute("SELECT customer_key FROM ingested_orders")]
+        else:
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=platform.port,
+                user="crm",
+                password="crm",
+                dbname=platform.databases["engagement"],
+            ) as conn:
+                keys = [r[0] for r in conn.execute("SELECT customer_key FROM ingested_orders")]
+        return len(keys) == 2 and blind.decode() not in keys and erased_id in keys
+
+    _wait(ledger_rekeyed, "engagement's eraser to re-key the erased person's order in the ledger")
     kept_view = httpx.get(f"{support}/v1/tickets/{kept_ticket}", headers=ADMIN, timeout=10).json()
     assert not kept_view["content_erased"] and KEPT["email"].lower() in str(kept_view).lower()
     search = httpx.post(
@@ -353,6 +401,8 @@ def test_an_erased_person_is_found_nowhere_but_the_documented_event_logs(platfor
     kept = _where(places, _needles(KEPT))
     assert kept["email blind index"] >= KNOWN_RESIDUE, kept["email blind index"]
     assert "support index" in kept["email blind index"]
+    assert "engagement ledger" in kept["email blind index"] or platform.kind == "postgres"
+    assert "engagement store" in kept["email blind index"] or platform.kind == "sqlite"
 
     found = _where(places, _needles(ERASED))
     for name in ("name", "name (no space)", "email", "phone", "email normalised", "phone normalised"):
