@@ -142,6 +142,56 @@ def postgres_stop() -> None:
     console.print("PostgreSQL stopped")
 
 
+keys_app = typer.Typer(help="The data keys of every service store.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch: int = typer.Option(500, min=1, max=100_000, help="Keys read per batch."),
+) -> None:
+    """Re-wrap every data key of every service store under the current master key
+    (CRM_MASTER_KEY, version CRM_MASTER_KEY_VERSION); older keys by version from
+    CRM_MASTER_KEYS_PREVIOUS. Idempotent and resumable: run it again after a failure.
+    Once every live key is under the current version, the old master keys can go."""
+    from crm_platform.crypto import SealError
+    from crm_platform.datakeys import rotate_all
+    from crm_platform.settings import Settings
+
+    settings = Settings()
+    try:
+        results = rotate_all(settings, batch=batch)
+    except SealError as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("service", "table", "store", "re-wrapped", "skipped", "live keys by master key version")
+    older: set[int] = set()
+    for r in results:
+        if r.report is None:
+            table.add_row(r.store.service, r.store.table, escape(r.where), "-", "-", "no key table yet")
+            continue
+        older.update(v for v in r.report.live_by_version if v != settings.master_key_version)
+        live = ", ".join(f"v{v}: {n}" for v, n in sorted(r.report.live_by_version.items())) or "none"
+        table.add_row(
+            r.store.service,
+            r.store.table,
+            escape(r.where),
+            str(r.report.rewrapped),
+            str(r.report.skipped),
+            live,
+        )
+    console.print(table)
+    if older:
+        # A process still on the old configuration made keys meanwhile: run again once
+        # every process has the new CRM_MASTER_KEY.
+        err_console.print(f"[red]keys under master key versions {sorted(older)} remain; run again[/red]")
+        raise typer.Exit(1)
+    console.print(
+        f"every live data key is under master key version {settings.master_key_version}; "
+        "the previous master keys can be removed (CRM_MASTER_KEYS_PREVIOUS)"
+    )
+
+
 @app.command(
     "import",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

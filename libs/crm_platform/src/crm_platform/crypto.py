@@ -8,6 +8,11 @@
   *data key*. Data keys are stored only wrapped (encrypted) by the master key, inside the
   identity service. Erasing a customer deletes the data key: every sealed copy anywhere
   (Kafka, ClickHouse, backups) becomes unreadable at once (crypto-shredding).
+* The **master key has a version** (:class:`MasterKeys`): each wrapped data key records
+  the version that wrapped it (a stored key without one is version 1), older master keys
+  stay readable by version until ``crm keys rotate`` re-wrapped every data key under the
+  current one; then the old master key can be removed, and with it every copy of the old
+  wrapped keys (WAL, free pages, backups) is shredded too.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -79,6 +85,54 @@ def unwrap_key(master_key: bytes, wrapped: bytes, key_id: str) -> bytes:
         return AESGCM(master_key).decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], key_id.encode())
     except InvalidTag:
         raise SealError(f"cannot unwrap data key {key_id}") from None
+
+
+class MasterKeys:
+    """The master key ring: the current key and its version, and older keys by version
+    (read only, to unwrap data keys not yet re-wrapped by ``crm keys rotate``)."""
+
+    def __init__(self, current: bytes, version: int = 1, previous: Mapping[int, bytes] | None = None) -> None:
+        if version < 1:
+            raise ValueError("a master key version is a positive integer")
+        keys = dict(previous or {})
+        if version in keys and keys[version] != current:
+            raise ValueError(f"master key version {version} is both current and previous with another key")
+        for v, key in {**keys, version: current}.items():
+            if v < 1 or len(key) != 32:
+                raise ValueError(f"master key version {v} must be a 32-byte key with a version >= 1")
+        keys[version] = current
+        self._keys = keys
+        self._version = version
+
+    @classmethod
+    def of(cls, master: bytes | MasterKeys) -> MasterKeys:
+        """A key ring from a ring or from one key (version 1)."""
+        return master if isinstance(master, MasterKeys) else cls(master)
+
+    @property
+    def version(self) -> int:
+        """The current version: what :meth:`wrap` wraps with."""
+        return self._version
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted(self._keys))
+
+    def wrap(self, data_key: bytes, key_id: str) -> tuple[int, bytes]:
+        """The data key wrapped by the current master key, and that key's version."""
+        return self._version, wrap_key(self._keys[self._version], data_key, key_id)
+
+    def unwrap(self, wrapped: bytes, key_id: str, version: int | None) -> bytes:
+        """Unwrap with the master key of ``version`` (None: a key stored before versions,
+        version 1); SealError if that version is not configured any more."""
+        v = 1 if version is None else version
+        key = self._keys.get(v)
+        if key is None:
+            raise SealError(
+                f"data key {key_id} was wrapped by master key version {v}, which is not configured"
+                " (CRM_MASTER_KEYS_PREVIOUS)"
+            )
+        return unwrap_key(key, wrapped, key_id)
 
 
 def seal(data_key: bytes, key_id: str, value: object, context: str = "") -> SealedValue:

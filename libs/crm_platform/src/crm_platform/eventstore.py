@@ -4,6 +4,10 @@
 next to the event's state, so the outbox relay can continue the same trace when it
 publishes the event to Kafka, even minutes later or after a restart. The metadata is
 kept out of the domain event objects themselves: aggregates never see it.
+
+``SecureSQLiteFactory`` is eventsourcing's SQLite persistence with every connection
+running ``PRAGMA secure_delete=ON``: the stores hold personal data (sealed) and, beside
+the events, the data-key tables, and a deleted row must not stay in free space.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, find_id_convertor
+from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
 from eventsourcing.utils import get_topic, resolve_topic
 from opentelemetry import propagate
 
@@ -112,3 +117,22 @@ class TracingMapper(Mapper[Any]):
     ) -> dict[str, Any]:
         """Hook for subclasses: transform a stored state back before the event is built."""
         return state
+
+
+class SecureSQLiteConnectionPool(SQLiteConnectionPool):
+    """eventsourcing's pool, each new connection with ``PRAGMA secure_delete=ON``."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        connection.cursor().execute("PRAGMA secure_delete=ON")
+        return connection
+
+
+class SecureSQLiteFactory(SQLiteFactory):
+    """``PERSISTENCE_MODULE`` of the SQLite stores (``Settings.eventsourcing_env``)."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        pool = self.datastore.pool
+        self.datastore.pool = SecureSQLiteConnectionPool(db_name=pool.db_name, lock_timeout=pool.lock_timeout)
+        pool.close()  # made by the base class, never used

@@ -295,6 +295,9 @@ class SQLiteDedupeStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # It holds event ids only (no identifier, no blind index); pruned ids are zeroed
+        # all the same, like every store's (docs/security.md).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS processed_events "
             "(event_id BLOB PRIMARY KEY, processed_at REAL NOT NULL) WITHOUT ROWID"

@@ -30,6 +30,7 @@ from crm_contracts.topics import (
 )
 from crm_platform.apikeys import KEY_ID_PATTERN, HashedApiKey, plaintext_entries
 from crm_platform.capability import DEV_CONTACT_VERIFY_KEY
+from crm_platform.crypto import MasterKeys
 
 # Well-known development values. Local mode works out of the box with them; production
 # refuses them (see ``_refuse_dev_secrets_in_production``).
@@ -130,6 +131,11 @@ class Settings(BaseSettings):
     contact_verify_key: str = Field(default=DEV_CONTACT_VERIFY_KEY, pattern=r"^[A-Za-z0-9+/]{43}=$")
     blind_index_key: SecretStr = SecretStr(DEV_BLIND_INDEX_KEY)
     master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
+    #: The version of ``master_key``: recorded with every data key it wraps.
+    master_key_version: int = Field(default=1, ge=1)
+    #: Older master keys by version (JSON ``{"1": "<base64>"}``), read only: they unwrap
+    #: data keys not yet re-wrapped by ``crm keys rotate``; remove one after a rotation.
+    master_keys_previous: dict[int, SecretStr] = Field(default_factory=dict)
 
     # Analytics (ClickHouse)
     #: A ClickHouse server DSN (``http://user:password@host:8123/crm``); without it,
@@ -177,6 +183,28 @@ class Settings(BaseSettings):
         if len(raw) != 32:
             raise ValueError("must decode to exactly 32 bytes")
         return value
+
+    @field_validator("master_keys_previous")
+    @classmethod
+    def _previous_master_keys(cls, value: dict[int, SecretStr]) -> dict[int, SecretStr]:
+        for version, key in value.items():
+            if version < 1:
+                raise ValueError(f"version {version}: a master key version is a positive integer")
+            try:
+                cls._32_byte_base64(key)
+            except ValueError as exc:
+                raise ValueError(f"version {version}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _current_master_key_version_is_not_previous(self) -> Settings:
+        older = self.master_keys_previous.get(self.master_key_version)
+        if older is not None and older.get_secret_value() != self.master_key.get_secret_value():
+            raise ValueError(
+                f"CRM_MASTER_KEYS_PREVIOUS has version {self.master_key_version} with another key than"
+                " CRM_MASTER_KEY: give the current key a new CRM_MASTER_KEY_VERSION"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
@@ -253,6 +281,15 @@ class Settings(BaseSettings):
         return base64.b64decode(self.master_key.get_secret_value())
 
     @property
+    def master_keys(self) -> MasterKeys:
+        """The master key ring: the current key (``master_key_version``) and the previous."""
+        return MasterKeys(
+            self.master_key_bytes,
+            self.master_key_version,
+            {v: base64.b64decode(k.get_secret_value()) for v, k in self.master_keys_previous.items()},
+        )
+
+    @property
     def clickhouse_dsn(self) -> str:
         """Analytics' ClickHouse: the server of ``CRM_CLICKHOUSE_URL``, or chDB under
         ``var/analytics/clickhouse``."""
@@ -301,7 +338,8 @@ class Settings(BaseSettings):
         }
         if self.event_store == "sqlite":
             env.update(
-                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                # eventsourcing.sqlite with secure_delete on every connection
+                PERSISTENCE_MODULE="crm_platform.eventstore:SecureSQLiteFactory",
                 SQLITE_DBNAME=str(self.service_dir(service) / "events.sqlite"),
                 SQLITE_LOCK_TIMEOUT="10",
             )

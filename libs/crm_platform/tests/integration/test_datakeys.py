@@ -126,6 +126,6 @@ def test_support_s_table_keeps_its_format(tmp_path: Path) -> None:
         columns = [r[1] for r in db.execute("PRAGMA table_info(ticket_data_keys)")]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         [(key_id,)] = db.execute("SELECT key_id FROM ticket_data_keys").fetchall()
-    assert columns == ["key_id", "wrapped_key", "erased_at"]
+    assert columns == ["key_id", "wrapped_key", "erased_at", "master_key_version"]
     assert tables == {"ticket_data_keys"}  # no subjects table for support
     assert key_id == f"ticket-{ticket}"

@@ -52,3 +52,41 @@ def test_data_keys_are_wrapped_by_the_master_key_and_bound_to_their_id() -> None
     assert unwrap_key(KEY, wrapped, "cust-1") == data_key
     with pytest.raises(SealError):
         unwrap_key(KEY, wrapped, "cust-2")
+
+
+def test_master_keys_wrap_under_the_current_version_and_unwrap_older_ones() -> None:
+    from crm_platform.crypto import MasterKeys
+
+    old, new = b"o" * 32, b"n" * 32
+    v1 = MasterKeys(old)
+    assert v1.version == 1 and v1.versions == (1,)
+    data_key = generate_data_key()
+    version, wrapped_v1 = v1.wrap(data_key, "cust-1")
+    assert version == 1
+    assert unwrap_key(old, wrapped_v1, "cust-1") == data_key  # the same format as before versions
+
+    ring = MasterKeys(new, 2, {1: old})
+    assert ring.versions == (1, 2)
+    assert ring.unwrap(wrapped_v1, "cust-1", 1) == data_key
+    assert ring.unwrap(wrapped_v1, "cust-1", None) == data_key  # a key stored before versions: v1
+    version, wrapped_v2 = ring.wrap(data_key, "cust-1")
+    assert version == 2 and ring.unwrap(wrapped_v2, "cust-1", 2) == data_key
+    with pytest.raises(SealError):  # wrapped by v1, claimed as v2
+        ring.unwrap(wrapped_v1, "cust-1", 2)
+
+    only_new = MasterKeys(new, 2)
+    assert only_new.unwrap(wrapped_v2, "cust-1", 2) == data_key
+    with pytest.raises(SealError, match="version 1, which is not configured"):
+        only_new.unwrap(wrapped_v1, "cust-1", 1)
+    assert MasterKeys.of(old).version == 1 and MasterKeys.of(ring) is ring
+
+
+def test_master_key_rings_refuse_bad_versions_and_keys() -> None:
+    from crm_platform.crypto import MasterKeys
+
+    with pytest.raises(ValueError, match="positive"):
+        MasterKeys(KEY, 0)
+    with pytest.raises(ValueError, match="both current and previous"):
+        MasterKeys(KEY, 2, {2: b"x" * 32})
+    with pytest.raises(ValueError, match="32-byte"):
+        MasterKeys(KEY, 2, {1: b"short"})

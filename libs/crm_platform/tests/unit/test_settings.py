@@ -18,7 +18,7 @@ def test_local_mode_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(var_dir=tmp_path)
     assert settings.kafka_bootstrap == "127.0.0.1:9092"
     env = settings.eventsourcing_env("identity")
-    assert env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
+    assert env["PERSISTENCE_MODULE"] == "crm_platform.eventstore:SecureSQLiteFactory"
     assert env["SQLITE_DBNAME"] == str(tmp_path / "identity" / "events.sqlite")
 
 
@@ -92,3 +92,24 @@ def test_docs_and_metrics_are_served_in_production_only_when_told() -> None:
     assert (_production().serves_docs, _production().serves_metrics) == (False, False)
     told = _production(public_docs=True, public_metrics=True)
     assert (told.serves_docs, told.serves_metrics) == (True, True)
+
+
+def test_master_keys_by_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = base64.b64encode(b"o" * 32).decode()
+    new = base64.b64encode(b"n" * 32).decode()
+    monkeypatch.setenv("CRM_MASTER_KEY", new)
+    monkeypatch.setenv("CRM_MASTER_KEY_VERSION", "2")
+    monkeypatch.setenv("CRM_MASTER_KEYS_PREVIOUS", f'{{"1": "{old}"}}')
+    ring = Settings().master_keys
+    assert ring.version == 2 and ring.versions == (1, 2)
+
+    monkeypatch.setenv("CRM_MASTER_KEYS_PREVIOUS", '{"1": "not base64!"}')
+    with pytest.raises(ValidationError, match="version 1: must be base64"):
+        Settings()
+    monkeypatch.setenv("CRM_MASTER_KEYS_PREVIOUS", f'{{"2": "{old}"}}')
+    with pytest.raises(ValidationError, match="give the current key a new CRM_MASTER_KEY_VERSION"):
+        Settings()
+    monkeypatch.delenv("CRM_MASTER_KEYS_PREVIOUS")
+    monkeypatch.setenv("CRM_MASTER_KEY_VERSION", "0")
+    with pytest.raises(ValidationError, match="master_key_version"):
+        Settings()

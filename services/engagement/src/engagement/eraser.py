@@ -20,7 +20,13 @@ What is not found (docs/surveys.md, *Sealing and erasure*):
 * text a merged id answered *after* the merge was followed (an old invitation link used
   late) is recorded under the merged id only;
 * form submissions keep no free text (personal fields go to identity), so there is
-  nothing of theirs to shred here; the erased identifiers' blind indexes are not used.
+  nothing of theirs to shred here.
+
+The ingestion ledger keeps each order's customer key (usually the blind index of the
+strongest identifier the order carried): an erasure re-keys the orders recorded under the
+erased customer's identifiers to their customer id, so the ledger holds no blind index of
+them any more, while a later return of such an order is still attributed to the same
+(erased) customer (docs/security.md).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from crm_contracts.events.identity import CustomerErased, CustomersMerged, Merge
 from crm_contracts.topics import ENGAGEMENT_ERASURE_GROUP, IDENTITY_CUSTOMER
 from crm_platform.kafka import stream_processor
 from crm_platform.settings import Settings
+from engagement.adapters.ledger import OrderLedger, open_ledger
 from engagement.survey_bootstrap import SERVICE, build_surveys
 from engagement.surveys import SurveyApplication
 
@@ -42,10 +49,10 @@ log = logging.getLogger(__name__)
 GROUP = ENGAGEMENT_ERASURE_GROUP
 
 
-def apply(app: SurveyApplication, event: Event) -> int:
+def apply(app: SurveyApplication, event: Event, ledger: OrderLedger | None = None) -> int:
     """Follow one identity event: an erasure shreds the customer's survey free text
-    (returns how many keys were deleted); a merge or its undoing moves what an erasure
-    of the survivor finds (returns 0)."""
+    (returns how many keys were deleted) and re-keys their orders in ``ledger``; a merge
+    or its undoing moves what an erasure of the survivor finds (returns 0)."""
     if isinstance(event, CustomersMerged):
         app.follow_merge(str(event.payload.survivor_id), str(event.payload.merged_id))
         return 0
@@ -55,6 +62,11 @@ def apply(app: SurveyApplication, event: Event) -> int:
     if not isinstance(event, CustomerErased):
         return 0
     erased = app.erase_customers([str(event.payload.customer_id)])
+    if ledger is not None:
+        hashes = sorted({i.hash for i in event.payload.tombstoned} | {i.hash for i in event.identifiers})
+        rekeyed = ledger.rekey_customer(hashes, str(event.payload.customer_id))
+        if rekeyed:
+            log.info("customer %s erased: %d ingested orders re-keyed", event.payload.customer_id, rekeyed)
     if erased:
         log.info(
             "customer %s erased: the free text of %d survey responses shredded",
@@ -67,9 +79,10 @@ def apply(app: SurveyApplication, event: Event) -> int:
 async def run_eraser(settings: Settings, stop: asyncio.Event, group_id: str | None = None) -> None:
     group_id = group_id or settings.kafka_topic_prefix + GROUP
     app = build_surveys(settings)
+    ledger = open_ledger(settings)
 
     async def handle(event: Event, _: ConsumerRecord[bytes, bytes]) -> None:
-        await asyncio.to_thread(apply, app, event)
+        await asyncio.to_thread(apply, app, event, ledger)
 
     try:
         async with stream_processor(
@@ -82,4 +95,5 @@ async def run_eraser(settings: Settings, stop: asyncio.Event, group_id: str | No
         ) as consumer:
             await consumer.run(stop)
     finally:
+        ledger.close()
         app.close()

@@ -173,6 +173,7 @@ class Attribution:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # blind indexes: deleted rows are zeroed
         had = {
             row[0]
             for row in self._db.execute(

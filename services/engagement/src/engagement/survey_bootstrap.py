@@ -42,7 +42,7 @@ def build_surveys(settings: Settings, survey_settings: SurveySettings | None = N
         else:
             datastore: Any = cast(Any, app.factory).datastore
             backend = PostgresKeyBackend(datastore.pool.connection, TEXT_KEY_TABLE, with_subjects=True)
-        return DataKeys(backend, settings.master_key_bytes, prefix=TEXT_KEY_PREFIX)
+        return DataKeys(backend, settings.master_keys, prefix=TEXT_KEY_PREFIX)
 
     return SurveyApplication(
         env,

@@ -455,7 +455,11 @@ class SurveyApplication(Application[uuid.UUID]):
     def erase_customers(self, customer_keys: Sequence[str]) -> int:
         """Shred the free text of every response these customers gave by invitation
         (idempotent); returns how many keys were live."""
-        return self.text_keys.erase_subjects(customer_keys) if customer_keys else 0
+        if not customer_keys:
+            return 0
+        erased = self.text_keys.erase_subjects(customer_keys)
+        self.text_keys.purge()  # the erased keys' bytes leave the store's files
+        return erased
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,11 +45,24 @@ def _unb64(text: str) -> bytes:
 
 
 class TrackingSigner:
-    def __init__(self, master_key: bytes) -> None:
-        self._key = hmac.new(master_key, b"crm.engagement.tracking.v1", hashlib.sha256).digest()
+    """Signs with a key derived from the current master key; verifies with it or with
+    one derived from an older master key still configured (``CRM_MASTER_KEYS_PREVIOUS``),
+    so the links of messages sent before a master key rotation keep working while the
+    old key is kept (docs/security.md)."""
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    def __init__(self, master_key: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._key = self._derive(master_key)
+        self._older = [self._derive(k) for k in previous if k != master_key]
+
+    @staticmethod
+    def _derive(master_key: bytes) -> bytes:
+        return hmac.new(master_key, b"crm.engagement.tracking.v1", hashlib.sha256).digest()
+
+    def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(key or self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def _verifies(self, payload: bytes, given: bytes) -> bool:
+        return any(hmac.compare_digest(given, self._mac(payload, k)) for k in (self._key, *self._older))
 
     def token(self, kind: Kind, message_id: uuid.UUID, link_no: int = 0) -> str:
         payload = _PAYLOAD.pack(kind.encode(), message_id.bytes, link_no)
@@ -62,7 +76,7 @@ class TrackingSigner:
             payload, given = _unb64(body), _unb64(mac)
         except ValueError:
             raise InvalidToken("malformed token") from None
-        if len(payload) != _PAYLOAD.size or not hmac.compare_digest(given, self._mac(payload)):
+        if len(payload) != _PAYLOAD.size or not self._verifies(payload, given):
             raise InvalidToken("token does not verify")
         raw_kind, raw_id, link_no = _PAYLOAD.unpack(payload)
         found = raw_kind.decode()

@@ -94,3 +94,61 @@ def test_try_record_never_waits_for_another_writer(tmp_path: Path) -> None:
     finally:
         other.close()
         ledger.close()
+
+
+def test_an_erasure_rekeys_the_erased_person_s_orders(store_settings: Settings) -> None:
+    """engagement's eraser on ``customer.erased``: the orders recorded under the erased
+    person's blind indexes are recorded under their customer id; nobody else's move, and
+    (SQLite) the old keys leave the ledger's files."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from crm_contracts.envelope import Identifier
+    from crm_contracts.events.identity import CustomerErased, CustomerErasedPayload
+    from engagement.eraser import apply
+    from engagement.survey_bootstrap import build_surveys
+
+    erased_hash, other_hash, kept_hash = "a" * 64, "b" * 64, "c" * 64
+    customer = uuid.uuid4()
+    ledger = open_ledger(store_settings)
+    surveys = build_surveys(store_settings)
+    try:
+        ledger.record(
+            [
+                LedgerOrder("store", "S1-1", "e-1", erased_hash, {1: ("TS", 1, 1000)}),
+                LedgerOrder("online", "W-1", "e-2", other_hash, {1: ("TS", 1, 1000)}),
+                LedgerOrder("online", "W-2", "e-3", kept_hash, {1: ("TS", 1, 1000)}),
+            ],
+            [],
+        )
+        event = CustomerErased(
+            occurred_at=datetime(2026, 11, 20, tzinfo=UTC),
+            producer="identity.relay",
+            customer_key=str(customer),
+            payload=CustomerErasedPayload(
+                customer_id=customer,
+                requested_at=datetime(2026, 11, 20, tzinfo=UTC),
+                tombstoned=(
+                    Identifier(kind="email", hash=erased_hash),
+                    Identifier(kind="phone", hash=other_hash),
+                ),
+            ),
+        )
+        apply(surveys, event, ledger)
+        apply(surveys, event, ledger)  # redelivered: nothing more to do
+        found = ledger.orders([("store", "S1-1"), ("online", "W-1"), ("online", "W-2")])
+        assert {k: o.customer_key for k, o in found.items()} == {
+            ("store", "S1-1"): str(customer),
+            ("online", "W-1"): str(customer),
+            ("online", "W-2"): kept_hash,
+        }
+        if store_settings.event_store == "sqlite":
+            path = store_settings.var_dir / "engagement" / "ledger.sqlite"
+            files = b"".join(
+                Path(f"{path}{s}").read_bytes() for s in ("", "-wal", "-shm") if Path(f"{path}{s}").exists()
+            )
+            assert erased_hash.encode() not in files and other_hash.encode() not in files
+            assert kept_hash.encode() in files
+    finally:
+        ledger.close()
+        surveys.close()

@@ -288,6 +288,18 @@ def test_a_url_ends_where_japanese_text_starts() -> None:
     assert out.body == "セールはhttps://t.example/c/0をご覧ください。"
 
 
+def test_links_signed_before_a_master_key_rotation_verify_while_the_old_key_is_kept() -> None:
+    old, new = b"o" * 32, b"n" * 32
+    mid = uuid.uuid4()
+    sent_before = TrackingSigner(old).token("u", mid)
+    rotated = TrackingSigner(new, [old])
+    assert rotated.verify(sent_before, "u").message_id == mid
+    assert rotated.token("u", mid) != sent_before  # signed with the current key now
+    assert TrackingSigner(new).verify(rotated.token("u", mid), "u").message_id == mid
+    with pytest.raises(InvalidToken):  # the old master key removed: the old links stop
+        TrackingSigner(new).verify(sent_before, "u")
+
+
 def test_more_than_a_thousand_trackable_links_are_refused_by_variant_field() -> None:
     many = "{% for i in range(1001) %}https://shop.example.jp/p{{ i }} {% endfor %}"
     variants = [{"id": "ok", "body": "https://shop.example.jp/"}, {"id": "big", "body": many}]

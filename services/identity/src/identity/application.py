@@ -1060,6 +1060,8 @@ class IdentityApplication(Application[uuid.UUID]):
         self._save(*to_save)
         for person in people:
             self.keys.erase(person.id)
+        # The erased keys' bytes leave the store's files (WAL checkpoint / VACUUM FULL).
+        self.keys.purge()
         return [p.id for p in people]
 
     def _absorbed_tree(self, customer: Customer) -> list[Customer]:

@@ -35,7 +35,7 @@ def build(settings: Settings | None = None, thresholds: Thresholds | None = None
     app = IdentityApplication(
         env=settings.eventsourcing_env(SERVICE),
         indexer=indexer,
-        key_store=lambda a: DataKeyStore(_key_backend(settings, a), settings.master_key_bytes),
+        key_store=lambda a: DataKeyStore(_key_backend(settings, a), settings.master_keys),
         thresholds=thresholds or Thresholds(),
     )
     return Identity(settings, app, app.keys, indexer)

@@ -293,7 +293,7 @@ class SupportApplication(Application[uuid.UUID]):
             notes = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
             return [(n.id, uuid.UUID(str(n.originator_id))) for n in notes]
 
-        return self.index.catch_up(read, self.ticket)
+        return self.index.catch_up(read, self.ticket, shredded=self.keys.is_erased)
 
     def search(self, filters: Filters, now: datetime, limit: int, offset: int) -> tuple[int, list[Ticket]]:
         assert self.index is not None
@@ -306,7 +306,14 @@ class SupportApplication(Application[uuid.UUID]):
         assert self.index is not None
         self.catch_up()
         tickets = self.index.tickets_with(hashes)
-        return self.keys.erase(tickets) if tickets else 0
+        if not tickets:
+            return 0
+        erased = self.keys.erase(tickets)
+        # The erased keys' bytes leave the store's files (WAL checkpoint / VACUUM FULL),
+        # and the index forgets which identifiers the shredded tickets carried.
+        self.keys.purge()
+        self.index.forget_identifiers(tickets)
+        return erased
 
 
 def _context(ticket_id: uuid.UUID, part: str) -> str:

@@ -36,7 +36,7 @@ def build(settings: Settings, *, with_index: bool = True) -> SupportApplication:
     app = SupportApplication(
         settings.eventsourcing_env(SERVICE),
         BlindIndexer(settings.blind_index_key_bytes),
-        lambda a: TicketKeys(_key_backend(settings, a), settings.master_key_bytes),
+        lambda a: TicketKeys(_key_backend(settings, a), settings.master_keys),
         load_policy(settings),
         TicketIndex(settings.service_dir(SERVICE) / "index.sqlite") if with_index else None,
     )

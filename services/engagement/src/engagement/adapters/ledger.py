@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from crm_platform.datakeys import checkpoint_truncate
 
 #: The namespace of store orders recorded before each store had its own.
 LEGACY_STORE = "store"
@@ -81,6 +83,11 @@ class OrderLedger(Protocol):
     def record(self, orders: Iterable[LedgerOrder], returns: Iterable[LedgerReturn]) -> None: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
+    def rekey_customer(self, keys: Sequence[str], replacement: str) -> int:
+        """Erasure: orders recorded under one of ``keys`` (an erased person's blind
+        indexes) are recorded under ``replacement`` (their customer id) instead; returns
+        how many."""
+        ...
 
 
 class SQLiteOrderLedger:
@@ -96,6 +103,7 @@ class SQLiteOrderLedger:
         )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # blind indexes: deleted rows are zeroed
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(
             """
@@ -192,6 +200,19 @@ class SQLiteOrderLedger:
 
     def busy(self) -> bool:
         return self._lock.locked()
+
+    def rekey_customer(self, keys: Sequence[str], replacement: str) -> int:
+        if not keys:
+            return 0
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE ingested_orders SET customer_key = ?"
+                " WHERE customer_key IN (SELECT value FROM json_each(?))",
+                (replacement, orjson.dumps(list(keys)).decode()),
+            ).rowcount
+            # secure_delete zeroed the old cells; the old pages leave the WAL too
+            checkpoint_truncate(self._db)
+        return int(changed)
 
     def ping(self) -> None:
         with self._lock:
@@ -306,6 +327,16 @@ class PostgresOrderLedger:
                     "INSERT INTO ingested_returns VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     return_rows,
                 )
+
+    def rekey_customer(self, keys: Sequence[str], replacement: str) -> int:
+        if not keys:
+            return 0
+        with self._pool.connection() as conn:
+            changed = conn.execute(
+                "UPDATE ingested_orders SET customer_key = %s WHERE customer_key = ANY(%s)",
+                (replacement, list(keys)),
+            ).rowcount
+        return int(changed)
 
     def ping(self) -> None:
         with self._pool.connection() as conn:

@@ -33,6 +33,7 @@ class ConsentView:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # blind indexes: deleted rows are zeroed
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS consent (customer_id TEXT PRIMARY KEY, status TEXT NOT NULL,"
             " merged_into TEXT, consents BLOB NOT NULL, attributes BLOB NOT NULL, version TEXT NOT NULL)"

@@ -4,6 +4,8 @@ Kept beside ``engagement.bootstrap`` (membership's) so each feature wires its ow
 
 from __future__ import annotations
 
+import base64
+
 from crm_contracts.topics import ENGAGEMENT_DISPATCHER_GROUP
 from crm_platform.eventstore import TracingMapper, project
 from crm_platform.kafka import EventProducer
@@ -38,7 +40,8 @@ def build_clients(messaging: MessagingSettings) -> ServiceClients:
 
 
 def build_signer(settings: Settings) -> TrackingSigner:
-    return TrackingSigner(settings.master_key_bytes)
+    previous = [base64.b64decode(k.get_secret_value()) for k in settings.master_keys_previous.values()]
+    return TrackingSigner(settings.master_key_bytes, previous)
 
 
 def build_campaign_relay(

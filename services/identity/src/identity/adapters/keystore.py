@@ -3,36 +3,41 @@
 Kept beside (not inside) the event log on purpose: erasure must be able to *delete* a key,
 and events are immutable. Deleting a customer's key makes every value sealed with it
 unreadable, on Kafka, in ClickHouse and in backups.
+
+The table (``customer_data_keys``) is kept by the platform's key backends
+(``crm_platform.datakeys``): each row records the master key version that wrapped it
+(none: version 1), SQLite connections delete securely and an erasure is followed by
+:meth:`DataKeyStore.purge` (WAL checkpoint / ``VACUUM FULL``); ``crm keys rotate``
+re-wraps the keys under the current master key (:meth:`DataKeyStore.rotate`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from crm_platform.crypto import generate_data_key, unwrap_key, wrap_key
+from crm_platform import datakeys
+from crm_platform.crypto import MasterKeys, generate_data_key
+
+#: identity's stored format (unchanged columns, plus ``master_key_version``)
+TABLE = "customer_data_keys"
 
 
 class KeyErased(LookupError):
     """The customer's data key was deleted (erasure): the sealed data is gone for good."""
 
 
-class _Backend(Protocol):
-    def get(self, key_id: str) -> tuple[bytes | None, bool] | None: ...
-    def put_if_absent(self, key_id: str, wrapped: bytes) -> None: ...
-    def erase(self, key_id: str) -> None: ...
-
-
 class DataKeyStore:
     """Creates, caches and erases per-customer AES-256 data keys."""
 
-    def __init__(self, backend: _Backend, master_key: bytes, cache_ttl_s: float = 60.0) -> None:
+    def __init__(
+        self, backend: datakeys.KeyBackend, master_key: bytes | MasterKeys, cache_ttl_s: float = 60.0
+    ) -> None:
         self._backend = backend
-        self._master = master_key
+        self._master = MasterKeys.of(master_key)
         # Unwrapped keys are cached briefly: an erasure made by another process takes
         # effect here within ``cache_ttl_s``.
         self._cache: dict[str, tuple[float, bytes]] = {}
@@ -59,10 +64,10 @@ class DataKeyStore:
         row = self._backend.get(key_id)
         if row is None:
             return None
-        wrapped, erased = row
+        wrapped, erased, version = row
         if erased or wrapped is None:
             raise KeyErased(key_id)
-        key = unwrap_key(self._master, wrapped, key_id)
+        key = self._master.unwrap(wrapped, key_id, version)
         with self._lock:
             self._cache[key_id] = (time.monotonic(), key)
         return key_id, key
@@ -72,85 +77,37 @@ class DataKeyStore:
         if found is not None:
             return found
         key_id = self.key_id_for(customer_id)
-        self._backend.put_if_absent(key_id, wrap_key(self._master, generate_data_key(), key_id))
+        version, wrapped = self._master.wrap(generate_data_key(), key_id)
+        self._backend.put_if_absent(key_id, wrapped, version=version)
         found = self.get(customer_id)
         assert found is not None
         return found
 
     def erase(self, customer_id: uuid.UUID) -> None:
         key_id = self.key_id_for(customer_id)
-        self._backend.erase(key_id)
+        self._backend.erase([key_id])
         with self._lock:
             self._cache.pop(key_id, None)
 
+    def purge(self) -> None:
+        """After a batch of erasures: the erased keys' old bytes leave the store's files."""
+        datakeys.purge(self._backend)
 
-class SQLiteKeyBackend:
+    def rotate(self, batch: int = 500) -> datakeys.RotationReport:
+        """Re-wrap every live key under the current master key version."""
+        backend: Any = self._backend
+        with self._lock:
+            self._cache.clear()
+        return datakeys.rotate_keys(backend, self._master, batch)
+
+
+class SQLiteKeyBackend(datakeys.SQLiteKeyBackend):
     def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        self._lock = threading.Lock()
-        # WAL like the event store beside it: readers never block the writer.
-        self._db.execute("PRAGMA journal_mode=WAL")
+        super().__init__(path, TABLE)
+        # Like the event store beside it: readers never block the writer.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS customer_data_keys (key_id TEXT PRIMARY KEY, "
-            "wrapped_key BLOB, erased_at TEXT)"
-        )
-
-    def get(self, key_id: str) -> tuple[bytes | None, bool] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT wrapped_key, erased_at FROM customer_data_keys WHERE key_id = ?", (key_id,)
-            ).fetchone()
-        return None if row is None else (row[0], row[1] is not None)
-
-    def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO customer_data_keys (key_id, wrapped_key) VALUES (?, ?)",
-                (key_id, wrapped),
-            )
-
-    def erase(self, key_id: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) "
-                "VALUES (?, NULL, datetime('now')) "
-                "ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = datetime('now')",
-                (key_id,),
-            )
 
 
-class PostgresKeyBackend:
+class PostgresKeyBackend(datakeys.PostgresKeyBackend):
     def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS customer_data_keys (key_id TEXT PRIMARY KEY, "
-                "wrapped_key BYTEA, erased_at TIMESTAMPTZ)"
-            )
-
-    def get(self, key_id: str) -> tuple[bytes | None, bool] | None:
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT wrapped_key, erased_at FROM customer_data_keys WHERE key_id = %s", (key_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        # eventsourcing's pool hands out dict rows.
-        wrapped = row["wrapped_key"]
-        return (bytes(wrapped) if wrapped is not None else None, row["erased_at"] is not None)
-
-    def put_if_absent(self, key_id: str, wrapped: bytes) -> None:
-        with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO customer_data_keys (key_id, wrapped_key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (key_id, wrapped),
-            )
-
-    def erase(self, key_id: str) -> None:
-        with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO customer_data_keys (key_id, wrapped_key, erased_at) VALUES (%s, NULL, now()) "
-                "ON CONFLICT (key_id) DO UPDATE SET wrapped_key = NULL, erased_at = now()",
-                (key_id,),
-            )
+        super().__init__(connect, TABLE)

@@ -8,7 +8,10 @@ PostgreSQL store, stay consistent that way — a search after a write in any of 
 sees the write — and nothing but the event store needs backing up.
 
 It holds no personal data: blind indexes of the identifiers, status, owner, times.
-Whether the SLA is breached is computed in the query for the instant asked.
+Whether the SLA is breached is computed in the query for the instant asked. The blind
+indexes of a ticket whose content was shredded (erasure) are removed and never written
+again, a rebuild included (``catch_up``'s ``shredded``); the file deletes securely
+(``PRAGMA secure_delete``) and is checkpointed with TRUNCATE after an erasure.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from crm_platform.datakeys import checkpoint_truncate, secure_sqlite
 from support.domain.ticket import Ticket
 
 Loader = Callable[[uuid.UUID], Ticket]
@@ -78,7 +82,7 @@ class TicketIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        secure_sqlite(self._db)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -95,10 +99,12 @@ class TicketIndex:
         read: Callable[[int, int], Sequence[tuple[int, uuid.UUID]]],
         load: Loader,
         batch: int = 500,
+        shredded: Callable[[uuid.UUID], bool] | None = None,
     ) -> int:
         """Apply what the store recorded after the index's position; returns how many
         notifications were read. ``read(after, limit)`` gives (notification id, ticket
-        id) pairs; each touched ticket is loaded once and its row rewritten."""
+        id) pairs; each touched ticket is loaded once and its row rewritten, without its
+        identifiers if ``shredded(ticket id)`` (its content was erased)."""
         done = 0
         while True:
             with self._lock:
@@ -111,7 +117,7 @@ class TicketIndex:
                         self._db.execute("COMMIT")
                         return done
                     for ticket_id in dict.fromkeys(t for _, t in found):
-                        self._write(load(ticket_id))
+                        self._write(load(ticket_id), shredded is None or not shredded(ticket_id))
                     self._db.execute(
                         "INSERT INTO position (id, notification_id) VALUES (1, ?)"
                         " ON CONFLICT (id) DO UPDATE SET notification_id = excluded.notification_id",
@@ -123,7 +129,7 @@ class TicketIndex:
                     raise
             done += len(found)
 
-    def _write(self, t: Ticket) -> None:
+    def _write(self, t: Ticket, with_identifiers: bool = True) -> None:
         ts = _epoch
         resolution_due = t.resolution_due.timestamp() + t.paused_seconds
         last = t.escalations[-1]["to"] if t.escalations else None
@@ -151,10 +157,26 @@ class TicketIndex:
                 ts(t.last_at),
             ),
         )
-        self._db.executemany(
-            "INSERT OR IGNORE INTO ticket_identifiers VALUES (?, ?)",
-            [(i["hash"], str(t.id)) for i in t.identifiers],
-        )
+        if with_identifiers:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO ticket_identifiers VALUES (?, ?)",
+                [(i["hash"], str(t.id)) for i in t.identifiers],
+            )
+        else:
+            self._db.execute("DELETE FROM ticket_identifiers WHERE ticket_id = ?", (str(t.id),))
+
+    def forget_identifiers(self, tickets: Sequence[uuid.UUID]) -> int:
+        """Remove the blind indexes these (shredded) tickets carried; the deleted rows
+        are zeroed (secure_delete) and leave the WAL (checkpoint TRUNCATE)."""
+        with self._lock:
+            removed = 0
+            for ticket_id in tickets:
+                cursor = self._db.execute(
+                    "DELETE FROM ticket_identifiers WHERE ticket_id = ?", (str(ticket_id),)
+                )
+                removed += cursor.rowcount
+            checkpoint_truncate(self._db)
+        return removed
 
     def search(self, f: Filters, now: datetime, limit: int, offset: int) -> tuple[int, list[uuid.UUID]]:
         """(total matching, one page of ticket ids, newest first)."""

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crm_platform import datakeys
+from crm_platform.crypto import MasterKeys
 from crm_platform.datakeys import ContentErased, DataKeys
 
 __all__ = ["TABLE", "ContentErased", "PostgresKeyBackend", "SQLiteKeyBackend", "TicketKeys"]
@@ -39,7 +40,9 @@ TABLE = "ticket_data_keys"
 class TicketKeys(DataKeys):
     """Creates, caches, uses and erases the data keys of tickets (``ticket-<id>``)."""
 
-    def __init__(self, backend: datakeys.KeyBackend, master_key: bytes, cache_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self, backend: datakeys.KeyBackend, master_key: bytes | MasterKeys, cache_ttl_s: float = 30.0
+    ) -> None:
         super().__init__(backend, master_key, prefix="ticket", cache_ttl_s=cache_ttl_s)
 
 
