@@ -7,6 +7,7 @@ does (``mapping key "X" already defined``)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,10 @@ def test_env_example_documents_every_required_secret_without_a_value() -> None:
     )
     assert set(assigned) == required
     for name, value in assigned.items():
-        if name == "CRM_API_KEYS":  # its shape, with placeholders for the keys
-            keys = re.findall(r'"([^"]+)": \[', value)
-            assert keys and all(k.startswith("<") and k.endswith(">") for k in keys)
+        if name == "CRM_API_KEYS":  # its shape, with placeholders for the key ids and hashes
+            entries = json.loads(value.strip("'"))
+            assert entries and all(k.startswith("<") and k.endswith(">") for k in entries)
+            assert all(e["sha256"] == "<hex>" and e["scopes"] for e in entries.values())
         else:
             assert value == "", f".env.example must not give {name} a value"
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()

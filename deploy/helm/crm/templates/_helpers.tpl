@@ -98,7 +98,7 @@ secrets.
 {{- else if include "crm.chartSecretValues" . -}}
 {{- printf "%s-secrets" (include "crm.fullname" .) -}}
 {{- else -}}
-{{- fail "crm: no secrets configured. Set secrets.existingSecret to a Secret holding CRM_POSTGRES_PASSWORD, CRM_CLICKHOUSE_URL, CRM_API_KEYS, CRM_BLIND_INDEX_KEY, CRM_MASTER_KEY, CRM_MESSAGING_API_KEY, CRM_SURVEY_TOKEN_KEY, CRM_IDENTITY_API_KEY, CRM_ANALYTICS_API_KEY and CRM_WEBHOOK_SECRET (see values.yaml), or provide them in secrets.values." -}}
+{{- fail "crm: no secrets configured. Set secrets.existingSecret to a Secret holding CRM_POSTGRES_PASSWORD, CRM_CLICKHOUSE_URL, CRM_API_KEYS, CRM_BLIND_INDEX_KEY, CRM_MASTER_KEY, CRM_MESSAGING_API_KEY, CRM_SURVEY_TOKEN_KEY, CRM_IDENTITY_API_KEY, CRM_ANALYTICS_API_KEY, CRM_WEBHOOK_SECRET, CRM_CONTACT_SIGNING_KEY and CRM_CONTACT_VERIFY_KEY (see values.yaml), or provide them in secrets.values." -}}
 {{- end -}}
 {{- end -}}
 
