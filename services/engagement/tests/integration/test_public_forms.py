@@ -248,8 +248,8 @@ def test_public_form_attacks_fail_and_the_honest_flows_pass(platform: Platform) 
     after_a = _profile(identity, a)
     assert after_a == before_a  # no consent, no phone, not even a new version
     assert after_a["consents"]["email"]["granted"] is False and after_a["consents"]["sms"]["granted"] is False
-    found = httpx.get(
-        f"{identity}/customers/search", params={"q": "09099990000", "kind": "phone"}, headers=ADMIN
+    found = httpx.post(
+        f"{identity}/customers/search", json={"q": "09099990000", "kind": "phone"}, headers=ADMIN
     )
     assert found.json() == []  # the stranger's phone is on nobody's profile
     claims = [

@@ -27,7 +27,13 @@ INTAKE_ONLY = {"X-API-Key": "forms"}
 
 @pytest.fixture
 def intake(store_settings: Settings, client: TestClient) -> TestClient:
-    client.app.state.settings.api_keys["forms"] = ["identity:public-intake"]  # type: ignore[attr-defined]
+    keys = client.app.state.settings.api_keys  # type: ignore[attr-defined]
+    # a new mapping: the API reads its key table again when the mapping is replaced
+    client.app.state.settings.api_keys = {  # type: ignore[attr-defined]
+        **keys,
+        "forms": ["identity:public-intake"],
+        "writer": ["identity:write"],
+    }
     return client
 
 
@@ -53,7 +59,6 @@ def test_the_intake_scope_is_needed_and_is_all_it_gives(intake: TestClient) -> N
     body = {"source": {"form_id": FORM, "submission_id": str(uuid.uuid4())}, "email": "x@example.jp"}
     assert intake.post("/customers/intake", json=body, headers={"X-API-Key": "nope"}).status_code == 401
     # dev-admin-key holds "*"; a key with identity:write but not the intake scope is refused
-    intake.app.state.settings.api_keys["writer"] = ["identity:write"]  # type: ignore[attr-defined]
     assert intake.post("/customers/intake", json=body, headers={"X-API-Key": "writer"}).status_code == 403
     # and the intake key cannot register by the trusting route
     refused = intake.post(
@@ -90,7 +95,7 @@ def test_a_known_email_with_a_strangers_phone_changes_nothing_and_files_a_claim(
     assert (data["customer_id"], data["outcome"], data["held"]) == (a, "matched", ["email"])
     after = _profile(intake, a)
     assert after == before  # no link, no profile change, no consent, same version
-    assert intake.get("/customers/search", params={"q": "090-9999-0000", "kind": "phone"}).json() == []
+    assert intake.post("/customers/search", json={"q": "090-9999-0000", "kind": "phone"}).json() == []
     (claim,) = [r for r in intake.get("/reviews").json()["reviews"] if r["kind"] == "intake_claim"]
     assert claim["review_id"] == data["reviews"][0] and claim["customer_a"] == a
     assert [i["kind"] for i in claim["identifiers"]] == ["phone"]
@@ -103,7 +108,7 @@ def test_a_known_email_with_a_strangers_phone_changes_nothing_and_files_a_claim(
     # staff approve: the phone is linked to the customer now (nobody held it meanwhile)
     approved = intake.post(f"/reviews/{claim['review_id']}/approve")
     assert approved.status_code == 200 and approved.json() == {"merge_id": None}
-    found = intake.get("/customers/search", params={"q": "09099990000", "kind": "phone"}).json()
+    found = intake.post("/customers/search", json={"q": "09099990000", "kind": "phone"}).json()
     assert [f["customer_id"] for f in found] == [a]
     assert intake.post(f"/reviews/{claim['review_id']}/approve").status_code == 409
 
