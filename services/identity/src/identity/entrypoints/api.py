@@ -42,19 +42,24 @@ from identity.domain.review import ReviewAlreadyDecided, ReviewNotFound
 from identity.entrypoints.schemas import (
     ConsentChannelName,
     ConsentUpdate,
+    ContactPoint,
     CustomerCreate,
     CustomerPublic,
     CustomerUpdate,
+    Erasure,
     IdentifierCreate,
     IdentifierKindName,
     IdentifierPublic,
+    IdentifierRef,
     MergeCreate,
     MergeResult,
+    MergeUndone,
     ProfileFields,
     Reason,
     Registration,
     ReviewPublic,
     SearchResult,
+    Version,
 )
 
 customers = APIRouter(prefix="/customers", tags=["customers"])
@@ -229,7 +234,7 @@ def _profile_json(data: dict[str, Any]) -> bytes:
         return CustomerPublic.model_validate(profile).model_dump_json().encode()
 
 
-@customers.patch("/{customer_id}")
+@customers.patch("/{customer_id}", response_model=Version)
 async def update_customer(
     customer_id: uuid.UUID,
     body: CustomerUpdate,
@@ -252,7 +257,7 @@ async def update_customer(
     return {"version": version}
 
 
-@customers.put("/{customer_id}/consents/{channel}")
+@customers.put("/{customer_id}/consents/{channel}", response_model=Version)
 async def set_consent(
     customer_id: uuid.UUID,
     channel: ConsentChannelName,
@@ -270,7 +275,7 @@ async def set_consent(
 _CHANNEL_ADDRESS = {"email": "email", "sms": "phone", "line": "line_id", "app_push": "device"}
 
 
-@customers.get("/{customer_id}/contact/{channel}")
+@customers.get("/{customer_id}/contact/{channel}", response_model=ContactPoint)
 async def contact_point(
     customer_id: uuid.UUID,
     channel: Annotated[Literal["email", "sms", "line", "app_push"], Path(description="the message channel")],
@@ -316,7 +321,9 @@ async def list_identifiers(
     return rows
 
 
-@customers.post("/{customer_id}/identifiers", status_code=status.HTTP_201_CREATED)
+@customers.post(
+    "/{customer_id}/identifiers", response_model=IdentifierRef, status_code=status.HTTP_201_CREATED
+)
 async def add_identifier(
     customer_id: uuid.UUID, body: IdentifierCreate, identity: IdentityDep, principal: Writer
 ) -> dict[str, str]:
@@ -350,7 +357,7 @@ async def remove_identifier(
     await _run(identity.app.remove_identifier, customer_id, kind, identifier_hash, reason=reason)
 
 
-@customers.post("/{customer_id}/erase")
+@customers.post("/{customer_id}/erase", response_model=Erasure)
 async def erase_customer(
     customer_id: uuid.UUID, body: Reason, identity: IdentityDep, _: Eraser
 ) -> dict[str, Any]:
@@ -373,7 +380,7 @@ async def merge_customers(body: MergeCreate, identity: IdentityDep, principal: W
     return MergeResult(merge_id=merge_id)
 
 
-@merges.post("/{merge_id}/undo")
+@merges.post("/{merge_id}/undo", response_model=MergeUndone)
 async def undo_merge(
     merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer
 ) -> dict[str, Any]:
