@@ -42,7 +42,11 @@ _APP = create(
     Settings(var_dir=_VAR / "var", kafka_bootstrap=os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
     embedded_sink=False,
 )
-schema = schemathesis.openapi.from_asgi("/openapi.json", _APP, config=schemathesis.Config.from_dict(CONFIG))
+# Read from the app object, not over ASGI: a request would start the app's lifespan
+# while pytest collects (and leave it running when this module is deselected).
+schema = schemathesis.openapi.from_dict(_APP.openapi(), config=schemathesis.Config.from_dict(CONFIG))
+schema.app = _APP  # requests go to the app in process
+schema.location = "/openapi.json"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -61,7 +62,10 @@ from crm_platform.settings import Settings
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_PERIOD_DAYS = 3_660
-_STEP = re.compile(r"^[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?$")
+_STEP_TEXT = r"[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?"
+_STEP = re.compile(f"^{_STEP_TEXT}$")
+#: 2 to 10 steps, comma-separated (spaces around a step are allowed)
+STEPS_PATTERN = rf"^ *{_STEP_TEXT} *(, *{_STEP_TEXT} *){{1,9}}$"
 #: A query past its own ``max_memory_usage`` (ClickHouse's wording, then older releases');
 #: the server's total and a user's limit are worded "(total)" / "for user".
 _QUERY_MEMORY = re.compile(r"Query memory limit exceeded|Memory limit \(for query\) exceeded", re.IGNORECASE)
@@ -70,7 +74,12 @@ T = TypeVar("T")
 Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
 ChannelParam = Annotated[Literal["all", "store", "online", "app"], Query(description=f"one of {CHANNELS}")]
 Start = Annotated[Day, Query(description="first day of the period (Asia/Tokyo), inclusive")]
-End = Annotated[Day, Query(description="day after the period's last, exclusive")]
+End = Annotated[
+    Day,
+    Query(
+        description=f"day after the period's last, exclusive: after start, at most {MAX_PERIOD_DAYS} days on"
+    ),
+]
 
 v1 = APIRouter(prefix="/v1", tags=["analytics"])
 
@@ -243,7 +252,13 @@ async def segments(
 async def segment_customers(
     analytics: AnalyticsDep,
     _: Reader,
-    segment: str,
+    segment: Annotated[
+        str,
+        PathParam(
+            description="an RFM segment (another name answers 404 unknown_segment)",
+            json_schema_extra={"enum": list(SEGMENTS)},
+        ),
+    ],
     rules: Rules,
     as_of: AsOf = None,
     channel: ChannelParam = "all",
@@ -294,7 +309,12 @@ async def funnel(
     analytics: AnalyticsDep,
     _: Reader,
     steps: Annotated[
-        str, Query(description="2–10 comma-separated steps: event_type or event_type:kind", max_length=800)
+        str,
+        Query(
+            description="2–10 comma-separated steps: event_type or event_type:kind",
+            max_length=800,
+            pattern=STEPS_PATTERN,
+        ),
     ],
     start: Start,
     end: End,

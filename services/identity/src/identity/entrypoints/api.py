@@ -240,7 +240,9 @@ async def update_customer(
     body: CustomerUpdate,
     identity: IdentityDep,
     _: Writer,
-    if_match: Annotated[str | None, Header(description='the version read, e.g. "3"')] = None,
+    if_match: Annotated[
+        str | None, Header(description='the version read, e.g. "3"', pattern=r'^(W/)?"?[0-9]{1,18}"?$')
+    ] = None,
 ) -> dict[str, int]:
     """Change profile fields. ``expected_version`` (or ``If-Match``) guards against lost
     updates: a stale version answers 409."""
