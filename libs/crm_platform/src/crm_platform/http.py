@@ -292,7 +292,7 @@ def _document_errors(app: FastAPI) -> None:
         components["ErrorBody"] = defs
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
-        ref = {"$ref": "#/components/schemas/ErrorBody"}
+        ref: dict[str, Any] = {"$ref": "#/components/schemas/ErrorBody"}
         for item in schema.get("paths", {}).values():
             for method, operation in item.items():
                 responses = operation.setdefault("responses", {})
@@ -313,6 +313,7 @@ def _document_errors(app: FastAPI) -> None:
                 for code in sorted(wanted):
                     given = responses.get(code, {})
                     declared = given.get("content", {}).get("application/json", {}).get("schema")
+                    body: dict[str, Any]
                     if declared is None or declared.get("$ref", "").endswith("/HTTPValidationError"):
                         body = ref
                     elif code in _EDGE:  # the route's own answer, or the edge's
