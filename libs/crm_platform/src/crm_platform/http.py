@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -262,7 +263,101 @@ def create_app(
         )
 
     app.add_middleware(TraceIdHeader)
+    _document_errors(app)
     return app
+
+
+class FieldProblem(BaseModel):
+    field: str | None = Field(description="where: body.x.y, query.name, path.name, header.name")
+    reason: str
+    type: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_request, not_found, forbidden")
+    message: str
+    fields: list[FieldProblem] | None = Field(default=None, description="the fields at fault (422)")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of every API: ``{"error": {"code", "message", "fields"?}}``."""
+
+    error: ErrorDetail
+
+
+_ERROR_RESPONSES: dict[str, str] = {
+    "400": "the body could not be read (not UTF-8 / not parseable)",
+    "401": "no X-API-Key header, or an unknown key",
+    "403": "the key lacks the scope this operation needs",
+    "404": "no such resource (the path's, or one the body names)",
+    "409": "conflicts with the resource's current state or a concurrent change",
+    "413": "the request body is larger than the API takes",
+    "422": "invalid request: `error.fields` name each field at fault and why",
+}
+
+
+#: errors the shared edge itself answers (body parsing, size, validation), whatever the
+#: route declares for them
+_EDGE = frozenset({"400", "413", "422"})
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI tell what the edges above answer: every error has the shape of
+        ``ErrorBody`` (not FastAPI's ``HTTPValidationError``, which this app never sends);
+        an operation behind an API key documents 401 and 403, one with a path parameter 404,
+        one with a body 400, 404 (what it names), 413, and a change (POST, PUT, PATCH, DELETE) 409:
+    every change goes to an event-sourced aggregate that may be in another state or written
+    concurrently. Operations document their own further errors (429, 503...); an operation
+    that declares its own body for 400, 413 or 422 (a batch's per-event results) gets either
+    that or ``ErrorBody``."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        defs = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(defs.pop("$defs", {}))
+        components["ErrorBody"] = defs
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        ref: dict[str, Any] = {"$ref": "#/components/schemas/ErrorBody"}
+        for item in schema.get("paths", {}).values():
+            for method, operation in item.items():
+                responses = operation.setdefault("responses", {})
+                wanted = {"422"} if "422" in responses else set()
+                if operation.get("security"):
+                    wanted |= {"401", "403"}
+                if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                    wanted.add("404")
+                if "requestBody" in operation:
+                    wanted |= {"400", "404", "413", "422"}
+                if method in ("post", "put", "patch", "delete"):
+                    wanted.add("409")
+                if operation.get("parameters"):
+                    wanted.add("422")
+                for code, error in responses.items():
+                    if code.startswith(("4", "5")) and "content" not in error:
+                        wanted.add(code)
+                for code in sorted(wanted):
+                    given = responses.get(code, {})
+                    declared = given.get("content", {}).get("application/json", {}).get("schema")
+                    body: dict[str, Any]
+                    if declared is None or declared.get("$ref", "").endswith("/HTTPValidationError"):
+                        body = ref
+                    elif code in _EDGE:  # the route's own answer, or the edge's
+                        body = {"anyOf": [declared, ref]}
+                    else:
+                        continue
+                    responses[code] = {
+                        "description": given.get("description") or _ERROR_RESPONSES.get(code, "error"),
+                        "content": {"application/json": {"schema": body}},
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _probe(scope: Scope) -> bool:

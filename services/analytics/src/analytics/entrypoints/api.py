@@ -32,13 +32,16 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.common import StreamContext
 from clickhouse_connect.driver.exceptions import DatabaseError
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from analytics.entrypoints import campaign_routes, survey_routes
+from analytics.entrypoints import responses as R
 from analytics.entrypoints.metrics import CONTENT_TYPE
 from analytics.entrypoints.metrics import render as render_metrics
+from analytics.entrypoints.params import Day, Instant
 from analytics.entrypoints.support import router as support_router
 from analytics.queries import (
     CHANNELS,
@@ -63,7 +66,10 @@ from crm_platform.settings import Settings
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_PERIOD_DAYS = 3_660
-_STEP = re.compile(r"^[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?$")
+_STEP_TEXT = r"[a-z][a-z_.]{0,63}(:[a-z_]{1,32})?"
+_STEP = re.compile(f"^{_STEP_TEXT}$")
+#: 2 to 10 steps, comma-separated (spaces around a step are allowed)
+STEPS_PATTERN = rf"^ *{_STEP_TEXT} *(, *{_STEP_TEXT} *){{1,9}}$"
 #: A query past its own ``max_memory_usage`` (ClickHouse's wording, then older releases');
 #: the server's total and a user's limit are worded "(total)" / "for user".
 _QUERY_MEMORY = re.compile(r"Query memory limit exceeded|Memory limit \(for query\) exceeded", re.IGNORECASE)
@@ -71,8 +77,13 @@ T = TypeVar("T")
 
 Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
 ChannelParam = Annotated[Literal["all", "store", "online", "app"], Query(description=f"one of {CHANNELS}")]
-Start = Annotated[date, Query(description="first day of the period (Asia/Tokyo), inclusive")]
-End = Annotated[date, Query(description="day after the period's last, exclusive")]
+Start = Annotated[Day, Query(description="first day of the period (Asia/Tokyo), inclusive")]
+End = Annotated[
+    Day,
+    Query(
+        description=f"day after the period's last, exclusive: after start, at most {MAX_PERIOD_DAYS} days on"
+    ),
+]
 
 v1 = APIRouter(prefix="/v1", tags=["analytics"])
 
@@ -221,7 +232,7 @@ def _period(start: date, end: date) -> None:
         raise ApiError(422, "invalid_period", f"a period is at most {MAX_PERIOD_DAYS} days")
 
 
-@v1.get("/kpis/overview", summary="KPI overview for a period and channel")
+@v1.get("/kpis/overview", response_model=R.KpiOverview, summary="KPI overview for a period and channel")
 async def kpi_overview(
     analytics: AnalyticsDep, _: Reader, start: Start, end: End, channel: ChannelParam = "all"
 ) -> dict[str, Any]:
@@ -229,7 +240,7 @@ async def kpi_overview(
     return await analytics.run(lambda q: q.kpi_overview(start, end, channel))
 
 
-@v1.get("/kpis/timeseries", summary="A KPI per day, week or month")
+@v1.get("/kpis/timeseries", response_model=R.Timeseries, summary="A KPI per day, week or month")
 async def kpi_timeseries(
     analytics: AnalyticsDep,
     _: Reader,
@@ -251,7 +262,7 @@ async def kpi_timeseries(
     return {"metric": metric, "interval": interval, "channel": channel, "points": points}
 
 
-@v1.get("/cohorts", summary="Retention matrix by first-purchase month or week")
+@v1.get("/cohorts", response_model=R.Cohorts, summary="Retention matrix by first-purchase month or week")
 async def cohorts(
     analytics: AnalyticsDep,
     _: Reader,
@@ -279,14 +290,18 @@ async def _rules(
 
 
 Rules = Annotated[RfmRules, Depends(_rules)]
-AsOf = Annotated[date | None, Query(description="the day segments are computed for (default: tomorrow, JST)")]
+AsOf = Annotated[Day | None, Query(description="the day segments are computed for (default: tomorrow, JST)")]
 
 
 def _as_of(value: date | None) -> date:
     return value or (datetime.now(UTC) + timedelta(hours=9)).date() + timedelta(days=1)
 
 
-@v1.get("/segments", summary="RFM segments (new / repeat / loyal / dormant) and R-F-M ranks")
+@v1.get(
+    "/segments",
+    response_model=R.Segments,
+    summary="RFM segments (new / repeat / loyal / dormant) and R-F-M ranks",
+)
 async def segments(
     analytics: AnalyticsDep, _: Reader, rules: Rules, as_of: AsOf = None, channel: ChannelParam = "all"
 ) -> dict[str, Any]:
@@ -296,12 +311,13 @@ async def segments(
 
 @v1.get(
     "/segments/{segment}/customers",
+    response_model=R.SegmentMembers,
     summary="The customers of a segment, paged; CSV with format=csv",
     responses={
         200: {
             "description": "JSON: a page (limit, offset). CSV: the segment's customers by revenue, with"
             " `X-Total-Count` (the segment's size), `X-Export-Rows` and `X-Export-Truncated`",
-            "content": {"text/csv": {}},
+            "content": {"text/csv": {"schema": {"type": "string"}}},
         },
         422: {"description": "`export_too_large`: the segment has more customers than an export holds"},
     },
@@ -309,7 +325,13 @@ async def segments(
 async def segment_customers(
     analytics: AnalyticsDep,
     _: Reader,
-    segment: str,
+    segment: Annotated[
+        str,
+        PathParam(
+            description="an RFM segment (another name answers 404 unknown_segment)",
+            json_schema_extra={"enum": list(SEGMENTS)},
+        ),
+    ],
     rules: Rules,
     as_of: AsOf = None,
     channel: ChannelParam = "all",
@@ -412,12 +434,17 @@ def _csv_cell(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-@v1.get("/funnels", summary="Customers through ordered steps within a time window")
+@v1.get("/funnels", response_model=R.Funnel, summary="Customers through ordered steps within a time window")
 async def funnel(
     analytics: AnalyticsDep,
     _: Reader,
     steps: Annotated[
-        str, Query(description="2–10 comma-separated steps: event_type or event_type:kind", max_length=800)
+        str,
+        Query(
+            description="2–10 comma-separated steps: event_type or event_type:kind",
+            max_length=800,
+            pattern=STEPS_PATTERN,
+        ),
     ],
     start: Start,
     end: End,
@@ -436,7 +463,11 @@ async def funnel(
     return await analytics.run(lambda q: q.funnel(parsed, start, end, window_seconds))
 
 
-@v1.get("/customers/{customer_id}", summary="The 360 summary of a customer (no personal data)")
+@v1.get(
+    "/customers/{customer_id}",
+    response_model=R.CustomerSummary,
+    summary="The 360 summary of a customer (no personal data)",
+)
 async def customer(analytics: AnalyticsDep, _: Reader, customer_id: uuid.UUID) -> dict[str, Any]:
     summary = await analytics.run(lambda q: q.customer_summary(str(customer_id)))
     if summary is None:
@@ -444,25 +475,27 @@ async def customer(analytics: AnalyticsDep, _: Reader, customer_id: uuid.UUID) -
     return summary
 
 
-@v1.get("/customers/{customer_id}/timeline", summary="A customer's events across channels, newest first")
+@v1.get(
+    "/customers/{customer_id}/timeline",
+    response_model=R.Timeline,
+    summary="A customer's events across channels, newest first",
+)
 async def timeline(
     analytics: AnalyticsDep,
     _: Reader,
     customer_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[datetime | None, Query(description="paging: the last row's occurred_at")] = None,
+    before: Annotated[Instant | None, Query(description="paging: the last row's occurred_at")] = None,
     before_event: Annotated[
         uuid.UUID | None, Query(description="paging: the last row's event_id (with before)")
     ] = None,
 ) -> dict[str, Any]:
-    if before is not None and before.tzinfo is None:
-        raise ApiError(422, "invalid_request", "before: must include a timezone offset")
     after_id = str(before_event) if before_event else None
     events = await analytics.run(lambda q: q.timeline(str(customer_id), limit, before, after_id))
     return {"customer_id": str(customer_id), "events": events}
 
 
-@v1.get("/status", summary="The sink's progress and the data's freshness")
+@v1.get("/status", response_model=R.Status, summary="The sink's progress and the data's freshness")
 async def status(analytics: AnalyticsDep, _: Reader) -> dict[str, Any]:
     fresh = await analytics.run(lambda q: q.freshness())
     sink = analytics.sink

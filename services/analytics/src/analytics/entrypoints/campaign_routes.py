@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from analytics import campaigns as queries
+from analytics.entrypoints import responses as R
 from crm_platform.http import ApiError, Principal, require_scope
 
 if TYPE_CHECKING:
@@ -25,7 +26,11 @@ def _analytics(request: Request) -> Analytics:
     return analytics
 
 
-@router.get("", summary="Launched campaigns, newest first, with sent / opened / clicked")
+@router.get(
+    "",
+    response_model=list[R.CampaignSummary],
+    summary="Launched campaigns, newest first, with sent / opened / clicked",
+)
 async def list_campaigns(
     request: Request, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
@@ -34,6 +39,7 @@ async def list_campaigns(
 
 @router.get(
     "/{campaign_id}/report",
+    response_model=R.CampaignReport,
     summary="A campaign's funnel (sent, skipped by reason, delivered, opened, clicked, opt-outs) and its "
     "conversions against the holdout: uplift and ROI",
 )

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from analytics.entrypoints import responses as R
+from analytics.entrypoints.params import Day
 from analytics.queries import Queries
 from crm_platform.http import ApiError, Principal, require_scope
 
@@ -44,12 +45,16 @@ async def _run(analytics: Analytics, fn: Callable[[Any], T]) -> T:
     return await analytics.run(call)
 
 
-@router.get("/support/kpis", summary="Support KPIs: opened, resolved, backlog, response times, SLA, CSAT")
+@router.get(
+    "/support/kpis",
+    response_model=R.SupportKpis,
+    summary="Support KPIs: opened, resolved, backlog, response times, SLA, CSAT",
+)
 async def support_kpis(
     analytics: Runner,
     _: Reader,
-    start: Annotated[date, Query(description="first day of the period (Asia/Tokyo), inclusive")],
-    end: Annotated[date, Query(description="day after the period's last, exclusive")],
+    start: Annotated[Day, Query(description="first day of the period (Asia/Tokyo), inclusive")],
+    end: Annotated[Day, Query(description="day after the period's last, exclusive")],
     by: Literal["none", "channel", "category"] = "none",
     channel: Annotated[Literal["phone", "email", "chat", "store", "form", "line"] | None, Query()] = None,
     category: Annotated[str | None, Query(pattern=CODE)] = None,
@@ -62,7 +67,11 @@ async def support_kpis(
     return await _run(analytics, lambda q: q.kpis(start, end, by, channel or "", category or ""))
 
 
-@router.get("/customers/{customer_id}/tickets", summary="A customer's inquiry history (no content)")
+@router.get(
+    "/customers/{customer_id}/tickets",
+    response_model=R.CustomerTickets,
+    summary="A customer's inquiry history (no content)",
+)
 async def customer_tickets(
     analytics: Runner,
     _: Reader,

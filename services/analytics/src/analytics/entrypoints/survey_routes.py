@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from analytics.entrypoints import responses as R
+from analytics.entrypoints.params import Day
 from analytics.survey_queries import SurveyQueries
 from crm_platform.http import ApiError, Principal, require_scope
 
@@ -17,8 +19,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1", tags=["surveys and forms"])
 Reader = Annotated[Principal, Depends(require_scope("analytics:read"))]
-Start = Annotated[date, Query(description="first day of the period (Asia/Tokyo), inclusive")]
-End = Annotated[date, Query(description="day after the period's last, exclusive")]
+Start = Annotated[Day, Query(description="first day of the period (Asia/Tokyo), inclusive")]
+End = Annotated[Day, Query(description="day after the period's last, exclusive")]
 MAX_PERIOD_DAYS = 3_660
 
 
@@ -37,7 +39,11 @@ def _period(start: date, end: date) -> None:
         raise ApiError(422, "invalid_period", f"a period is at most {MAX_PERIOD_DAYS} days")
 
 
-@router.get("/surveys/{survey_id}/results", summary="A survey's responses, response rate, NPS, CSAT, choices")
+@router.get(
+    "/surveys/{survey_id}/results",
+    response_model=R.SurveyResults,
+    summary="A survey's responses, response rate, NPS, CSAT, choices",
+)
 async def survey_results(
     survey_id: uuid.UUID,
     analytics: AnalyticsDep,
@@ -55,7 +61,11 @@ async def survey_results(
     return await analytics.run(lambda q: SurveyQueries.of(q).survey_results(survey_id, start, end, by))
 
 
-@router.get("/forms/results", summary="Submissions per form, sign-ups, consent opt-ins, registrations")
+@router.get(
+    "/forms/results",
+    response_model=R.FormResults,
+    summary="Submissions per form, sign-ups, consent opt-ins, registrations",
+)
 async def form_results(
     analytics: AnalyticsDep,
     _: Reader,

@@ -109,10 +109,13 @@ async def ingest_one(
     response_model=BatchResult,
     summary="Ingest a batch; each event is accepted or rejected on its own",
     responses={
-        202: {"description": "at least one event is on the broker; see `results`"},
+        202: {"model": BatchResult, "description": "at least one event is on the broker; see `results`"},
         413: {"description": f"more than {MAX_BATCH_EVENTS} events"},
-        422: {"description": "no event was acceptable"},
-        503: {"description": "the broker did not acknowledge some events: retry them (same event ids)"},
+        422: {"model": BatchResult, "description": "no event was acceptable"},
+        503: {
+            "model": BatchResult,
+            "description": "the broker did not acknowledge some events: retry them (same event ids)",
+        },
     },
 )
 async def ingest_batch(

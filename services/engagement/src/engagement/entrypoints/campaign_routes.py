@@ -194,6 +194,48 @@ class BounceIn(BaseModel):
     )
 
 
+class CampaignView(BaseModel):
+    campaign_id: uuid.UUID
+    name: str
+    status: Literal["draft", "launched", "paused", "cancelled", "completed"]
+    channels: list[Channel]
+    audience: dict[str, Any] = Field(description="the segment's name, or how many customer ids were listed")
+    variants: list[str]
+    default_variant: str
+    rules: list[dict[str, Any]]
+    send_at: datetime
+    holdout_pct: float
+    attribution_days: int
+    quiet_hours: list[int] | None
+    link_hosts: list[str]
+    created_at: datetime
+    launched_at: datetime | None
+    recipients: int
+    holdout: int
+
+
+class CampaignProgress(BaseModel):
+    pending: int
+    sending: int
+    sent: int
+    failed: int
+    skipped: dict[str, int] = Field(description="per reason")
+    sent_by_variant: dict[str, int]
+    opened: int
+    clicked: int
+    bounced: int
+    opted_out: int
+
+
+class CampaignDetail(CampaignView):
+    progress: CampaignProgress
+
+
+class BounceRecorded(BaseModel):
+    message_id: uuid.UUID
+    recorded: bool = Field(description="false when the message's bounce was recorded before")
+
+
 def _view(campaign: Campaign) -> dict[str, Any]:
     return {
         "campaign_id": str(campaign.id),
@@ -253,7 +295,13 @@ def _progress(app: CampaignApplication, campaign: Campaign) -> dict[str, Any]:
 # -- campaigns --------------------------------------------------------------------------
 
 
-@campaigns.post("/campaigns", status_code=201, summary="Create a campaign (a draft until launched)")
+@campaigns.post(
+    "/campaigns",
+    status_code=201,
+    response_model=CampaignView,
+    summary="Create a campaign (a draft until launched)",
+    responses={200: {"model": CampaignView, "description": "a retry with the same request_id"}},
+)
 async def create_campaign(
     body: CampaignCreate, app: CampaignsDep, _: Writer, request: Request, response: Response
 ) -> dict[str, Any]:
@@ -311,7 +359,7 @@ async def create_campaign(
 class CampaignPage(BaseModel):
     """A page of campaigns, newest first."""
 
-    campaigns: list[dict[str, Any]]
+    campaigns: list[CampaignView]
     limit: int
     next: str | None = Field(description="the cursor of the next page; null on the last page")
 
@@ -345,7 +393,9 @@ CampaignId = Annotated[uuid.UUID, Path(description="the campaign's id")]
 
 
 @campaigns.get(
-    "/campaigns/{campaign_id}", summary="A campaign and its progress (sent, skipped by reason, responses)"
+    "/campaigns/{campaign_id}",
+    response_model=CampaignDetail,
+    summary="A campaign and its progress (sent, skipped by reason, responses)",
 )
 async def get_campaign(campaign_id: CampaignId, app: CampaignsDep, _: Reader) -> dict[str, Any]:
     def read() -> dict[str, Any]:
@@ -356,7 +406,13 @@ async def get_campaign(campaign_id: CampaignId, app: CampaignsDep, _: Reader) ->
 
 
 @campaigns.post(
-    "/campaigns/{campaign_id}/launch", summary="Resolve and freeze the audience, then send from send_at"
+    "/campaigns/{campaign_id}/launch",
+    response_model=CampaignView,
+    summary="Resolve and freeze the audience, then send from send_at",
+    responses={
+        422: {"description": "an unknown segment, an audience too large, or an empty one"},
+        503: {"description": "analytics (the segment) did not answer: retry"},
+    },
 )
 async def launch_campaign(
     campaign_id: CampaignId, request: Request, app: CampaignsDep, _: Writer
@@ -387,17 +443,25 @@ async def launch_campaign(
     return _view(launched)
 
 
-@campaigns.post("/campaigns/{campaign_id}/pause", summary="Stop sending until resumed")
+@campaigns.post(
+    "/campaigns/{campaign_id}/pause", response_model=CampaignView, summary="Stop sending until resumed"
+)
 async def pause_campaign(campaign_id: CampaignId, app: CampaignsDep, _: Writer) -> dict[str, Any]:
     return _view(await _call(app.pause, campaign_id, datetime.now(UTC)))
 
 
-@campaigns.post("/campaigns/{campaign_id}/resume", summary="Send again after a pause")
+@campaigns.post(
+    "/campaigns/{campaign_id}/resume", response_model=CampaignView, summary="Send again after a pause"
+)
 async def resume_campaign(campaign_id: CampaignId, app: CampaignsDep, _: Writer) -> dict[str, Any]:
     return _view(await _call(app.resume, campaign_id, datetime.now(UTC)))
 
 
-@campaigns.post("/campaigns/{campaign_id}/cancel", summary="Never send again; unsent recipients are skipped")
+@campaigns.post(
+    "/campaigns/{campaign_id}/cancel",
+    response_model=CampaignView,
+    summary="Never send again; unsent recipients are skipped",
+)
 async def cancel_campaign(
     campaign_id: CampaignId, app: CampaignsDep, _: Writer, body: Cancellation | None = None
 ) -> dict[str, Any]:
@@ -405,7 +469,12 @@ async def cancel_campaign(
     return _view(await _call(app.cancel, campaign_id, datetime.now(UTC), reason))
 
 
-@campaigns.post("/messages/{message_id}/bounces", status_code=202, summary="A provider's bounce report")
+@campaigns.post(
+    "/messages/{message_id}/bounces",
+    status_code=202,
+    response_model=BounceRecorded,
+    summary="A provider's bounce report",
+)
 async def report_bounce(
     message_id: uuid.UUID, body: BounceIn, app: CampaignsDep, _: Writer
 ) -> dict[str, Any]:

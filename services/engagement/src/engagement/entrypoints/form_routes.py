@@ -91,6 +91,8 @@ from engagement.surveys import (
 Reader = Annotated[Principal, Depends(require_scope("engagement:read"))]
 Writer = Annotated[Principal, Depends(require_scope("engagement:write"))]
 MAX_EXPLICIT_AUDIENCE = 10_000
+#: question, field and consent-purpose ids (what the domain checks, declared in the OpenAPI)
+SLUG = r"^[a-z][a-z0-9_]{0,31}$"
 
 
 @dataclass
@@ -210,7 +212,7 @@ class _Strict(BaseModel):
 
 
 class QuestionIn(_Strict):
-    id: str = Field(min_length=1, max_length=32, description="slug: a-z, 0-9, _")
+    id: str = Field(pattern=SLUG, description="slug: a-z, 0-9, _ (a letter first)")
     kind: Literal["nps", "csat", "single_choice", "multiple_choice", "free_text"]
     text: str = Field(min_length=1, max_length=500)
     required: bool = True
@@ -305,7 +307,7 @@ class PublicSurvey(BaseModel):
 
 
 class FieldIn(_Strict):
-    id: str = Field(min_length=1, max_length=32)
+    id: str = Field(pattern=SLUG, description="slug: a-z, 0-9, _ (a letter first); unique in the form")
     kind: Literal[
         "email",
         "phone",
@@ -335,7 +337,7 @@ class FieldIn(_Strict):
 
 
 class ConsentIn(_Strict):
-    purpose: str = Field(min_length=1, max_length=32, description="a slug: marketing, event_updates, ...")
+    purpose: str = Field(pattern=SLUG, description="a slug: marketing, event_updates, ...")
     wording: str = Field(min_length=1, max_length=2000, description="the text the person agrees to")
     wording_version: str = Field(min_length=1, max_length=32)
     channels: list[Literal["email", "sms", "line", "app_push", "postal"]] = Field(max_length=5)

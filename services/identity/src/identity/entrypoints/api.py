@@ -59,17 +59,22 @@ from identity.entrypoints.schemas import (
     ConsentChannelName,
     ConsentConfirmation,
     ConsentUpdate,
+    ContactPoint,
     ContactRequest,
     CustomerCreate,
     CustomerPublic,
     CustomerUpdate,
+    Erasure,
     IdentifierCreate,
     IdentifierKindName,
     IdentifierPublic,
+    IdentifierRef,
     IntakeCreate,
     IntakeResult,
     MergeCreate,
     MergeResult,
+    MergeUndone,
+    MessageContactPoint,
     ProfileFields,
     Reason,
     Registration,
@@ -78,6 +83,7 @@ from identity.entrypoints.schemas import (
     ReviewPublic,
     SearchQuery,
     SearchResult,
+    Version,
 )
 
 customers = APIRouter(prefix="/customers", tags=["customers"])
@@ -364,13 +370,15 @@ def _profile_json(data: dict[str, Any]) -> bytes:
         return CustomerPublic.model_validate(profile).model_dump_json().encode()
 
 
-@customers.patch("/{customer_id}")
+@customers.patch("/{customer_id}", response_model=Version)
 async def update_customer(
     customer_id: uuid.UUID,
     body: CustomerUpdate,
     identity: IdentityDep,
     _: Writer,
-    if_match: Annotated[str | None, Header(description='the version read, e.g. "3"')] = None,
+    if_match: Annotated[
+        str | None, Header(description='the version read, e.g. "3"', pattern=r'^(W/)?"?[0-9]{1,18}"?$')
+    ] = None,
 ) -> dict[str, int]:
     """Change profile fields. ``expected_version`` (or ``If-Match``) guards against lost
     updates: a stale version answers 409."""
@@ -387,7 +395,7 @@ async def update_customer(
     return {"version": version}
 
 
-@customers.put("/{customer_id}/consents/{channel}")
+@customers.put("/{customer_id}/consents/{channel}", response_model=Version)
 async def set_consent(
     customer_id: uuid.UUID,
     channel: ConsentChannelName,
@@ -434,7 +442,7 @@ async def _survivor(identity: Identity, customer_id: uuid.UUID) -> dict[str, Any
     return data
 
 
-@customers.get("/{customer_id}/contact/{channel}")
+@customers.get("/{customer_id}/contact/{channel}", response_model=ContactPoint)
 async def contact_point(
     customer_id: uuid.UUID,
     channel: Annotated[Literal["email", "sms", "line", "app_push"], Path(description="the message channel")],
@@ -456,7 +464,7 @@ async def contact_point(
     return _contact_answer(data, channel)
 
 
-@messages.post("/{message_id}/contact")
+@messages.post("/{message_id}/contact", response_model=MessageContactPoint)
 async def message_contact(
     message_id: uuid.UUID, body: ContactRequest, request: Request, principal: ContactReader
 ) -> dict[str, Any]:
@@ -506,7 +514,9 @@ async def list_identifiers(
     return rows
 
 
-@customers.post("/{customer_id}/identifiers", status_code=status.HTTP_201_CREATED)
+@customers.post(
+    "/{customer_id}/identifiers", response_model=IdentifierRef, status_code=status.HTTP_201_CREATED
+)
 async def add_identifier(
     customer_id: uuid.UUID, body: IdentifierCreate, identity: IdentityDep, principal: Writer
 ) -> dict[str, str]:
@@ -540,7 +550,7 @@ async def remove_identifier(
     await _run(identity.app.remove_identifier, customer_id, kind, identifier_hash, reason=reason)
 
 
-@customers.post("/{customer_id}/erase")
+@customers.post("/{customer_id}/erase", response_model=Erasure)
 async def erase_customer(
     customer_id: uuid.UUID, body: Reason, identity: IdentityDep, _: Eraser
 ) -> dict[str, Any]:
@@ -563,7 +573,7 @@ async def merge_customers(body: MergeCreate, identity: IdentityDep, principal: W
     return MergeResult(merge_id=merge_id)
 
 
-@merges.post("/{merge_id}/undo")
+@merges.post("/{merge_id}/undo", response_model=MergeUndone)
 async def undo_merge(
     merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer
 ) -> dict[str, Any]:

@@ -243,3 +243,35 @@ class ReviewPage(BaseModel):
     reviews: list[ReviewPublic]
     limit: int
     next: str | None = Field(description="the cursor of the next page; null on the last page")
+
+
+class Version(BaseModel):
+    version: int = Field(description="the customer's version after the change (for If-Match)")
+
+
+class IdentifierRef(BaseModel):
+    kind: str
+    hash: str = Field(description="the blind index")
+
+
+class Erasure(BaseModel):
+    erased: list[uuid.UUID] = Field(description="the customers erased: this one and those merged into it")
+
+
+class MergeUndone(BaseModel):
+    restored_customer_id: uuid.UUID | None
+    returned: list[IdentifierRef] = Field(description="identifiers given back to the restored customer")
+
+
+class ContactPoint(BaseModel):
+    customer_id: uuid.UUID = Field(description="the customer answering: a merged one's survivor")
+    status: str
+    channel: Literal["email", "sms", "line", "app_push"]
+    address: str | None = Field(description="the channel's address; null when none or not active")
+    name: str | None = Field(description="for the greeting")
+    consent: bool | None = Field(description="the channel's consent; null when never asked")
+    consent_at: datetime | None
+
+
+class MessageContactPoint(ContactPoint):
+    message_id: uuid.UUID = Field(description="the message the capability was signed for")

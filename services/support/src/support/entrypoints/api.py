@@ -609,7 +609,34 @@ async def rate(
     return await _answer(request, principal, app, ticket, now, "POST /v1/tickets/{ticket_id}/rating")
 
 
-@router.get("/policy", summary="The SLA targets per priority and the escalation routing rules in force")
+class SlaTarget(BaseModel):
+    first_response_seconds: int
+    resolution_seconds: int
+
+
+class RoutingRule(BaseModel):
+    name: str
+    target: str
+    categories: list[str]
+    priorities: list[str]
+    channels: list[str]
+    needs_store: bool
+    on_open: bool
+
+
+class PolicyView(BaseModel):
+    sla: dict[str, SlaTarget] = Field(description="per priority")
+    routing: list[RoutingRule] = Field(description="the first rule that matches a ticket routes it")
+    statuses: list[str]
+    channels: list[str]
+    priorities: list[str]
+
+
+@router.get(
+    "/policy",
+    response_model=PolicyView,
+    summary="The SLA targets per priority and the escalation routing rules in force",
+)
 async def policy(app: Support, _: Reader) -> dict[str, Any]:
     return {
         **app.policy.describe(),
