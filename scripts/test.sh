@@ -52,9 +52,15 @@ fi
 # libfaketime (LD_PRELOAD, inherited by every process pytest starts: the services under
 # uvicorn, the CLI, Chromium) offsets CLOCK_REALTIME by +365 days. -m: the library for
 # threaded programs. --exclude-monotonic: monotonic clocks (timeouts, rate limits,
-# deadlines) are not dates and stay real. Kafka and PostgreSQL were started above at
-# the real time; the local broker takes producer timestamps ahead of its own clock
-# (crm_cli.kafka_local). chDB's now() is not moved (its library reads the clock without
-# going through the C library), which only its own bookkeeping uses.
+# deadlines) are not dates and stay real; with a faked one Python's timed lock waits
+# (sem_clockwait, which libfaketime 0.9.10 does not intercept) would wait a year.
+# scripts/faketime/monotonic_sleep.c works around that version's bug with it
+# (time.sleep fails with EINVAL). Kafka and PostgreSQL were started above at the real
+# time; the local broker takes producer timestamps ahead of its own clock
+# (crm_cli.kafka_local). chDB's now() is not moved (the library reads the clock without
+# the C library's functions), which only its own bookkeeping uses.
 echo "==> tests with the clock a year ahead (faketime +365d)"
-$UV run --frozen faketime -m --exclude-monotonic -f '+365d' pytest "$@"
+mkdir -p var/faketime
+cc -O2 -shared -fPIC -o var/faketime/monotonic_sleep.so scripts/faketime/monotonic_sleep.c -ldl
+LD_PRELOAD="$PWD/var/faketime/monotonic_sleep.so" \
+  $UV run --frozen faketime -m --exclude-monotonic -f '+365d' pytest "$@"
