@@ -6,13 +6,17 @@ BENCH ?=
 # when its sources change.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test bench lint fmt install kafka-start kafka-stop schemas clean
+.PHONY: run test test-future bench lint fmt install kafka-start kafka-stop schemas clean
 
 run: install
 	$(UV) run --frozen crm run
 
 test:
 	./scripts/test.sh
+
+# only the suite's second run, with the clock a year ahead (libfaketime)
+test-future:
+	./scripts/test.sh --future
 
 bench: install
 	$(UV) run --frozen crm kafka start

@@ -5,6 +5,7 @@
 #   - Java 17+ and Maven (Debian packages) for the local Kafka broker
 #   - PostgreSQL (Debian package) for the production-mode tests   [--with-postgres]
 #   - Chromium (Debian package) for the dashboard tests             [--with-chromium]
+#   - faketime (Debian package) for the suite's run a year ahead    [--with-faketime]
 #   - the Kafka broker jars (Maven Central, cached under ~/.cache/crm)
 # The ingestion API's native fast path (services/engagement/native) is Rust: uv builds
 # it with maturin and the machine's cargo (rustup's, in ~/.cargo/bin on this kind of
@@ -14,10 +15,12 @@ cd "$(dirname "$0")/.."
 
 want_postgres=0
 want_chromium=0
+want_faketime=0
 for arg in "$@"; do
   case "$arg" in
     --with-postgres) want_postgres=1 ;;
     --with-chromium) want_chromium=1 ;;
+    --with-faketime) want_faketime=1 ;;
   esac
 done
 
@@ -55,6 +58,9 @@ if [ "$want_postgres" -eq 1 ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/nul
 fi
 if [ "$want_chromium" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need+=(chromium fonts-noto-cjk)
+fi
+if [ "$want_faketime" -eq 1 ] && ! command -v faketime >/dev/null 2>&1; then
+  need+=(faketime)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,8 @@ from crm_cli.demo_support import load_tickets, plan_tickets
 from crm_platform.settings import Settings
 
 pytestmark = pytest.mark.integration
-TODAY = date(2026, 11, 23)
+JST = timezone(timedelta(hours=9))
+TODAY = date(2026, 11, 23)  # the day a plan is made on, where nothing reads the clock
 
 
 def test_the_plan_is_deterministic_and_looks_like_a_customer_centre() -> None:
@@ -36,7 +37,7 @@ def test_the_plan_is_deterministic_and_looks_like_a_customer_centre() -> None:
     assert all(t.opened.get("order_id") in returned for t in tickets if t.category == "complaint")
     online = {p.order_id for p in plan.purchases if p.channel != "store"}
     assert all(t.opened["order_id"] in online for t in tickets if t.category == "delivery")
-    cutoff = datetime(2026, 11, 22, 15, tzinfo=UTC)  # today's start in Tokyo
+    cutoff = datetime.combine(TODAY, time(), JST)  # today's start in Tokyo
     for t in tickets:
         times = [datetime.fromisoformat(t.opened["occurred_at"])] + [
             datetime.fromisoformat(b["occurred_at"]) for _, b in t.steps
@@ -49,8 +50,11 @@ def test_the_plan_is_deterministic_and_looks_like_a_customer_centre() -> None:
 def test_the_plan_loads_through_the_support_api(tmp_path: Path) -> None:
     from support.entrypoints.api import create
 
-    plan = demo.plan(300, seed=5, today=TODAY)
-    tickets = plan_tickets(plan.people, plan.purchases, 5, TODAY)
+    # The history ends today, as the demo's does: the support API refuses changes from
+    # the future by its own (real) clock.
+    today = datetime.now(JST).date()
+    plan = demo.plan(300, seed=5, today=today)
+    tickets = plan_tickets(plan.people, plan.purchases, 5, today)
     settings = Settings(var_dir=tmp_path / "var", api_keys={"demo": ["*"]})
     app = create(settings)
     seen: list[int] = []

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 from pathlib import Path
@@ -50,6 +50,9 @@ pytestmark = pytest.mark.integration
 
 JST = ZoneInfo("Asia/Tokyo")
 CHROMIUM = Path(os.environ.get("CRM_CHROMIUM", "/usr/bin/chromium"))
+# Chromium hangs under libfaketime (the suite's run with the clock a year ahead,
+# scripts/test.sh): it starts without it, and each page's clock is set to this process's.
+BROWSER_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 READ_KEY = "dev-read-key"
 NO_SCOPE_KEY = "test-identity-only-key"
 ALICE = uuid.UUID("5b1f3c2e-8d4a-4f6b-9c1e-2a7d0e9f4b31")
@@ -222,7 +225,7 @@ def browser() -> Iterator[Browser]:
             " (Debian package chromium), or point CRM_CHROMIUM at a Chromium binary"
         )
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, env=BROWSER_ENV)
         try:
             yield browser
         finally:
@@ -240,6 +243,7 @@ def page(browser: Browser) -> Iterator[Page]:
         reduced_motion="reduce",
         accept_downloads=True,
     )
+    context.clock.set_fixed_time(datetime.now(UTC))  # the page's "today" is the test's
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -57,6 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
@@ -104,6 +105,7 @@ from engagement.domain.survey import (
 from engagement.membership import MemberExists, MembershipApplication, luhn_digit
 
 T = TypeVar("T")
+_TOKYO = ZoneInfo("Asia/Tokyo")
 APP_NAME = "surveys"
 #: the table of free-text data keys (beside the surveys store) and their key ids' prefix
 TEXT_KEY_TABLE = "survey_text_keys"
@@ -823,7 +825,8 @@ def prepare_submission(
     """Validate a submission (names the field at fault) and build identity's request."""
     if form.status != "open":
         raise FormClosed("this form is closed")
-    personal, answers = check_submission(form.field_list(), values)
+    # the day in Japan, where the retailer's customers fill the forms in
+    personal, answers = check_submission(form.field_list(), values, at.astimezone(_TOKYO).date())
     ticked = check_consent(form.consent_request(), consent)
     identifiers: list[list[str]] = []
     for kind in IDENTIFIER_KINDS:

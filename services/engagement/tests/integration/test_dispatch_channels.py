@@ -14,10 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.integration
 STAFF = {"X-API-Key": "dev-admin-key"}
 NOW = datetime.now(UTC)
 SECRET = "webhook-secret"
+TOKYO = ZoneInfo("Asia/Tokyo")
 
 
 class Hook:
@@ -81,6 +83,13 @@ def hook() -> Iterator[tuple[Hook, str]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def after(moment: datetime, *, hour: int, minute: int) -> datetime:
+    """The first time ``hour:minute`` in Tokyo after ``moment``."""
+    tokyo = moment.astimezone(TOKYO)
+    at = tokyo.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return (at if at > tokyo else at + timedelta(days=1)).astimezone(UTC)
 
 
 def register(identity: Served, body: dict[str, Any]) -> uuid.UUID:
@@ -372,8 +381,10 @@ def test_quiet_hours_defer_and_a_cancellation_skips_the_rest(
             created_at=NOW,
         )
         app.launch(quiet.id, customers, NOW)
-        night = datetime(2026, 11, 24, 13, 30, tzinfo=UTC)  # 22:30 in Tokyo
-        morning = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)  # 09:30 in Tokyo
+        # the dispatchers' clocks: after the campaign's send_at (NOW, the clock of the
+        # identity process the customers were registered with), whatever the date
+        night = after(NOW, hour=22, minute=30)
+        morning = after(night, hour=9, minute=30)
         cancelled = launch(app, ["email"], customers)
         app.cancel(cancelled, NOW, "wrong coupon")
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.integration
 POS = {"X-API-Key": "pos"}
 SHOP = {"X-API-Key": "shop"}
 STAFF = {"X-API-Key": "staff"}
+# The programme counts the 12 months up to the API's and the worker's (real) clock.
+ORDERED = datetime.now(UTC) - timedelta(days=2)
+RETURNED = ORDERED + timedelta(days=1)
 
 
 def order(kind: str, order_id: str, total: int, identifiers: dict[str, str]) -> dict:
@@ -38,7 +42,7 @@ def order(kind: str, order_id: str, total: int, identifiers: dict[str, str]) -> 
         payload["store_id"] = "S001"
     return {
         "type": kind,
-        "occurred_at": "2026-11-20T10:00:00+09:00",
+        "occurred_at": ORDERED.isoformat(),
         "identifiers": identifiers,
         "payload": payload,
     }
@@ -100,7 +104,7 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
             email = blind_identifier(indexer, IdentifierKind.EMAIL, "hanako@example.jp")
             customer = uuid.uuid4()
             snapshot = ProfileSnapshot(
-                occurred_at="2026-11-20T02:00:00Z",
+                occurred_at=ORDERED,
                 producer="identity.resolver",
                 customer_key=str(customer),
                 identifiers=(card, email),
@@ -127,7 +131,7 @@ def test_store_and_online_purchases_of_one_person_count_for_one_member(
             )
             ret = {
                 "type": "return",
-                "occurred_at": "2026-11-21T10:00:00+09:00",
+                "occurred_at": RETURNED.isoformat(),
                 "payload": {
                     "return_id": "RET-1",
                     "original_order_id": "S001-R1-1",

@@ -19,6 +19,7 @@ from engagement.domain.form import (
 )
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
+TODAY = T0.date()  # the day the submissions are checked on
 FIELDS = [
     FormField("email", "email", "E-mail", required=True),
     FormField("name_kanji", "name_kanji", "お名前"),
@@ -38,10 +39,12 @@ def event_form(capacity: int = 2, waitlist: int = 1) -> Form:
 
 def test_submissions_split_personal_fields_from_answers() -> None:
     personal, answers = check_submission(
-        FIELDS, {"email": " a@example.jp ", "name_kanji": "山田 花子", "store": "umeda", "guests": 2}
+        FIELDS, {"email": " a@example.jp ", "name_kanji": "山田 花子", "store": "umeda", "guests": 2}, TODAY
     )
     assert personal == {"email": "a@example.jp", "name_kanji": "山田 花子"}
     assert answers == {"store": "umeda", "guests": 2}
+    born_today = check_submission(FIELDS, {"email": "a@b.jp", "birthday": TODAY.isoformat()}, TODAY)
+    assert born_today[0]["birthday"] == "2026-11-20"
 
 
 @pytest.mark.parametrize(
@@ -52,7 +55,7 @@ def test_submissions_split_personal_fields_from_answers() -> None:
         ({"email": "a@b.jp", "store": "tokyo"}, "fields.store"),
         ({"email": "a@b.jp", "guests": 4}, "fields.guests"),
         ({"email": "a@b.jp", "guests": True}, "fields.guests"),
-        ({"email": "a@b.jp", "birthday": "2999-01-01"}, "fields.birthday"),
+        ({"email": "a@b.jp", "birthday": "2026-11-21"}, "fields.birthday"),  # after TODAY
         ({"email": "a@b.jp", "birthday": "1990-13-01"}, "fields.birthday"),
         ({"email": "a@b.jp", "newsletter": "yes"}, "fields.newsletter"),
         ({"email": "a@b.jp", "age": 30}, "fields.age"),
@@ -61,7 +64,7 @@ def test_submissions_split_personal_fields_from_answers() -> None:
 )
 def test_invalid_submissions_name_the_field(values: dict, field: str) -> None:
     with pytest.raises(InvalidSubmission) as caught:
-        check_submission(FIELDS, values)
+        check_submission(FIELDS, values, TODAY)
     assert caught.value.field == field
 
 
@@ -126,7 +129,10 @@ def test_postal_codes_as_people_type_them() -> None:
         FormField("postal_code", "postal_code", "〒"),
     ]
     for typed, kept in (("１２３－４５６７", "123-4567"), ("1234567", "1234567"), ("123ー4567", "123-4567")):
-        assert check_submission(fields, {"email": "a@b.jp", "postal_code": typed})[0]["postal_code"] == kept
+        assert (
+            check_submission(fields, {"email": "a@b.jp", "postal_code": typed}, TODAY)[0]["postal_code"]
+            == kept
+        )
     with pytest.raises(InvalidSubmission) as caught:
-        check_submission(fields, {"email": "a@b.jp", "postal_code": "12-345"})
+        check_submission(fields, {"email": "a@b.jp", "postal_code": "12-345"}, TODAY)
     assert caught.value.field == "fields.postal_code"

@@ -193,10 +193,11 @@ def validate_definition(
 
 
 def check_submission(
-    fields: Sequence[FormField], values: Mapping[str, Any]
+    fields: Sequence[FormField], values: Mapping[str, Any], today: date
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(personal values for identity, non-personal answers), or :class:`InvalidSubmission`
-    naming the field. Empty strings count as not given."""
+    naming the field. Empty strings count as not given; a birthday after ``today`` is
+    refused."""
     known = {f.id for f in fields}
     for key in values:
         if key not in known:
@@ -212,11 +213,11 @@ def check_submission(
                 raise InvalidSubmission(f"fields.{f.id}", "required")
             continue
         target = personal if f.kind in PERSONAL_KINDS else custom
-        target[f.id] = _check_value(f, value)
+        target[f.id] = _check_value(f, value, today)
     return personal, custom
 
 
-def _check_value(f: FormField, value: Any) -> Any:
+def _check_value(f: FormField, value: Any, today: date) -> Any:
     where = f"fields.{f.id}"
     if f.kind == "postal_code":
         # People type １２３－４５６７ as often as 123-4567: width folded, dashes unified.
@@ -234,7 +235,7 @@ def _check_value(f: FormField, value: Any) -> Any:
             day = date.fromisoformat(value) if isinstance(value, str) else None
         except ValueError:
             day = None
-        if day is None or not date(1900, 1, 1) <= day <= date.today():
+        if day is None or not date(1900, 1, 1) <= day <= today:
             raise InvalidSubmission(where, "a date YYYY-MM-DD, not in the future")
         return day.isoformat()
     if f.kind == "gender":
