@@ -249,6 +249,7 @@ class Settings(BaseSettings):
         """An API's ``/metrics`` is served (``CRM_PUBLIC_METRICS``)."""
         return self.env is not Environment.PRODUCTION or self.public_metrics
 
+    @model_validator(mode="after")
     def _api_keys_hashed(self) -> Settings:
         """Hashed entries need a key id fit for events and the audit log; production
         takes hashed entries only (a key in clear in the configuration is one leak away)."""

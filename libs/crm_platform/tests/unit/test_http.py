@@ -12,6 +12,7 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
+from crm_platform.capability import new_signing_key
 from crm_platform.http import Principal, create_app, require_scope
 from crm_platform.settings import Settings
 
@@ -122,7 +123,8 @@ PRODUCTION: dict[str, object] = {
     "env": "production",
     "blind_index_key": base64.b64encode(b"b" * 32).decode(),
     "master_key": base64.b64encode(b"m" * 32).decode(),
-    "api_keys": {"k-123": ["things:read"]},
+    "api_keys": {"k-123": {"sha256": "ab" * 32, "scopes": ["things:read"]}},
+    "contact_verify_key": new_signing_key()[1],
 }
 DOCS = ("/docs", "/redoc", "/openapi.json")
 

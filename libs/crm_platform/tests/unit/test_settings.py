@@ -70,7 +70,8 @@ def _production(**overrides: object) -> Settings:
         "env": "production",
         "blind_index_key": SECRET,
         "master_key": OTHER,
-        "api_keys": {"k-123": ["identity:read"]},
+        "api_keys": {"k-123": {"sha256": "ab" * 32, "scopes": ["identity:read"]}},
+        "contact_verify_key": new_signing_key()[1],
         "event_store": "postgres",
         "postgres_password": "long-random",
     }

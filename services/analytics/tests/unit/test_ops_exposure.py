@@ -8,13 +8,15 @@ import base64
 from pathlib import Path
 
 from analytics.entrypoints.api import create
+from crm_platform.capability import new_signing_key
 from crm_platform.settings import Settings
 
 PRODUCTION: dict[str, object] = {
     "env": "production",
     "blind_index_key": base64.b64encode(b"b" * 32).decode(),
     "master_key": base64.b64encode(b"m" * 32).decode(),
-    "api_keys": {"k-123": ["analytics:read"]},
+    "api_keys": {"k-123": {"sha256": "ab" * 32, "scopes": ["analytics:read"]}},
+    "contact_verify_key": new_signing_key()[1],
     "clickhouse_url": "http://crm:pw@clickhouse:8123/crm",
 }
 

@@ -309,10 +309,12 @@ class FlakyClients(FakeClients):
 
     away: set[uuid.UUID] = field(default_factory=set)
 
-    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
+    async def contact(
+        self, customer_id: uuid.UUID, channel: str, *, campaign_id: uuid.UUID
+    ) -> Contact | None:
         if customer_id in self.away:
             raise ServiceUnavailable("identity away")
-        return await super().contact(customer_id, channel)
+        return await super().contact(customer_id, channel, campaign_id=campaign_id)
 
 
 def test_a_finished_campaigns_recipients_are_forgotten_and_nothing_is_sent_again(
@@ -355,8 +357,10 @@ def test_a_finished_campaigns_recipients_are_forgotten_and_nothing_is_sent_again
 class NamedClients(FakeClients):
     names: dict[uuid.UUID, str] = field(default_factory=dict)
 
-    async def contact(self, customer_id: uuid.UUID, channel: str) -> Contact | None:
-        found = await super().contact(customer_id, channel)
+    async def contact(
+        self, customer_id: uuid.UUID, channel: str, *, campaign_id: uuid.UUID
+    ) -> Contact | None:
+        found = await super().contact(customer_id, channel, campaign_id=campaign_id)
         assert found is not None
         return Contact(found.customer_id, found.status, found.address, self.names[customer_id], found.consent)
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from crm_platform.capability import new_signing_key
 from engagement.dispatch.render import (
     MAX_LOOP_ITEMS,
     MAX_NUMBER_BITS,
@@ -155,6 +156,7 @@ GOOD: dict[str, Any] = {
     "env": "production",
     "messaging_api_key": "a-real-messaging-key",
     "webhook_secret": base64.b64encode(b"w" * 32).decode(),
+    "contact_signing_key": new_signing_key()[0],
 }
 
 
