@@ -142,8 +142,7 @@ def postgres_stop() -> None:
     console.print("PostgreSQL stopped")
 
 
-keys_app = typer.Typer(help="The data keys of every service store.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
+# `crm keys`: crm_cli.security makes API keys and the contact pair; rotation is here.
 
 
 @keys_app.command("rotate")

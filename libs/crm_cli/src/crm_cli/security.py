@@ -17,7 +17,8 @@ from crm_platform.apikeys import KEY_ID_PATTERN, new_api_key
 from crm_platform.capability import new_signing_key
 
 keys_app = typer.Typer(
-    help="Make API keys and signing keys (printed once; store them as secrets).", no_args_is_help=True
+    help="Make API keys and signing keys (printed once; store them as secrets); re-wrap data keys.",
+    no_args_is_help=True,
 )
 console = Console()
 err_console = Console(stderr=True)
