@@ -1022,12 +1022,18 @@ async def _send_one(
     if not raw:
         return confirmation
     try:
+        value = normalise(kind, raw)
+    except InvalidIdentifier:
+        return confirmation
+    # A retry is found by the submission's first identifier (the e-mail): whoever sends
+    # it may give another phone. The proof goes only to the address it was made for.
+    if not hmac.compare_digest(app.indexer.index(kind, value), confirmation.identifier[1]):
+        return confirmation
+    try:
         if confirmation.channel == "email":
             await mailer.send(raw, form, confirmation, app.confirmation_token(confirmation))
         else:
-            await mailer.send_code(
-                normalise(kind, raw), form, confirmation, app.confirmation_code(confirmation)
-            )
+            await mailer.send_code(value, form, confirmation, app.confirmation_code(confirmation))
     except (TemporaryFailure, PermanentFailure, OutcomeUnknown):  # not sent (or unknown): a retry sends it
         return confirmation
     await run(app.mark_confirmation_sent, confirmation.id, at)
