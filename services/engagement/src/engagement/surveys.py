@@ -418,16 +418,20 @@ class SurveyApplication(Application[uuid.UUID]):
     def _sealer(self, response: SurveyResponse) -> _ResponseSealer:
         return _ResponseSealer(self.text_keys, response.id, response.customer_key)
 
-    def read_response(self, response_id: uuid.UUID) -> dict[str, Any]:
+    def read_response(self, response_id: uuid.UUID, *, free_text: bool = True) -> dict[str, Any]:
         """A response as staff read it: each answer with its kind and value; free text
-        opened, or ``None`` with ``erased: true`` once its key was deleted."""
+        opened, or ``None`` with ``erased: true`` once its key was deleted. Without
+        ``free_text`` (a key without ``engagement:pii``) free text is neither opened nor
+        answered: ``None`` with ``withheld: true``."""
         response = self.response(response_id)
         if response is None or response.answered_at is None:
             raise ResponseNotFound(f"no answered response {response_id}")
         sealer = self._sealer(response)
         answers: list[dict[str, Any]] = []
         for qid, value in response.answers.items():
-            if isinstance(value, dict):  # sealed free text
+            if not free_text and (isinstance(value, dict) or response.kinds.get(qid) == "free_text"):
+                answers.append({"question_id": qid, "kind": "free_text", "value": None, "withheld": True})
+            elif isinstance(value, dict):  # sealed free text
                 text = sealer.open(qid, value)
                 answers.append(
                     {"question_id": qid, "kind": "free_text", "value": text, "erased": text is None}
