@@ -511,3 +511,26 @@ def test_a_retry_by_someone_else_never_sends_the_code_to_their_phone(
         finally:
             webhooks.shutdown()
     assert "sms" not in _profile(identity_only.identity, customer)["consents"]
+
+
+def test_ipv6_clients_of_one_network_share_a_rate_limit(
+    identity_only: Platform, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """An IPv6 client holds a whole /64 (every home connection has one): counting each
+    address on its own would give it 2^64 buckets, so no limit at all."""
+    body = {"fields": {"email": "someone@example.jp"}}
+    app = _in_process(
+        identity_only, tmp_path, kafka_bootstrap, form_rate_per_minute=2, trusted_proxies=["10.0.0.0/8"]
+    ).app
+    with TestClient(app, client=("10.1.2.3", 50000)) as client:
+        fid = client.post("/v1/forms", json=SIGNUP, headers=STAFF).json()["form_id"]
+        url = f"/v1/public/forms/{fid}/submissions"
+        codes = [
+            client.post(url, json=body, headers={"X-Forwarded-For": f"2001:db8:1:2::{i:x}"}).status_code
+            for i in range(1, 4)
+        ]
+        assert codes[2] == 429, codes
+        # another network has its own bucket; an IPv4 client is counted by its address
+        other = client.post(url, json=body, headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+        assert other.status_code != 429
+        assert client.post(url, json=body, headers={"X-Forwarded-For": "203.0.113.9"}).status_code != 429

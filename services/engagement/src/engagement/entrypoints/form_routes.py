@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -474,8 +475,19 @@ def _form_view(form: Form) -> FormView:
 
 
 def _client_address(request: Request) -> str:
-    """The socket's peer, or the client a trusted proxy named (``TrustedProxyHeaders``)."""
-    return request.client.host if request.client else "unknown"
+    """The socket's peer, or the client a trusted proxy named (``TrustedProxyHeaders``).
+    An IPv6 client counts by its /64: one connection holds the whole network, so each
+    address on its own would be a fresh bucket per request."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 def _limit(services: SurveyServices, request: Request, what: str) -> None:
