@@ -418,16 +418,20 @@ class SurveyApplication(Application[uuid.UUID]):
     def _sealer(self, response: SurveyResponse) -> _ResponseSealer:
         return _ResponseSealer(self.text_keys, response.id, response.customer_key)
 
-    def read_response(self, response_id: uuid.UUID) -> dict[str, Any]:
+    def read_response(self, response_id: uuid.UUID, *, free_text: bool = True) -> dict[str, Any]:
         """A response as staff read it: each answer with its kind and value; free text
-        opened, or ``None`` with ``erased: true`` once its key was deleted."""
+        opened, or ``None`` with ``erased: true`` once its key was deleted. Without
+        ``free_text`` (a key without ``engagement:pii``) free text is neither opened nor
+        answered: ``None`` with ``withheld: true``."""
         response = self.response(response_id)
         if response is None or response.answered_at is None:
             raise ResponseNotFound(f"no answered response {response_id}")
         sealer = self._sealer(response)
         answers: list[dict[str, Any]] = []
         for qid, value in response.answers.items():
-            if isinstance(value, dict):  # sealed free text
+            if not free_text and (isinstance(value, dict) or response.kinds.get(qid) == "free_text"):
+                answers.append({"question_id": qid, "kind": "free_text", "value": None, "withheld": True})
+            elif isinstance(value, dict):  # sealed free text
                 text = sealer.open(qid, value)
                 answers.append(
                     {"question_id": qid, "kind": "free_text", "value": text, "erased": text is None}
@@ -1022,12 +1026,18 @@ async def _send_one(
     if not raw:
         return confirmation
     try:
+        value = normalise(kind, raw)
+    except InvalidIdentifier:
+        return confirmation
+    # A retry is found by the submission's first identifier (the e-mail): whoever sends
+    # it may give another phone. The proof goes only to the address it was made for.
+    if not hmac.compare_digest(app.indexer.index(kind, value), confirmation.identifier[1]):
+        return confirmation
+    try:
         if confirmation.channel == "email":
             await mailer.send(raw, form, confirmation, app.confirmation_token(confirmation))
         else:
-            await mailer.send_code(
-                normalise(kind, raw), form, confirmation, app.confirmation_code(confirmation)
-            )
+            await mailer.send_code(value, form, confirmation, app.confirmation_code(confirmation))
     except (TemporaryFailure, PermanentFailure, OutcomeUnknown):  # not sent (or unknown): a retry sends it
         return confirmation
     await run(app.mark_confirmation_sent, confirmation.id, at)

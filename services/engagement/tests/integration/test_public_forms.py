@@ -460,3 +460,77 @@ def test_rate_limits_key_on_the_client_a_trusted_proxy_names(
             for i in range(3)
         ]
         assert codes[2] == 429
+
+
+def test_a_retry_by_someone_else_never_sends_the_code_to_their_phone(
+    identity_only: Platform, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A submission is keyed by its first identifier (the e-mail). When the SMS code of
+    the owner's submission could not be sent (the provider was down), a stranger who
+    submits the same e-mail with their own phone must not receive the owner's code: with
+    it and the submission id the answer gives, they would confirm SMS consent for the
+    owner's phone."""
+    clock = Clock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+    outbox, webhook_port = tmp_path / "outbox", _free_port()
+    owner = {
+        "fields": {"email": "owner@example.jp", "phone": "080-1111-2222"},
+        "consent": {"email": True, "sms": True},
+    }
+    stranger = {
+        "fields": {"email": "owner@example.jp", "phone": "090-3333-4444"},
+        "consent": {"email": True, "sms": True},
+    }
+    in_process = _in_process(identity_only, tmp_path, kafka_bootstrap, clock)
+    in_process.app.state.messaging = MessagingSettings(  # type: ignore[attr-defined]
+        smtp_port=identity_only.smtp_port, sms_webhook_url=f"http://127.0.0.1:{webhook_port}/sms"
+    )
+    with in_process as client:
+        fid = client.post("/v1/forms", json=SIGNUP, headers=STAFF).json()["form_id"]
+        url = f"/v1/public/forms/{fid}/submissions"
+        # the SMS provider is down: the owner's code is not sent
+        first = client.post(url, json=owner)
+        assert first.status_code == 201, first.text
+        assert first.json()["confirmation"] == {"email": "sent", "sms": "unsent"}
+        owner_id = client.get(f"/v1/forms/{fid}/submissions/{first.json()['submission_id']}", headers=STAFF)
+        customer = owner_id.json()["customer_id"]
+        webhooks = start_webhook_sink(outbox, port=webhook_port)
+        try:
+            again = client.post(url, json=stranger)
+            sent = (outbox / "sms.jsonl").read_text().splitlines() if (outbox / "sms.jsonl").exists() else []
+            assert [json.loads(line)["to"] for line in sent] == []  # nothing to the stranger's phone
+            sid = again.json()["submission_id"]
+            # (before the fix, the stranger typed the code they received here)
+            assert client.post(f"{url}/{sid}/sms-confirmation", json={"code": "000000"}).status_code in (
+                404,
+                422,
+            )
+            # the owner's own retry sends the code to the owner's phone
+            client.post(url, json=owner)
+            sent = (outbox / "sms.jsonl").read_text().splitlines()
+            assert [json.loads(line)["to"] for line in sent] == ["+818011112222"]
+        finally:
+            webhooks.shutdown()
+    assert "sms" not in _profile(identity_only.identity, customer)["consents"]
+
+
+def test_ipv6_clients_of_one_network_share_a_rate_limit(
+    identity_only: Platform, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """An IPv6 client holds a whole /64 (every home connection has one): counting each
+    address on its own would give it 2^64 buckets, so no limit at all."""
+    body = {"fields": {"email": "someone@example.jp"}}
+    app = _in_process(
+        identity_only, tmp_path, kafka_bootstrap, form_rate_per_minute=2, trusted_proxies=["10.0.0.0/8"]
+    ).app
+    with TestClient(app, client=("10.1.2.3", 50000)) as client:
+        fid = client.post("/v1/forms", json=SIGNUP, headers=STAFF).json()["form_id"]
+        url = f"/v1/public/forms/{fid}/submissions"
+        codes = [
+            client.post(url, json=body, headers={"X-Forwarded-For": f"2001:db8:1:2::{i:x}"}).status_code
+            for i in range(1, 4)
+        ]
+        assert codes[2] == 429, codes
+        # another network has its own bucket; an IPv4 client is counted by its address
+        other = client.post(url, json=body, headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+        assert other.status_code != 429
+        assert client.post(url, json=body, headers={"X-Forwarded-For": "203.0.113.9"}).status_code != 429

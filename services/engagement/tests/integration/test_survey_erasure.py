@@ -40,6 +40,7 @@ from .conftest import Served, service_api
 pytestmark = pytest.mark.integration
 STAFF = {"X-API-Key": "staff"}
 READER = {"X-API-Key": "reader"}
+STEWARD = {"X-API-Key": "steward"}
 SURVEY = {
     "title": "ご購入後アンケート",
     "questions": [
@@ -61,7 +62,11 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         var_dir=tmp_path / "var",
         kafka_bootstrap=kafka_bootstrap,
         kafka_topic_prefix=prefix,
-        api_keys={"staff": ["engagement:read", "engagement:write"], "reader": ["engagement:read"]},
+        api_keys={
+            "staff": ["engagement:read", "engagement:write"],
+            "reader": ["engagement:read"],
+            "steward": ["engagement:read", "engagement:pii"],
+        },
     )
 
 
@@ -157,8 +162,20 @@ def test_free_text_is_sealed_readable_then_shredded_by_customer_erased(
         assert SECRET_A.encode() not in disk and SECRET_B.encode() not in disk
         assert "山田太郎".encode() not in disk and b"090-1234-5678" not in disk
 
-        # staff read it back while the customer exists
-        read = client.get(f"/v1/surveys/{sid}/responses/{ids[erased_customer]}", headers=READER)
+        # a read key sees the scores, never the text (personal data: engagement:pii)
+        withheld = client.get(f"/v1/surveys/{sid}/responses/{ids[erased_customer]}", headers=READER)
+        assert withheld.status_code == 200, withheld.text
+        assert SECRET_A not in withheld.text
+        assert _comment(withheld.json()) == {
+            "question_id": "comment",
+            "kind": "free_text",
+            "value": None,
+            "erased": False,
+            "withheld": True,
+        }
+        assert {a["question_id"]: a["value"] for a in withheld.json()["answers"]}["recommend"] == 10
+        # a steward reads it back while the customer exists
+        read = client.get(f"/v1/surveys/{sid}/responses/{ids[erased_customer]}", headers=STEWARD)
         assert read.status_code == 200, read.text
         assert read.json()["customer_id"] == erased_customer
         assert _comment(read.json()) == {
@@ -166,6 +183,7 @@ def test_free_text_is_sealed_readable_then_shredded_by_customer_erased(
             "kind": "free_text",
             "value": SECRET_A,
             "erased": False,
+            "withheld": False,
         }
         scores = {a["question_id"]: a["value"] for a in read.json()["answers"]}
         assert (scores["recommend"], scores["satisfaction"]) == (10, 5)
@@ -201,15 +219,16 @@ def test_free_text_is_sealed_readable_then_shredded_by_customer_erased(
         surveys.close()
 
     with _client(settings) as client:
-        gone = client.get(f"/v1/surveys/{sid}/responses/{ids[erased_customer]}", headers=READER).json()
+        gone = client.get(f"/v1/surveys/{sid}/responses/{ids[erased_customer]}", headers=STEWARD).json()
         assert _comment(gone) == {
             "question_id": "comment",
             "kind": "free_text",
             "value": None,
             "erased": True,
+            "withheld": False,
         }
         assert {a["question_id"]: a["value"] for a in gone["answers"]}["recommend"] == 10  # the score stays
-        kept = client.get(f"/v1/surveys/{sid}/responses/{ids[kept_customer]}", headers=READER).json()
+        kept = client.get(f"/v1/surveys/{sid}/responses/{ids[kept_customer]}", headers=STEWARD).json()
         assert _comment(kept)["value"] == SECRET_B  # another customer's text is untouched
 
     # the scores still count in analytics' results (relayed before the erasure, untouched by it)

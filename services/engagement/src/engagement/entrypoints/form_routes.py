@@ -16,6 +16,8 @@ to HTTP statuses.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -473,8 +475,19 @@ def _form_view(form: Form) -> FormView:
 
 
 def _client_address(request: Request) -> str:
-    """The socket's peer, or the client a trusted proxy named (``TrustedProxyHeaders``)."""
-    return request.client.host if request.client else "unknown"
+    """The socket's peer, or the client a trusted proxy named (``TrustedProxyHeaders``).
+    An IPv6 client counts by its /64: one connection holds the whole network, so each
+    address on its own would be a fresh bucket per request."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 def _limit(services: SurveyServices, request: Request, what: str) -> None:
@@ -600,6 +613,7 @@ class AnswerView(BaseModel):
     kind: str | None
     value: int | str | list[str] | None = Field(description="free text: null once erased")
     erased: bool = Field(default=False, description="free text whose customer was erased (its key deleted)")
+    withheld: bool = Field(default=False, description="free text not shown: the key lacks engagement:pii")
 
 
 class ResponseView(BaseModel):
@@ -619,12 +633,16 @@ class ResponseView(BaseModel):
     responses={404: {"description": "no answered response of that id in this survey"}},
 )
 async def get_response(
-    survey_id: uuid.UUID, response_id: uuid.UUID, services: Services, _: Reader
+    survey_id: uuid.UUID, response_id: uuid.UUID, services: Services, principal: Reader
 ) -> ResponseView:
     """The answers of one response (the invitation id, or an anonymous response's id).
-    Free text is opened with the response's data key; after the customer's erasure it
-    reads as ``null`` with ``erased: true`` while scores and choices remain."""
-    view = await _run(services.app.read_response, response_id)
+    Free text is personal data (people write names and phone numbers in it): only a key
+    with ``engagement:pii`` reads it, opened with the response's data key; to
+    ``engagement:read`` alone it is ``null`` with ``withheld: true``. After the
+    customer's erasure it reads as ``null`` with ``erased: true`` while scores and
+    choices remain."""
+    free_text = principal.allows("engagement:pii")
+    view = await _run(functools.partial(services.app.read_response, response_id, free_text=free_text))
     if view["survey_id"] != survey_id:
         raise ResponseNotFound(f"no answered response {response_id} in survey {survey_id}")
     return ResponseView.model_validate(view)
