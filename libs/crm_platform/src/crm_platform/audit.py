@@ -123,16 +123,17 @@ class AuditLog:
         *,
         customer_id: str | None = None,
         key_id: str | None = None,
+        subject: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Entries oldest first, filtered by customer, key and time (``since`` included,
-        ``until`` excluded)."""
+        """Entries oldest first, filtered by customer, key, subject and time (``since``
+        included, ``until`` excluded)."""
         clauses: list[str] = []
         params: list[Any] = []
-        for column, value in (("customer_id", customer_id), ("key_id", key_id)):
+        for column, value in (("customer_id", customer_id), ("key_id", key_id), ("subject", subject)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -327,10 +328,19 @@ def audit_router(service: str, log_of: Callable[[Request], AuditLog]) -> APIRout
                 min_length=1,
                 max_length=128,
                 pattern=r"^[A-Za-z0-9:_-]+$",
-                description="one customer's entries (identity: the customer id; support: the customer key)",
+                description="one customer's entries (identity: the customer id)",
             ),
         ] = None,
         key_id: Annotated[str | None, Query(max_length=64, description="one API key's entries")] = None,
+        subject: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                pattern=r"^[A-Za-z0-9:_-]+$",
+                description="one subject's entries (support: `ticket:<id>`; identity: a message id)",
+            ),
+        ] = None,
         since: Annotated[datetime | None, Query(description="from this instant (included)")] = None,
         until: Annotated[datetime | None, Query(description="to this instant (excluded)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -345,6 +355,7 @@ def audit_router(service: str, log_of: Callable[[Request], AuditLog]) -> APIRout
             log_of(request).query,
             customer_id=customer_id,
             key_id=key_id,
+            subject=subject,
             since=since,
             until=until,
             limit=limit,
