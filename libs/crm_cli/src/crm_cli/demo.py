@@ -682,10 +682,22 @@ async def current_customers(
     out: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=30) as http:
 
+        async def read(url: str) -> httpx.Response:
+            # A GET is safe to send again: a pooled keep-alive connection the server
+            # closed as it was reused ends in RemoteProtocolError, not in an answer.
+            for attempt in range(3):
+                try:
+                    return await http.get(url, headers=headers)
+                except httpx.RemoteProtocolError:
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
+
         async def one(cid: str) -> None:
             seen = cid
             for _ in range(10):
-                response = await http.get(f"{endpoints.identity}/customers/{seen}", headers=headers)
+                response = await read(f"{endpoints.identity}/customers/{seen}")
                 if response.status_code != 200:
                     break
                 merged_into = response.json().get("merged_into")
