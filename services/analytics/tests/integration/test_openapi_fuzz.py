@@ -5,7 +5,7 @@ authenticated with a key holding every scope, in process against a real event st
 No generated request may end in a server error, and every answer must have a status the
 operation documents and match the schema documented for it. Seeded and derandomised,
 and bounded: the coverage phase's valid boundary values, the schema's examples and
-``MAX_EXAMPLES`` generated cases (valid and invalid) per operation."""
+``FUZZ_MAX_EXAMPLES`` (crm_platform.testing) generated cases (valid and invalid) per operation."""
 
 from __future__ import annotations
 
@@ -18,21 +18,13 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 from schemathesis.python.asgi import shutdown_lifespans
 
 from analytics.entrypoints.api import create
 from crm_platform.settings import Settings
+from crm_platform.testing import FUZZ_KEY, FUZZ_MAX_EXAMPLES, call_as_documented, openapi_fuzz_schema
 
 pytestmark = pytest.mark.integration
-MAX_EXAMPLES = 10
-#: the development admin key: scope ``*`` (crm_platform.settings)
-KEY = "dev-admin-key"
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
-CONFIG = {
-    "seed": 17,
-    "phases": {"coverage": {"unexpected-methods": [], "generation": {"mode": "positive"}}},
-}
 
 # Schemathesis reads the operations when this module is collected, so the app is made
 # here; it starts (lifespan: an embedded ClickHouse, chDB, migrated) on the first
@@ -42,11 +34,7 @@ _APP = create(
     Settings(var_dir=_VAR / "var", kafka_bootstrap=os.environ.get("CRM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
     embedded_sink=False,
 )
-# Read from the app object, not over ASGI: a request would start the app's lifespan
-# while pytest collects (and leave it running when this module is deselected).
-schema = schemathesis.openapi.from_dict(_APP.openapi(), config=schemathesis.Config.from_dict(CONFIG))
-schema.app = _APP  # requests go to the app in process
-schema.location = "/openapi.json"
+schema = openapi_fuzz_schema(_APP)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,9 +45,11 @@ def _running(kafka_bootstrap: str) -> Iterator[None]:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=FUZZ_MAX_EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
 def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
-    case.call_and_validate(headers={"X-API-Key": KEY}, checks=CHECKS)
+    call_as_documented(case)
 
 
 @pytest.mark.parametrize(
@@ -82,11 +72,11 @@ def test_days_and_instants_clickhouse_cannot_hold_are_a_422_naming_the_parameter
     operation = schema[path]["GET"]
     params = {"customer_id": "00000000-0000-4000-8000-000000000001"} if "{customer_id}" in path else {}
     case = operation.Case(path_parameters=params, query=query)
-    response = case.call(headers={"X-API-Key": KEY})
+    response = case.call(headers={"X-API-Key": FUZZ_KEY})
     assert response.status_code == 422, response.text
     assert field in [f["field"] for f in response.json()["error"]["fields"]]
     fixed = operation.Case(path_parameters=params, query={**query, **_IN_RANGE[field]})
-    assert fixed.call(headers={"X-API-Key": KEY}).status_code == 200
+    assert fixed.call(headers={"X-API-Key": FUZZ_KEY}).status_code == 200
 
 
 #: the same request with the parameter at fault inside the range: answered
