@@ -80,11 +80,6 @@ class Principal:
     key_id: str
     scopes: frozenset[str]
 
-    @property
-    def key_name(self) -> str:
-        """What events record as who decided (``decided_by``): the key id."""
-        return self.key_id
-
     def allows(self, scope: str) -> bool:
         service = scope.split(":", 1)[0]
         return bool({"*", scope, f"{service}:*"} & self.scopes)

@@ -40,7 +40,7 @@ def _client(settings: Settings) -> TestClient:
     def whoami(principal: Annotated[Principal, Depends(require_scope("things:read"))]) -> dict[str, Any]:
         return {
             "key_id": principal.key_id,
-            "decided_by": principal.key_name,
+            "decided_by": principal.key_id,
             "scopes": sorted(principal.scopes),
         }
 

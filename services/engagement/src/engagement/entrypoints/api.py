@@ -51,7 +51,7 @@ async def _source(principal: Ingesting, request: Request) -> Source:
     """The key's source, the event types it may send, and the stores it is bound to."""
     names = sorted(s.split(":", 1)[1] for s in principal.scopes if s.startswith("source:"))
     stores = frozenset(s.split(":", 1)[1] for s in principal.scopes if s.startswith("store:"))
-    name = names[0] if names else principal.key_name
+    name = names[0] if names else principal.key_id
     rules: SourceRules = request.app.state.source_rules
     return Source(name=name, stores=stores, allowed=rules.for_source(name))
 

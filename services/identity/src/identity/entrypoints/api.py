@@ -192,7 +192,7 @@ async def register_customer(
         attributes=attributes,
         consents={k: v for k, v in body.consents.model_dump().items() if v is not None},
         registered_at=body.registered_at,
-        decided_by=principal.key_name,
+        decided_by=principal.key_id,
     )
     result = await _run(identity.app.register, cmd)
     if result.outcome != "created":
@@ -233,7 +233,7 @@ async def intake_customer(
         attributes={k: v for k, v in attributes.items() if v is not None},
         consents={},
         registered_at=body.registered_at,
-        decided_by=principal.key_name,
+        decided_by=principal.key_id,
     )
     source = {"form_id": str(body.source.form_id), "submission_id": str(body.source.submission_id)}
     result = await _run(identity.app.intake, cmd, str(body.source.submission_id), source)
@@ -527,7 +527,7 @@ async def add_identifier(
         customer_id,
         body.kind,
         value,
-        decided_by=principal.key_name,
+        decided_by=principal.key_id,
         expected_version=body.expected_version,
         contact=contact_value(body.kind, body.value),
     )
@@ -567,7 +567,7 @@ async def merge_customers(body: MergeCreate, identity: IdentityDep, principal: W
         identity.app.merge,
         body.survivor_id,
         body.merged_id,
-        decided_by=principal.key_name,
+        decided_by=principal.key_id,
         reason=body.reason,
     )
     return MergeResult(merge_id=merge_id)
@@ -578,7 +578,7 @@ async def undo_merge(
     merge_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer
 ) -> dict[str, Any]:
     """Undo a wrong merge: identifiers and history return to their owners at once."""
-    result = await _run(identity.app.undo_merge, merge_id, reason=body.reason, undone_by=principal.key_name)
+    result = await _run(identity.app.undo_merge, merge_id, reason=body.reason, undone_by=principal.key_id)
     return {"restored_customer_id": result.customer_id, "returned": [i.as_dict() for i in result.linked]}
 
 
@@ -609,14 +609,14 @@ async def approve_review(review_id: uuid.UUID, identity: IdentityDep, principal:
     """A pair: they are one person, merge them (the earlier-registered customer
     survives). An intake claim: link its identifiers to the customer (those nobody
     holds by now)."""
-    merge_id = await _run(identity.app.approve_review, review_id, decided_by=principal.key_name)
+    merge_id = await _run(identity.app.approve_review, review_id, decided_by=principal.key_id)
     return ReviewApproved(merge_id=merge_id)
 
 
 @reviews.post("/{review_id}/reject", status_code=status.HTTP_204_NO_CONTENT)
 async def reject_review(review_id: uuid.UUID, body: Reason, identity: IdentityDep, principal: Writer) -> None:
     """They are two people: never propose this pair again."""
-    await _run(identity.app.reject_review, review_id, decided_by=principal.key_name, reason=body.reason)
+    await _run(identity.app.reject_review, review_id, decided_by=principal.key_id, reason=body.reason)
 
 
 def create(

@@ -229,7 +229,7 @@ def _at(principal: Principal, occurred_at: datetime | None) -> datetime:
 
 
 def _by(principal: Principal, body: Stamped) -> str:
-    return body.by or principal.key_name
+    return body.by or principal.key_id
 
 
 def view(app: SupportApplication, ticket: Ticket, now: datetime, content: bool = True) -> TicketView:
