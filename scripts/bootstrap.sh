@@ -62,6 +62,10 @@ fi
 if [ "$want_faketime" -eq 1 ] && ! command -v faketime >/dev/null 2>&1; then
   need+=(faketime)
 fi
+# test.sh compiles scripts/faketime/monotonic_sleep.c for that run.
+if [ "$want_faketime" -eq 1 ] && ! command -v cc >/dev/null 2>&1; then
+  need+=(gcc libc6-dev)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   apt_install "${need[@]}"
